@@ -1,0 +1,5 @@
+"""`python -m audionet_tf` is `python -m audionet_tf.train`."""
+from audionet_tf.train import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

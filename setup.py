@@ -1,0 +1,42 @@
+"""Installs audionet_tf: an audio student distilled from an ImageNet teacher."""
+from setuptools import find_packages, setup
+
+ENTRY_POINTS = {
+    "audionet-train": "audionet_tf.train:main",
+    "audionet-prepare": "audionet_tf.prepare:main",
+    "audionet-export": "audionet_tf.export:main",
+    "audionet-predict": "audionet_tf.predict:main",
+    "audionet-embed": "audionet_tf.embed:main",
+    "audionet-evaluate": "audionet_tf.evaluate:main",
+    "audionet-report": "audionet_tf.report:main",
+}
+
+setup(
+    name="audionet_tf",
+    version="0.1.0",
+    description="AudioNet: a small 1-D conv student that learns to hear what an ImageNet teacher sees.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["audionet_tf", "audionet_tf.*"]),
+    package_data={"audionet_tf": ["resources/*"]},
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras>=3.10",
+        "tensorboard>=2.20",
+        "numpy",
+        "tomli>=2; python_version<'3.11'",
+        "yt-dlp[default]",
+        "deno",
+        "ffmpeg-python>=0.2",
+        "imageio-ffmpeg>=0.5",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ai-edge-litert"],
+        "litert": ["ai-edge-litert"],
+        "beam": ["apache-beam>=2.60"],
+    },
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in ENTRY_POINTS.items()]},
+)
