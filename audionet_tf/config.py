@@ -92,6 +92,7 @@ class TrainConfig:
     quiet: bool = False
     deterministic: bool = False
     cache: str = "auto"  # auto | memory | none
+    cache_limit_mb: int = 2048  # "auto" caches decoded examples in memory up to this size
     steps_per_execution: int = 0  # 0: every step of an epoch in one call
     shuffle_buffer: int = 10000
     checkpoint_every: int = 1  # epochs between checkpoints and backups
@@ -112,6 +113,7 @@ class TrainConfig:
                f"must be 'mirrored' or 'multiworker', got {self.strategy!r}")
         _check(self.cache in ("auto", "memory", "none"), "train.cache",
                f"must be 'auto', 'memory' or 'none', got {self.cache!r}")
+        _check(self.cache_limit_mb >= 0, "train.cache_limit_mb", f"must be 0 or more, got {self.cache_limit_mb}")
         _check(self.steps_per_execution >= 0, "train.steps_per_execution",
                f"must be 0 or more, got {self.steps_per_execution}")
         _check(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")

@@ -1,0 +1,251 @@
+"""Training callbacks: crash-safe backup and restore, checkpoints, history, filter images, NaN guard."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import keras
+
+from audionet_tf.records import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+BACKUP_STATE = "state.json"
+
+
+def _finite_logs(logs: dict[str, Any] | None) -> bool:
+    return all(math.isfinite(float(v)) for v in (logs or {}).values() if isinstance(v, (int, float, np.floating)))
+
+
+def _finite_weights(model: keras.Model) -> bool:
+    return all(np.all(np.isfinite(np.asarray(w))) for w in model.get_weights())
+
+
+def save_model_atomically(model: keras.Model, path: str) -> None:
+    """Save a `.keras` file through a temporary name (Keras writes the final path directly)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.keras"
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Backup(keras.callbacks.Callback):
+    """Saves weights and optimizer state every `every` epochs so a killed run continues where it was.
+
+    Unlike Keras's BackupAndRestore, every write is atomic and the state file names the weights
+    file it belongs to, so a kill at any instant leaves a consistent (epoch, weights) pair.
+    `restore()` is called before `fit` and returns the epoch to start from.
+    """
+
+    def __init__(self, backup_dir: str, every: int = 1, write: bool = True):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.every = every
+        self.write = write  # False on non-chief workers
+
+    def restore(self, model: keras.Model) -> int:
+        """Load the last backup into `model` (and its optimizer); the epoch to resume at, or 0."""
+        state_path = os.path.join(self.backup_dir, BACKUP_STATE)
+        if not os.path.isfile(state_path):
+            return 0
+        with open(state_path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        weights = os.path.join(self.backup_dir, state["weights"])
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(weights)
+        log.info("resumed from %s at epoch %d", weights, state["epoch"])
+        return int(state["epoch"])
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        done = epoch + 1
+        last = self.params.get("epochs") if self.params else None
+        if done % self.every and done != last:
+            return
+        if not _finite_logs(logs) or not _finite_weights(self.model):
+            log.warning("epoch %d: loss or weights are not finite; the backup keeps the last good state", done)
+            return
+        if not self.write:
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch-{done:06d}.weights.h5"
+        final = os.path.join(self.backup_dir, name)
+        tmp = os.path.join(self.backup_dir, f".{name}.{os.getpid()}.tmp.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, final)
+        atomic_write_text(os.path.join(self.backup_dir, BACKUP_STATE),
+                          json.dumps({"epoch": done, "weights": name}) + "\n")
+        for old in os.listdir(self.backup_dir):
+            if old.endswith(".weights.h5") and old != name and not old.startswith("."):
+                os.unlink(os.path.join(self.backup_dir, old))
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Keeps `last.keras` and `best.keras` (lowest `monitor`) in the run's checkpoints directory."""
+
+    def __init__(self, directory: str, monitor: str = "kl", every: int = 1, write: bool = True):
+        super().__init__()
+        self.directory = directory
+        self.monitor = monitor
+        self.every = every
+        self.write = write
+        self.best = math.inf
+        best_state = os.path.join(directory, "best.json")
+        if os.path.isfile(best_state):
+            with open(best_state, encoding="utf-8") as handle:
+                self.best = float(json.load(handle).get(monitor, math.inf))
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        done = epoch + 1
+        if not self.write or not _finite_logs(logs):
+            return
+        last = self.params.get("epochs") if self.params else None
+        if done % self.every == 0 or done == last:
+            save_model_atomically(self.model, os.path.join(self.directory, "last.keras"))
+        value = logs.get(self.monitor)
+        if value is not None and float(value) < self.best:
+            self.best = float(value)
+            save_model_atomically(self.model, os.path.join(self.directory, "best.keras"))
+            atomic_write_text(os.path.join(self.directory, "best.json"),
+                              json.dumps({"epoch": done, self.monitor: self.best}) + "\n")
+
+
+class History(keras.callbacks.Callback):
+    """Per-epoch metrics in `history.csv`; on resume, rows of epochs that will be replayed are dropped."""
+
+    def __init__(self, path: str, write: bool = True):
+        super().__init__()
+        self.path = path
+        self.write = write
+        self.rows: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    def resume_at(self, epoch: int) -> None:
+        """Keep the rows of epochs before `epoch` (1-based count of finished epochs)."""
+        self.start_epoch = epoch
+        if os.path.isfile(self.path):
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                self.rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= epoch]
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        self.rows.append(row)
+        if not self.write:
+            return
+        fields: list[str] = []
+        for r in self.rows:
+            fields.extend(k for k in r if k not in fields)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds the optimizer's learning rate to each epoch's logs (so TensorBoard and the history get it)."""
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.nan_epoch: int | None = None
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_epoch = self.nan_epoch if self.nan_epoch is not None else -1
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if (loss is not None and not math.isfinite(float(loss))) or self.nan_epoch == -1:
+            self.nan_epoch = epoch + 1
+            self.model.stop_training = True
+
+
+def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
+    """An RGB image (uint8 [H, W, 3]) of the conv filters and their frequency responses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kernel = np.asarray(kernel)[:, 0, :]  # [taps, filters]
+    taps, filters = kernel.shape
+    cols = 4
+    rows = int(math.ceil(filters / cols))
+    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4, rows * 1.6), squeeze=False)
+    freqs = np.fft.rfftfreq(512, d=1.0 / sample_rate)
+    for i in range(rows * cols):
+        ax_t, ax_f = axes[i // cols][2 * (i % cols)], axes[i // cols][2 * (i % cols) + 1]
+        for ax in (ax_t, ax_f):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if i >= filters:
+            ax_t.axis("off")
+            ax_f.axis("off")
+            continue
+        ax_t.plot(kernel[:, i], linewidth=0.8)
+        ax_t.set_title(f"filter {i}", fontsize=7)
+        response = 20 * np.log10(np.abs(np.fft.rfft(kernel[:, i], 512)) + 1e-9)
+        ax_f.plot(freqs, response, linewidth=0.8, color="tab:orange")
+        ax_f.set_title("dB vs Hz", fontsize=7)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+class FilterImages(keras.callbacks.Callback):
+    """Writes an image of the learned conv filters and their frequency responses to TensorBoard."""
+
+    def __init__(self, log_dir: str, sample_rate: int, every: int = 50, write: bool = True):
+        super().__init__()
+        self.log_dir = log_dir
+        self.sample_rate = sample_rate
+        self.every = every
+        self.write = write
+        self._writer = None
+
+    def _log(self, step: int) -> None:
+        import tensorflow as tf
+
+        if not self.write:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        image = filter_figure(self.model.get_layer("conv").kernel.numpy(), self.sample_rate)
+        with self._writer.as_default():
+            tf.summary.image("conv_filters", image[None], step=step)
+        self._writer.flush()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if (epoch + 1) % self.every == 0:
+            self._log(epoch + 1)
+
+    def on_train_end(self, logs=None) -> None:
+        epochs = self.params.get("epochs", 0) if self.params else 0
+        if epochs % self.every:
+            self._log(epochs)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

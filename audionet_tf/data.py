@@ -1,0 +1,146 @@
+"""The input pipeline: a dataset directory's shards → batches of (windows [B, L, 1], teacher logits [B, C]).
+
+One chain, in one function (`make_dataset`): list the split's shards → shuffle and shard the
+files (per input pipeline) → interleave → batch → parse (`tf.io.parse_example`) → decode →
+unbatch → cache in memory when it fits → shuffle examples with a seed → batch → prefetch.
+Shards are checked against the description (size, and SHA-256 for datasets that fit in
+memory) before reading, so a truncated or corrupt shard is named instead of surfacing as a
+bare DataLossError in the middle of training.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable
+
+import numpy as np
+
+from audionet_tf import records
+from audionet_tf.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+# Decoded windows + logits above this size are streamed rather than cached ("auto").
+DEFAULT_CACHE_LIMIT_MB = 2048
+# Above this many shard bytes the start-up check compares sizes only, not checksums.
+CHECKSUM_LIMIT_BYTES = 1 << 30
+
+
+def check_description(data_dir: str, description: records.Description, *, expect_window: int | None = None,
+                      expect_sample_rate: int | None = None, expect_classes: int | None = None) -> None:
+    """Refuse a dataset whose window, sample rate or class count does not match what the model expects."""
+    spec = description.spec
+    for what, found, wanted in (("window length (samples)", spec.window_samples, expect_window),
+                                ("sample rate", spec.sample_rate, expect_sample_rate),
+                                ("class count", spec.num_classes, expect_classes)):
+        if wanted is not None and found != wanted:
+            raise DatasetError(f"dataset {data_dir} has {what} {found}, but the model expects {wanted}; "
+                               f"prepare it again with matching settings or change the model's")
+
+
+def split_files(data_dir: str, description: records.Description, split: str) -> list[str]:
+    """Paths of the shards of `split` ("train", "validation" or "all")."""
+    if split == "all":
+        shards = description.shards
+    elif split in records.SPLITS:
+        shards = description.shards_for(split)
+    else:
+        raise ValueError(f"split must be one of {records.SPLITS + ('all',)}, got {split!r}")
+    return [os.path.join(data_dir, s.file) for s in shards if s.examples > 0]
+
+
+def decoded_bytes(description: records.Description, split: str = "all") -> int:
+    """Memory that the decoded float32 windows and logits of a split take."""
+    count = description.examples(None if split == "all" else split)
+    return count * 4 * (description.spec.window_samples + description.spec.num_classes)
+
+
+def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, shuffle: bool = True,
+                 seed: int = 0, cache: str = "auto", deterministic: bool = False, repeat: bool = False,
+                 clip_ids: Iterable[str] | None = None, exclude_clip_ids: Iterable[str] | None = None,
+                 expect_window: int | None = None, expect_sample_rate: int | None = None,
+                 expect_classes: int | None = None, drop_remainder: bool = False,
+                 shuffle_buffer: int = 10000, cache_limit_mb: int = DEFAULT_CACHE_LIMIT_MB,
+                 input_context=None, verify: bool = True):
+    """Batches of (windows `[B, L, 1]` float32 in [-1, 1], teacher logits `[B, C]` float32)."""
+    import tensorflow as tf
+
+    description = records.read_description(data_dir)
+    check_description(data_dir, description, expect_window=expect_window, expect_sample_rate=expect_sample_rate,
+                      expect_classes=expect_classes)
+    files = split_files(data_dir, description, split)
+    if not files:
+        raise DatasetError(f"dataset {data_dir} has no examples in its {split!r} split")
+    if verify:
+        total = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+        records.verify_shards(data_dir, description, checksums=total <= CHECKSUM_LIMIT_BYTES,
+                              splits=records.SPLITS if split == "all" else (split,))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    spec = description.spec
+    include = None if clip_ids is None else sorted(set(clip_ids))
+    exclude = None if exclude_clip_ids is None else sorted(set(exclude_clip_ids))
+
+    file_ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        file_ds = file_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    ds = file_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
+    feature_spec = records.feature_spec()
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, feature_spec)
+        audio, logits = records.decode_parsed(parsed, spec)
+        return audio, logits, parsed[records.CLIP_ID_KEY]
+
+    ds = ds.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
+    ds = ds.unbatch()
+    if include is not None:
+        if not include:
+            raise DatasetError(f"no clip ids given to select from dataset {data_dir}")
+        wanted = tf.constant(include, dtype=tf.string)
+        ds = ds.filter(lambda a, l, c: tf.reduce_any(tf.equal(c, wanted)))
+    if exclude:
+        unwanted = tf.constant(exclude, dtype=tf.string)
+        ds = ds.filter(lambda a, l, c: tf.logical_not(tf.reduce_any(tf.equal(c, unwanted))))
+    ds = ds.map(lambda a, l, c: (a, l), num_parallel_calls=tf.data.AUTOTUNE)
+
+    if cache == "memory" or (cache == "auto" and decoded_bytes(description, split) <= cache_limit_mb * (1 << 20)):
+        ds = ds.cache()
+    elif cache not in ("auto", "none"):
+        raise ValueError(f"cache must be 'auto', 'memory' or 'none', got {cache!r}")
+    if shuffle:
+        count = description.examples(None if split == "all" else split)
+        ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    if input_context is None:
+        # The shards are assigned to workers by file when there are enough, else by data.
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.FILE if len(files) >= 2 else tf.data.experimental.AutoShardPolicy.DATA)
+    return ds.with_options(options)
+
+
+def load_arrays(data_dir: str, split: str = "all", clip_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """A split's examples as NumPy arrays: audio `[N, L]`, logits `[N, C]`, clip_id `[N]`, time `[N]`."""
+    description = records.read_description(data_dir)
+    files = split_files(data_dir, description, split)
+    records.verify_shards(data_dir, description, checksums=True,
+                          splits=records.SPLITS if split == "all" else (split,))
+    if not files:
+        raise DatasetError(f"dataset {data_dir} has no examples in its {split!r} split")
+    parts = [records.read_examples(f, description.spec) for f in files]
+    keys = ("audio", "logits", "clip_id", "time")
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    if clip_ids is not None:
+        keep = np.isin(arrays["clip_id"], np.array(sorted(set(clip_ids)), dtype=object))
+        arrays = {k: v[keep] for k, v in arrays.items()}
+    # Shards interleave clips; order by clip then time so each clip's windows are consecutive.
+    order = np.lexsort((arrays["time"], arrays["clip_id"].astype(str)))
+    return {k: v[order] for k, v in arrays.items()}
