@@ -107,16 +107,34 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         ds = ds.filter(lambda a, l, c: tf.logical_not(tf.reduce_any(tf.equal(c, unwanted))))
     ds = ds.map(lambda a, l, c: (a, l), num_parallel_calls=tf.data.AUTOTUNE)
 
-    if cache == "memory" or (cache == "auto" and decoded_bytes(description, split) <= cache_limit_mb * (1 << 20)):
-        ds = ds.cache()
-    elif cache not in ("auto", "none"):
+    in_memory = cache == "memory" or (cache == "auto" and
+                                      decoded_bytes(description, split) <= cache_limit_mb * (1 << 20))
+    if cache not in ("auto", "memory", "none"):
         raise ValueError(f"cache must be 'auto', 'memory' or 'none', got {cache!r}")
-    if shuffle:
-        count = description.examples(None if split == "all" else split)
-        ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if in_memory and shuffle:
+        # The whole split is one cached element; each pass permutes it with a stateless
+        # shuffle seeded by (seed, pass), so the order depends on nothing but the seed, also
+        # when tf.distribute rebuilds the pipeline per replica.
+        whole = ds.batch(max(1, description.examples(None if split == "all" else split))).cache()
+        passes = tf.data.Dataset.counter()
+        ds = tf.data.Dataset.zip((passes, whole.repeat() if repeat else whole))
+
+        def permute(index, pair):
+            audio, logits = pair
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(audio)[0]), seed=tf.stack([tf.cast(seed, tf.int64), index]))
+            return tf.gather(audio, order), tf.gather(logits, order)
+
+        ds = ds.map(permute).rebatch(batch_size, drop_remainder=drop_remainder)
+    else:
+        if in_memory:
+            ds = ds.cache()
+        if shuffle:
+            count = description.examples(None if split == "all" else split)
+            ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)

@@ -258,16 +258,37 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
 
     steps_per_epoch = max(1, math.ceil(train_count / tc.batch_size))
     spe = tc.steps_per_execution or steps_per_epoch
+    if strategy.num_replicas_in_sync > 1 and spe > 1:
+        # Keras 3.15's multi-step loop fails under MirroredStrategy ("must feed a value for
+        # placeholder tensor"), so replicas run one step per call.
+        log.info("steps_per_execution %d -> 1 under %d replicas", spe, strategy.num_replicas_in_sync)
+        spe = 1
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
-    train_ds = data.make_dataset(data_dir, "train", tc.batch_size, shuffle=True, seed=tc.seed, cache=tc.cache,
+    replicas = strategy.num_replicas_in_sync
+    if tc.batch_size % replicas:
+        raise ConfigError(f"batch size {tc.batch_size} does not split evenly across {replicas} replicas")
+
+    def train_input(context=None):
+        batch = context.get_per_replica_batch_size(tc.batch_size) if context else tc.batch_size
+        return data.make_dataset(data_dir, "train", batch, shuffle=True, seed=tc.seed, cache=tc.cache,
                                  deterministic=tc.deterministic, repeat=True, shuffle_buffer=tc.shuffle_buffer,
-                                 cache_limit_mb=tc.cache_limit_mb, verify=False)
-    val_ds = None
-    if val_count:
-        val_ds = data.make_dataset(data_dir, "validation", tc.batch_size, shuffle=False, cache=tc.cache,
-                                   deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False)
+                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context)
+
+    def val_input(context=None):
+        batch = context.get_per_replica_batch_size(tc.batch_size) if context else tc.batch_size
+        return data.make_dataset(data_dir, "validation", batch, shuffle=False, cache=tc.cache, deterministic=True,
+                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context)
+
+    if replicas > 1 or tc.strategy == "multiworker":
+        # Each input pipeline is built per replica group from the same seed, so the example
+        # order is the one a single replica sees (a rewritten global dataset reseeds its shuffle).
+        train_ds = strategy.distribute_datasets_from_function(train_input)
+        val_ds = strategy.distribute_datasets_from_function(val_input) if val_count else None
+    else:
+        train_ds = train_input()
+        val_ds = val_input() if val_count else None
 
     with strategy.scope():
         student = model_lib.build_audionet(None, spec.num_classes, input_scale=config.model.input_scale,
