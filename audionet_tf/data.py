@@ -81,13 +81,20 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
     include = None if clip_ids is None else sorted(set(clip_ids))
     exclude = None if exclude_clip_ids is None else sorted(set(exclude_clip_ids))
 
+    in_memory = cache == "memory" or (cache == "auto" and
+                                      decoded_bytes(description, split) <= cache_limit_mb * (1 << 20))
+    if cache not in ("auto", "memory", "none"):
+        raise ValueError(f"cache must be 'auto', 'memory' or 'none', got {cache!r}")
+    # A cached split is read once: reading it in order costs nothing and makes the order
+    # depend on the seed alone.
+    ordered = deterministic or in_memory
     file_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     if input_context is not None and input_context.num_input_pipelines > 1:
         file_ds = file_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     ds = file_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered or None)
     feature_spec = records.feature_spec()
 
     def parse(serialized):
@@ -95,7 +102,7 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         audio, logits = records.decode_parsed(parsed, spec)
         return audio, logits, parsed[records.CLIP_ID_KEY]
 
-    ds = ds.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
+    ds = ds.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered or None)
     ds = ds.unbatch()
     if include is not None:
         if not include:
@@ -107,10 +114,6 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         ds = ds.filter(lambda a, l, c: tf.logical_not(tf.reduce_any(tf.equal(c, unwanted))))
     ds = ds.map(lambda a, l, c: (a, l), num_parallel_calls=tf.data.AUTOTUNE)
 
-    in_memory = cache == "memory" or (cache == "auto" and
-                                      decoded_bytes(description, split) <= cache_limit_mb * (1 << 20))
-    if cache not in ("auto", "memory", "none"):
-        raise ValueError(f"cache must be 'auto', 'memory' or 'none', got {cache!r}")
     if in_memory and shuffle:
         # The whole split is one cached element; each pass permutes it with a stateless
         # shuffle seeded by (seed, pass), so the order depends on nothing but the seed, also
