@@ -111,8 +111,9 @@ class Checkpoints(keras.callbacks.Callback):
         if not self.write or not _finite_logs(logs):
             return
         last = self.params.get("epochs") if self.params else None
-        if done % self.every == 0 or done == last:
-            save_model_atomically(self.model, os.path.join(self.directory, "last.keras"))
+        if done % self.every and done != last:
+            return
+        save_model_atomically(self.model, os.path.join(self.directory, "last.keras"))
         value = logs.get(self.monitor)
         if value is not None and float(value) < self.best:
             self.best = float(value)
@@ -150,7 +151,8 @@ class History(keras.callbacks.Callback):
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(self.rows)
-        atomic_write_text(self.path, buffer.getvalue())
+        # Rewritten every epoch: skip fsync, the rename alone keeps it whole.
+        atomic_write_text(self.path, buffer.getvalue(), fsync=False)
 
 
 class LearningRateLog(keras.callbacks.Callback):

@@ -95,7 +95,7 @@ class TrainConfig:
     cache_limit_mb: int = 2048  # "auto" caches decoded examples in memory up to this size
     steps_per_execution: int = 0  # 0: every step of an epoch in one call
     shuffle_buffer: int = 10000
-    checkpoint_every: int = 1  # epochs between checkpoints and backups
+    checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
     histogram_every: int = 50  # epochs between weight histograms and filter images
     export: bool = True
     report: bool = True

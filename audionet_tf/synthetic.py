@@ -7,12 +7,15 @@ logits favour that kind's class, with frame-to-frame jitter, so a student can le
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from audionet_tf import records
 
 
-def write_synthetic_dataset(out_dir: str, *, clips: int = 10, seconds: float = 10.0, num_classes: int = 1000,
+def write_synthetic_dataset(out_dir: str, *, clips: int = 10, seconds: float | Sequence[float] = 10.0,
+                            num_classes: int = 1000,
                             kinds: int = 5, sample_rate: int = 16000, window_samples: int = 640,
                             frame_period_ms: float = 40.0, holdout: int = 0, shard_size: int = 1024,
                             seed: int = 0, audio_format: str = "int16",
@@ -24,11 +27,14 @@ def write_synthetic_dataset(out_dir: str, *, clips: int = 10, seconds: float = 1
                                audio_format=audio_format, logits_format=logits_format)
     writer = records.DatasetWriter(out_dir, spec, shard_size=shard_size, token="synthetic")
     hop = int(round(sample_rate * frame_period_ms / 1000.0))
-    frames = int(round(seconds * 1000.0 / frame_period_ms))
+    lengths = [float(seconds)] * clips if np.isscalar(seconds) else [float(s) for s in seconds]
+    if len(lengths) != clips:
+        raise ValueError(f"{len(lengths)} clip lengths for {clips} clips")
     frequencies = 220.0 * 2.0 ** (np.arange(kinds) * 0.8)  # kinds spread over a few octaves
     class_of_kind = rng.choice(num_classes, size=kinds, replace=False)
     clip_docs = []
     for c in range(clips):
+        frames = int(round(lengths[c] * 1000.0 / frame_period_ms))
         kind = c % kinds
         clip_id = f"synthetic_{c:04d}"
         split = "validation" if c >= clips - holdout else "train"
@@ -40,7 +46,7 @@ def write_synthetic_dataset(out_dir: str, *, clips: int = 10, seconds: float = 1
         logits = rng.normal(0.0, 1.0, size=(frames, num_classes)).astype(np.float32)
         logits[:, class_of_kind[kind]] += 8.0
         writer.add(split, windows, logits, clip_id, starts / sample_rate)
-        clip_docs.append({"id": clip_id, "url": None, "start": 0.0, "duration": seconds, "label": f"tone {kind}",
+        clip_docs.append({"id": clip_id, "url": None, "start": 0.0, "duration": lengths[c], "label": f"tone {kind}",
                           "split": split, "status": "ok", "error": None, "examples": frames, "key": clip_id})
     names = [f"class_{i}" for i in range(num_classes)]
     return writer.finish(clips=clip_docs, class_names=names, extra={"synthetic": {"kinds": kinds, "seed": seed}})

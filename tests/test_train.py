@@ -174,7 +174,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(datas
 
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=dataset, epochs=6, batch_size=32, learning_rate=0.01, runs_dir=str(tmp_path / "runs"),
-        name="nan", export=False, report=False, quiet=True))
+        name="nan", export=False, report=False, quiet=True, checkpoint_every=1))
     with pytest.raises(train.TrainingDiverged, match="NaN") as info:
         train.train(config, extra_callbacks=[PoisonAfterTwoEpochs()])
     assert "epoch 3" in str(info.value)
@@ -189,7 +189,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(datas
 @pytest.mark.slow
 def test_killed_run_continues_where_it_was(dataset, tmp_path):
     args = ["--data", dataset, "--epochs", "400", "--batch-size", "32", "--name", "killed", "--quiet",
-            "--no-export", "--no-report", "--histogram-every", "1000"]
+            "--no-export", "--no-report", "--histogram-every", "1000", "--checkpoint-every", "1"]
     env = QUIET_ENV
     process = subprocess.Popen([sys.executable, "-m", "audionet_tf.train", *args], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
