@@ -20,7 +20,7 @@ BACKUP_STATE = "state.json"
 
 
 def _finite_logs(logs: dict[str, Any] | None) -> bool:
-    return all(math.isfinite(float(v)) for v in (logs or {}).values() if isinstance(v, (int, float, np.floating)))
+    return all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in (logs or {}).values())
 
 
 def _finite_weights(model: keras.Model) -> bool:
@@ -156,10 +156,15 @@ class History(keras.callbacks.Callback):
 
 
 class LearningRateLog(keras.callbacks.Callback):
-    """Adds the optimizer's learning rate to each epoch's logs (so TensorBoard and the history get it)."""
+    """Makes each epoch's logs plain floats and adds the learning rate (for TensorBoard and the history).
+
+    Put it first: the callbacks after it share the same logs dict.
+    """
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if logs is not None:
+            for key, value in logs.items():
+                logs[key] = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 

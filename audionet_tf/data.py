@@ -62,7 +62,14 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
                  expect_classes: int | None = None, drop_remainder: bool = False,
                  shuffle_buffer: int = 10000, cache_limit_mb: int = DEFAULT_CACHE_LIMIT_MB,
                  input_context=None, verify: bool = True):
-    """Batches of (windows `[B, L, 1]` float32 in [-1, 1], teacher logits `[B, C]` float32)."""
+    """Batches of (windows `[B, L, 1]` float32 in [-1, 1], teacher logits `[B, C]` float32).
+
+    `batch_size` is the global batch. With an `input_context` (from
+    `strategy.distribute_datasets_from_function`) the dataset yields per-replica batches:
+    a split cached in memory is read whole by every worker, which takes its slice of each
+    global batch (so N workers see exactly the batches one would); a streamed split is
+    sharded by file across workers (by example when there are fewer files than workers).
+    """
     import tensorflow as tf
 
     description = records.read_description(data_dir)
@@ -88,11 +95,18 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
     # A cached split is read once: reading it in order costs nothing and makes the order
     # depend on the seed alone.
     ordered = deterministic or in_memory
+    workers = input_context.num_input_pipelines if input_context is not None else 1
+    worker = input_context.input_pipeline_id if input_context is not None else 0
+    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context is not None else batch_size
+    if batch_size % workers:
+        raise ValueError(f"batch size {batch_size} does not split evenly across {workers} workers")
+    shard_files = workers > 1 and not in_memory and len(files) >= workers
+    shard_examples = workers > 1 and not in_memory and len(files) < workers
     file_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        file_ds = file_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shard_files:
+        file_ds = file_ds.shard(workers, worker)
     ds = file_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered or None)
     feature_spec = records.feature_spec()
@@ -104,6 +118,8 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
 
     ds = ds.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered or None)
     ds = ds.unbatch()
+    if shard_examples:
+        ds = ds.shard(workers, worker)
     if include is not None:
         if not include:
             raise DatasetError(f"no clip ids given to select from dataset {data_dir}")
@@ -129,6 +145,11 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
             return tf.gather(audio, order), tf.gather(logits, order)
 
         ds = ds.map(permute).rebatch(batch_size, drop_remainder=drop_remainder)
+        if workers > 1:
+            part = batch_size // workers
+            ds = ds.map(lambda a, l: (a[worker * part:(worker + 1) * part], l[worker * part:(worker + 1) * part]))
+        if per_replica != batch_size // workers:
+            ds = ds.rebatch(per_replica, drop_remainder=drop_remainder)
     else:
         if in_memory:
             ds = ds.cache()
@@ -137,7 +158,13 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
             ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if in_memory and workers > 1:  # unshuffled: each worker's slice of the global batches
+            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+            part = batch_size // workers
+            ds = ds.map(lambda a, l: (a[worker * part:(worker + 1) * part], l[worker * part:(worker + 1) * part]))
+            ds = ds.rebatch(per_replica, drop_remainder=drop_remainder)
+        else:
+            ds = ds.batch(per_replica, drop_remainder=drop_remainder)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -216,6 +217,7 @@ def _write_json(path: str, doc: dict[str, Any]) -> None:
 def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbacks: Sequence[Any] = ()) -> str:
     """Train per `config`; returns the run directory."""
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from audionet_tf import callbacks as cb
@@ -271,15 +273,14 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
         raise ConfigError(f"batch size {tc.batch_size} does not split evenly across {replicas} replicas")
 
     def train_input(context=None):
-        batch = context.get_per_replica_batch_size(tc.batch_size) if context else tc.batch_size
-        return data.make_dataset(data_dir, "train", batch, shuffle=True, seed=tc.seed, cache=tc.cache,
+        return data.make_dataset(data_dir, "train", tc.batch_size, shuffle=True, seed=tc.seed, cache=tc.cache,
                                  deterministic=tc.deterministic, repeat=True, shuffle_buffer=tc.shuffle_buffer,
                                  cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context)
 
     def val_input(context=None):
-        batch = context.get_per_replica_batch_size(tc.batch_size) if context else tc.batch_size
-        return data.make_dataset(data_dir, "validation", batch, shuffle=False, cache=tc.cache, deterministic=True,
-                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context)
+        return data.make_dataset(data_dir, "validation", tc.batch_size, shuffle=False, cache=tc.cache,
+                                 deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
+                                 input_context=context)
 
     if replicas > 1 or tc.strategy == "multiworker":
         # Each input pipeline is built per replica group from the same seed, so the example
@@ -302,9 +303,11 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     if initial_epoch >= tc.epochs:
         log.info("run %s already has %d of %d epochs", run_dir, initial_epoch, tc.epochs)
     monitor = "val_kl" if val_ds is not None else "kl"
+    if tc.strategy == "multiworker":
+        _prepare_for_multiworker(student, strategy, spec)
     callbacks = [
-        nan_guard,
         cb.LearningRateLog(),
+        nan_guard,
         history,
         cb.Checkpoints(os.path.join(write_dir, "checkpoints"), monitor=monitor, every=tc.checkpoint_every),
         backup,
@@ -326,6 +329,9 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
             f"The last good state is in {os.path.join(run_dir, 'backup')} and checkpoints/; "
             f"try a lower --learning-rate or --input-scale")
 
+    # Every worker logs a digest of its final weights, so a cluster's agreement is easy to check.
+    digest = hashlib.sha256(b"".join(np.asarray(w, np.float32).tobytes() for w in student.get_weights()))
+    log.info("final weights sha256 %s (task %s)", digest.hexdigest(), _task_id(strategy))
     final = _final_metrics(student, train_ds, val_ds, steps_per_epoch)
     final["epochs"] = tc.epochs
     final["seconds"] = round(time.time() - t0, 1)
@@ -337,6 +343,24 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     else:
         shutil.rmtree(write_dir, ignore_errors=True)
     return run_dir
+
+
+def _prepare_for_multiworker(student, strategy, spec) -> None:
+    """Work around two Keras 3.15 failures of `fit` under MultiWorkerMirroredStrategy with 2+ workers.
+
+    `fit` builds the model from a first batch that it reduces eagerly across workers (which
+    fails), so build it here from a zero batch; and it reduces scalar per-step logs with
+    `axis=0` (which fails for scalars), so hand it logs of shape [1]. LearningRateLog turns
+    them back into floats for the callbacks.
+    """
+    import tensorflow as tf
+
+    with strategy.scope():
+        student._symbolic_build(data_batch=(tf.zeros([1, spec.window_samples, 1]),
+                                            tf.zeros([1, spec.num_classes])))
+    student._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    metrics_result = student.get_metrics_result
+    student.get_metrics_result = lambda: {k: tf.reshape(v, [1]) for k, v in metrics_result().items()}
 
 
 def _is_chief(strategy) -> bool:
@@ -362,10 +386,12 @@ def _log_config_text(log_dir: str, doc: dict[str, Any]) -> None:
 
 
 def _final_metrics(student, train_ds, val_ds, steps_per_epoch: int) -> dict[str, Any]:
+    import numpy as np
+
     result = {"train": student.evaluate(train_ds, steps=steps_per_epoch, verbose=0, return_dict=True)}
     if val_ds is not None:
         result["validation"] = student.evaluate(val_ds, verbose=0, return_dict=True)
-    return {k: {m: float(v) for m, v in d.items()} for k, d in result.items()}
+    return {k: {m: float(np.asarray(v).reshape(-1)[0]) for m, v in d.items()} for k, d in result.items()}
 
 
 def _print_summary(run_dir: str, final: dict[str, Any]) -> None:

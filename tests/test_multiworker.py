@@ -1,0 +1,54 @@
+"""Training across two worker processes on loopback (MultiWorkerMirroredStrategy from TF_CONFIG)."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from audionet_tf.model import load_model
+from audionet_tf.synthetic import write_synthetic_dataset
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_agree_and_match_one_worker_with_the_same_global_batch(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
+    common = ["--data", str(data), "--epochs", "3", "--batch-size", "64", "--learning-rate", "0.01", "--quiet",
+              "--no-export", "--no-report", "--seed", "7"]
+    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "audionet_tf.train", *common, "--strategy", "multiworker", "--name", "cluster"],
+            cwd=tmp_path, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
+    assert digests[0] == digests[1]
+    # The chief wrote the run; the other worker left nothing behind.
+    run = tmp_path / "runs" / "cluster"
+    assert (run / "model.keras").is_file() and (run / "history.csv").is_file()
+    assert not [name for name in os.listdir(run) if name.startswith(".worker")]
+    assert len((run / "history.csv").read_text().splitlines()) == 4
+
+    single = subprocess.run([sys.executable, "-m", "audionet_tf.train", *common, "--name", "single"], cwd=tmp_path,
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    together = load_model(str(run / "model.keras")).get_weights()
+    alone = load_model(str(tmp_path / "runs" / "single" / "model.keras")).get_weights()
+    assert max(float(np.abs(w).max()) for w in alone) > 0.05
+    assert max(float(np.abs(a - b).max()) for a, b in zip(together, alone)) < 1e-4
