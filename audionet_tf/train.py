@@ -162,7 +162,7 @@ def ensure_dataset(config: PipelineConfig, prepare_missing: bool) -> None:
     except ImportError as exc:  # pragma: no cover - the prepare module ships with the package
         raise AudioNetError(f"cannot prepare {data_dir}: {exc}") from None
     log.info("dataset %s is missing: preparing it from %s", data_dir, config.source or "the clip list")
-    prepare.prepare(config)
+    prepare.print_summary(prepare.prepare(config))
     records.read_description(data_dir)
 
 
