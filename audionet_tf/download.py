@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 
 from audionet_tf.errors import AudioNetError
@@ -61,9 +62,7 @@ def ffmpeg_dir(cache_dir: str) -> str:
     target = ffmpeg_exe()
     if os.path.realpath(link) != os.path.realpath(target):
         os.makedirs(folder, exist_ok=True)
-        tmp = f"{link}.{os.getpid()}.tmp"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        tmp = f"{link}.{uuid.uuid4().hex}.tmp"
         os.symlink(target, tmp)
         os.replace(tmp, link)
     return folder

@@ -65,7 +65,7 @@ def read_audio(path: str, sample_rate: int = 16000, start: float = 0.0, duration
 
 def read_frames(path: str, start: float, duration: float, fps: float = 25.0,
                 size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB frames uint8 `[N, H, W, 3]`, N = round(duration * fps): frame k is the picture shown at start + k/fps."""
+    """RGB frames uint8 `[N, H, W, 3]`, N = round(duration * fps): frame k is the source frame nearest start + k/fps."""
     import ffmpeg
 
     if not os.path.isfile(path):
@@ -73,8 +73,8 @@ def read_frames(path: str, start: float, duration: float, fps: float = 25.0,
     count = int(round(duration * fps))
     stream = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}").video
     # Timestamps start at 0 after the seek; the fps filter then repeats or drops source frames
-    # so output frame k is the one on screen at k/fps, whatever the source frame rate.
-    stream = stream.filter("fps", fps=fps, start_time=0, round="down")
+    # so output frame k is the source frame nearest k/fps, whatever the source frame rate.
+    stream = stream.filter("fps", fps=fps, start_time=0, round="near")
     if size is not None:
         stream = stream.filter("scale", size[1], size[0])
     try:

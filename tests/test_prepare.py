@@ -1,0 +1,249 @@
+"""Data preparation with real ffmpeg, real yt-dlp over loopback, and offline teachers."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from audionet_tf import config as cfg
+from audionet_tf import prepare, records
+from audionet_tf.config import AudioConfig
+from audionet_tf.download import Downloader, DownloadError
+from audionet_tf.errors import AudioNetError
+from audionet_tf.manifest import make_clip as clip_entry
+from audionet_tf.manifest import read_manifest
+from audionet_tf.media import MediaError, decode_clip, frame_windows
+from loopback import Server, flash_and_click, make_clip
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A loopback server with a flash-and-click clip and a plain clip."""
+    root = tmp_path_factory.mktemp("www")
+    flash_and_click(str(root / "flash.mp4"), 2.0, at=1.0)
+    make_clip(str(root / "tone.mp4"), 3.0, video="color=c=red:size=32x24:rate=25")
+    server = Server(str(root))
+    yield server, root
+    server.stop()
+
+
+def brightest_frame_and_loudest_window(path, start, duration):
+    decoded = decode_clip(path, start, duration, AudioConfig(), (24, 32))
+    windows = frame_windows(decoded.audio, len(decoded.frames), AudioConfig())
+    brightness = decoded.frames.reshape(len(decoded.frames), -1).mean(axis=1)
+    energy = (windows ** 2).sum(axis=1)
+    return int(brightness.argmax()), int(energy.argmax()), decoded
+
+
+def test_flash_frame_is_paired_with_the_window_that_holds_the_click(served):
+    _, root = served
+    frame, window, decoded = brightest_frame_and_loudest_window(str(root / "flash.mp4"), 0.0, 2.0)
+    # A 30 fps source sampled every 40 ms: frame k is the picture on screen at k * 40 ms.
+    assert frame == 25 and window == 25
+    assert len(decoded.frames) == 50 and len(decoded.audio) == 32000
+    # From a section start 0.6 s in, the same instant is frame 10.
+    frame, window, _ = brightest_frame_and_loudest_window(str(root / "flash.mp4"), 0.6, 1.2)
+    assert frame == window == 10
+
+
+def test_downloaded_section_is_cut_exactly_and_cached(served, tmp_path):
+    server, _ = served
+    clip = clip_entry(f"{server.url}/flash.mp4", 0.6, 1.2, "flash", "test")
+    downloader = Downloader(str(tmp_path / "cache"), retries=0, margin_s=0.3)
+    got = downloader.fetch(clip)
+    assert not got.cached and got.path.startswith(str(tmp_path / "cache"))
+    frame, window, decoded = brightest_frame_and_loudest_window(got.path, got.offset, clip.duration)
+    assert frame == window == 10 and len(decoded.frames) == 30
+    before = len(server.requests)
+    again = downloader.fetch(clip)
+    assert again.cached and again.path == got.path and len(server.requests) == before
+
+
+def test_a_missing_video_fails_with_its_reason(served, tmp_path):
+    server, _ = served
+    clip = clip_entry(f"{server.url}/removed.mp4", 0, 1, "", "test")
+    with pytest.raises(DownloadError, match="404"):
+        Downloader(str(tmp_path / "cache"), retries=2, backoff_s=0.01).fetch(clip)
+
+
+@pytest.mark.parametrize("make,seconds,message", [
+    (lambda p: make_clip(p, 1.0, audio=None), 1.0, "no audio stream"),
+    (lambda p: make_clip(p, 1.0, video=None), 1.0, "no video stream"),
+    (lambda p: open(p, "wb").write(b"not a video at all" * 100), 1.0, "cannot decode"),
+    (lambda p: make_clip(p, 1.0), 3.0, "shorter"),
+])
+def test_bad_clips_are_named(tmp_path, make, seconds, message):
+    path = str(tmp_path / "clip.mp4")
+    make(path)
+    with pytest.raises(MediaError, match=message) as info:
+        decode_clip(path, 0.0, seconds, AudioConfig(), (24, 32))
+    assert path in str(info.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("url,start,duration,label\nabcdefghijk,,10,x\n", "row 2: missing start"),
+    ("url,start,duration,label\nabcdefghijk,5,0,x\n", "row 2: duration must be positive"),
+    ("url,start,duration,label\nabcdefghijk,5,10,x\nabcdefghijk,1:75,10,x\n", "row 3: bad time"),
+    ("url,begin,duration,label\nabcdefghijk,5,10,x\n", "unknown header"),
+    ("url,start,duration,label\n--help,5,10,x\n", "row 2: '--help' is not"),
+    ("url,start,duration,label\nftp://x/y.mp4,5,10,x\n", "row 2"),
+])
+def test_bad_rows_are_refused_with_their_number(tmp_path, text, message):
+    path = tmp_path / "clips.csv"
+    path.write_text(text)
+    with pytest.raises(AudioNetError, match=message) as info:
+        read_manifest(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_audioset_and_vggsound_lists(tmp_path):
+    audioset = tmp_path / "segments.csv"
+    audioset.write_text('# Segments csv created Sun Mar  5 10:54:31 2017\n# num_ytids=2, num_segs=2\n'
+                        '# YTID, start_seconds, end_seconds, positive_labels\n'
+                        '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"\n'
+                        '-0RWZT-miFs, 420.000, 430.000, "/m/03v3yw"\n')
+    clips = read_manifest(str(audioset))
+    assert [(c.video_id, c.start, c.duration) for c in clips] == [("--PJHxphWEs", 30.0, 10.0),
+                                                                  ("-0RWZT-miFs", 420.0, 10.0)]
+    assert clips[0].url == "https://www.youtube.com/watch?v=--PJHxphWEs" and clips[0].label == "/m/09x0r,/t/dd00088"
+    vgg = tmp_path / "vggsound.csv"
+    vgg.write_text("---g-f_I2yQ,1,people marching,test\n--0PQM4-hqg,30,waterfall burbling,train\n")
+    clips = read_manifest(str(vgg))
+    assert [(c.video_id, c.start, c.duration, c.label) for c in clips] == [
+        ("---g-f_I2yQ", 1.0, 10.0, "people marching"), ("--0PQM4-hqg", 30.0, 10.0, "waterfall burbling")]
+
+
+def pipeline(tmp_path, clips, holdout="0.0", **prepare_values):
+    return cfg.PipelineConfig(prepare=cfg.PrepareConfig(
+        out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher="demo-colour", clips=tuple(clips),
+        holdout=holdout, retries=0, margin_s=0.2, shard_size=40, **prepare_values))
+
+
+@pytest.mark.slow
+def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_path):
+    server, root = served
+    local = make_clip(str(tmp_path / "green.mp4"), 2.0, video="color=c=green:size=32x24:rate=25")
+    clips = [{"url": f"{server.url}/tone.mp4", "start": 0.5, "duration": 2, "label": "red"},
+             {"url": local, "start": 0, "duration": 2, "label": "green"},
+             {"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"}]
+    config = pipeline(tmp_path, clips, holdout="0.5")
+    summary = prepare.prepare(config)
+    assert len(summary.written) == 2 and list(summary.failed) and "404" in next(iter(summary.failed.values()))
+    description = records.read_description(str(tmp_path / "data"))
+    assert description.examples() == 100 and description.spec.num_classes == 6
+    status = {c["label"]: c for c in description.clips}
+    assert status["gone"]["status"] == "failed" and "404" in status["gone"]["error"]
+    splits = {c["id"]: c["split"] for c in description.clips if c["status"] == "ok"}
+    assert sorted(splits.values()) == ["train", "validation"]
+    arrays = records.read_examples
+    for shard in description.shards:
+        ids = set(arrays(str(tmp_path / "data" / shard.file), description.spec)["clip_id"])
+        assert all(splits[i] == shard.split for i in ids)
+    # The teacher saw red on the first clip, green on the second.
+    names = records.read_class_names(str(tmp_path / "data"))
+    for shard in description.shards:
+        ex = arrays(str(tmp_path / "data" / shard.file), description.spec)
+        for cid, row in zip(ex["clip_id"], ex["logits"]):
+            assert names[int(row.argmax())] == ("red" if "tone" in cid else "green")
+
+    requests = len(server.requests)
+    again = prepare.prepare(config)
+    assert sorted(again.skipped) == sorted(summary.written) and not again.written
+    assert len(server.requests) == requests + 1  # only the missing video is tried again
+    shards_before = {s.file for s in records.read_description(str(tmp_path / "data")).shards}
+
+    redo = prepare.prepare(pipeline(tmp_path, clips, holdout="0.5", overwrite=True))
+    assert sorted(redo.written) == sorted(summary.written)
+    after = records.read_description(str(tmp_path / "data"))
+    assert after.examples() == 100 and not ({s.file for s in after.shards} & shards_before)
+    assert sorted(f for f in os.listdir(tmp_path / "data") if f.endswith(".tfrecord")) == \
+        sorted(s.file for s in after.shards)
+
+
+def test_strict_makes_a_failure_fatal_and_writes_nothing(served, tmp_path):
+    server, _ = served
+    clips = [{"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"}]
+    with pytest.raises(AudioNetError, match="404"):
+        prepare.prepare(pipeline(tmp_path, clips, strict=True))
+    assert not os.path.exists(tmp_path / "data" / records.DESCRIPTION_FILE)
+
+
+def test_a_second_prepare_on_the_same_directory_is_refused(tmp_path):
+    local = make_clip(str(tmp_path / "green.mp4"), 1.0, video="color=c=green:size=32x24:rate=25")
+    config = pipeline(tmp_path, [{"url": local, "start": 0, "duration": 1, "label": "green"}])
+    with prepare.Lock(str(tmp_path / "data")):
+        with pytest.raises(AudioNetError, match="is being prepared by process"):
+            prepare.prepare(config)
+    assert not os.path.exists(tmp_path / "data" / records.DESCRIPTION_FILE)
+    stale = tmp_path / "data" / prepare.LOCK_FILE
+    stale.write_text("999999")  # a process that is gone
+    assert prepare.prepare(config).written
+
+
+def test_user_teachers_keras_and_savedmodel(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from audionet_tf.teacher import load_teacher
+
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.save(str(tmp_path / "teacher.keras"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"thing {i}" for i in range(5)) + "\n")
+    frames = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    expected = model.predict(frames.astype(np.float32), verbose=0)
+    keras_teacher = load_teacher(str(tmp_path / "teacher.keras"), str(labels))
+    assert keras_teacher.input_size == (16, 16) and keras_teacher.class_names[4] == "thing 4"
+    np.testing.assert_allclose(keras_teacher.logits(frames), expected, atol=1e-5)
+    model.export(str(tmp_path / "teacher_sm"), format="tf_saved_model", verbose=False)
+    saved = load_teacher(str(tmp_path / "teacher_sm"))
+    assert saved.num_classes == 5 and saved.input_size == (16, 16)
+    np.testing.assert_allclose(saved.logits(frames), expected, atol=1e-5)
+    with pytest.raises(AudioNetError, match="unknown teacher"):
+        load_teacher("NotANet")
+    with pytest.raises(AudioNetError, match="has 3 names, but .* gives 5 logits"):
+        load_teacher(str(tmp_path / "teacher.keras"), _write(tmp_path / "three.txt", "a\nb\nc\n"))
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_registry_teacher_builds_offline_with_its_preprocessing():
+    from audionet_tf.teacher import load_teacher
+
+    teacher = load_teacher("MobileNetV3Large", weights=None, batch_size=2)
+    logits = teacher.logits(np.zeros((3, 224, 224, 3), np.uint8))
+    assert logits.shape == (3, 1000) and np.isfinite(logits).all()
+    assert teacher.class_names[0] == "tench" and len(teacher.class_names) == 1000
+
+
+@pytest.mark.slow
+def test_seed_list_first_stage_against_loopback(tmp_path):
+    """The seed pipeline's own ten clips, rewritten to local URLs, download and decode to 2,475 frames."""
+    www = tmp_path / "www"
+    www.mkdir()
+    make_clip(str(www / "long.mp4"), 162.0, video="color=c=gray:size=16x16:rate=25",
+              audio="sine=frequency=300:sample_rate=16000")
+    config = cfg.load_pipeline(os.path.join(os.path.dirname(__file__), "..", "pipelines", "seed.toml"))
+    seed_clips = prepare.list_clips(config)
+    assert len(seed_clips) == 10
+    server = Server(str(www))
+    try:
+        for clip in seed_clips:
+            shutil.copy(www / "long.mp4", www / f"{clip.video_id}.mp4")
+        local = [clip_entry(f"{server.url}/{c.video_id}.mp4", c.start, c.duration, c.label, "seed") for c in seed_clips]
+        downloader = Downloader(str(tmp_path / "cache"), retries=0, margin_s=0.5)
+        frames = 0
+        for clip in local:
+            got = downloader.fetch(clip)
+            decoded = decode_clip(got.path, got.offset, clip.duration, config.audio, (16, 16))
+            frames += len(decoded.frames)
+            assert len(frame_windows(decoded.audio, len(decoded.frames), config.audio)) == len(decoded.frames)
+        assert frames == 2475
+    finally:
+        server.stop()
