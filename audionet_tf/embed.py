@@ -1,0 +1,101 @@
+"""Sound embeddings from the student, one `.npz` per input (`embedding` [M, D], `timestamps` [M] s).
+
+    python -m audionet_tf.embed a.wav b.mp4 --out embeddings/ [--hop-ms 40] [--layer pooled|conv]
+
+`pooled`: the 16 features the student averages before its classifier, per window (the
+SoundNet-style transfer representation). `conv`: statistics over time of the 16 max-pooled
+conv maps per window (mean, standard deviation and maximum: 48 values); it needs the
+Keras model (a `.keras` file or a run directory's `model.keras`). Timestamps are window
+starts in seconds. Files that cannot be read are reported and skipped (exit code 1).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from audionet_tf import inference
+from audionet_tf.errors import AudioNetError
+from audionet_tf.media import read_audio
+
+
+def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
+    """Mean, std and max over time of the max-pooled conv maps: `[N, 48]`."""
+    from audionet_tf.model import embedding_model
+
+    maps = embedding_model(model, "conv").predict(windows[..., None], verbose=0, batch_size=inference.BATCH)
+    return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
+
+
+def embed_wave(student: inference.Student, wave: np.ndarray, hop: int, layer: str, where: str):
+    """Embeddings and window start times for one waveform."""
+    windows, starts = inference.frame_audio(wave, student.window_samples, hop, where)
+    if layer == "conv":
+        if student.keras_model is None:
+            raise AudioNetError(f"--layer conv needs a .keras model, not {student.source}")
+        values = conv_statistics(student.keras_model, windows)
+    else:
+        if student.embed is None:
+            raise AudioNetError(f"{student.source} has no embedding signature")
+        values = inference.batched(student.embed, windows)
+    return values.astype(np.float32), (starts / student.sample_rate).astype(np.float32)
+
+
+def write_npz(path: str, embedding: np.ndarray, timestamps: np.ndarray) -> None:
+    """Write an `.npz` atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, embedding=embedding, timestamps=timestamps)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The embed command's flags."""
+    p = argparse.ArgumentParser(prog="python -m audionet_tf.embed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--model", help="export directory, .keras or run directory (default: newest export)")
+    p.add_argument("--hop-ms", type=float, help="hop between windows (default: the training hop)")
+    p.add_argument("--layer", choices=["pooled", "conv"], default="pooled")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    try:
+        model = args.model or inference.newest_export()
+        if os.path.isfile(os.path.join(model, "model.keras")):
+            model = os.path.join(model, "model.keras")
+        student = inference.load_student(model)
+        if args.hop_ms is not None and not args.hop_ms > 0:
+            raise AudioNetError(f"--hop-ms must be positive, got {args.hop_ms}")
+    except AudioNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    hop = int(round(args.hop_ms * student.sample_rate / 1000)) if args.hop_ms else student.hop_samples
+    os.makedirs(args.out, exist_ok=True)
+    failed = 0
+    for number, path in enumerate(args.files, start=1):
+        try:
+            wave = read_audio(path, student.sample_rate)
+            embedding, timestamps = embed_wave(student, wave, hop, args.layer, path)
+        except AudioNetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        target = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".npz")
+        write_npz(target, embedding, timestamps)
+        print(f"[{number}/{len(args.files)}] {path} -> {target} {embedding.shape}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""What does the student hear? Top classes over time for any audio or video file.
+
+    python -m audionet_tf.predict recording.wav clip.mp4 [--model saved_models/NAME] [--top-k 5]
+    python -m audionet_tf.predict a.wav --json out.json        # or --csv out.csv
+
+Any file ffmpeg reads, at any sample rate and channel count (resampled to 16 kHz mono).
+Prints, per file, the top-k classes of each window (at the training hop) and of each
+second (probabilities averaged over its windows). `--model` takes an export directory, a
+`.keras` or a `.tflite` file (default: the newest export under saved_models/). With
+several files, one that cannot be read is reported and the others are still processed;
+the exit code is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from audionet_tf import inference
+from audionet_tf.errors import AudioNetError
+from audionet_tf.media import read_audio
+from audionet_tf.records import atomic_write_text
+
+
+def predict_file(student: inference.Student, path: str, top_k: int = 5) -> dict[str, Any]:
+    """Per-window and per-second top-k classes of one file."""
+    wave = read_audio(path, student.sample_rate)
+    windows, starts = inference.frame_audio(wave, student.window_samples, student.hop_samples, path)
+    probs = inference.softmax(inference.batched(student.logits, windows))
+    times = starts / student.sample_rate
+    k = min(top_k, probs.shape[1])
+
+    def top(p: np.ndarray) -> list[dict[str, Any]]:
+        order = np.argsort(-p)[:k]
+        return [{"class": student.class_names[i], "index": int(i), "probability": float(p[i])} for i in order]
+
+    seconds = np.floor(times).astype(int)
+    return {
+        "file": path, "duration": len(wave) / student.sample_rate, "model": student.source,
+        "windows": [{"time": float(t), "top": top(p)} for t, p in zip(times, probs)],
+        "seconds": [{"second": int(s), "top": top(probs[seconds == s].mean(axis=0))} for s in np.unique(seconds)],
+    }
+
+
+def to_csv(results: list[dict[str, Any]]) -> str:
+    """One row per (file, window, rank)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "time", "rank", "class", "probability"])
+    for result in results:
+        for window in result["windows"]:
+            for rank, entry in enumerate(window["top"], start=1):
+                writer.writerow([result["file"], f"{window['time']:.3f}", rank, entry["class"],
+                                 f"{entry['probability']:.6f}"])
+    return buffer.getvalue()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The predict command's flags."""
+    p = argparse.ArgumentParser(prog="python -m audionet_tf.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+")
+    p.add_argument("--model", help="export directory, .keras or .tflite (default: newest under saved_models/)")
+    p.add_argument("--top-k", type=int, default=5)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", help="write the results as JSON")
+    out.add_argument("--csv", help="write the per-window results as CSV")
+    p.add_argument("--quiet", action="store_true", help="no timeline on the terminal")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    if args.top_k < 1:
+        print("error: --top-k must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        student = inference.load_student(args.model or inference.newest_export())
+    except AudioNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results, failed = [], 0
+    for path in args.files:
+        try:
+            result = predict_file(student, path, args.top_k)
+        except AudioNetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append(result)
+        if not args.quiet:
+            print(f"{path} ({result['duration']:.2f} s)")
+            for second in result["seconds"]:
+                tops = ", ".join(f"{e['class']} {e['probability']:.2f}" for e in second["top"])
+                print(f"  {second['second']:4d} s  {tops}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    if args.csv:
+        atomic_write_text(args.csv, to_csv(results))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
