@@ -1,0 +1,131 @@
+"""Evaluation and report on data the tests make: a distillation dataset, tiny ESC-50-shaped sound sets."""
+import csv
+import json
+import os
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audionet_tf import config as cfg
+from audionet_tf import data, evaluate, report, train
+from audionet_tf.errors import AudioNetError
+from audionet_tf.synthetic import write_synthetic_dataset
+
+
+def write_wav(path, samples, rate=16000, channels=1):
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(channels)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(np.repeat(pcm[:, None], channels, axis=1).tobytes())
+
+
+def sound(kind, index, rate=16000, seconds=1.0):
+    rng = np.random.default_rng(index)
+    t = np.arange(int(seconds * rate)) / rate
+    if kind == "tone":
+        return 0.5 * np.sin(2 * np.pi * (400 + 40 * index) * t)
+    if kind == "noise":
+        return 0.3 * rng.standard_normal(len(t))
+    return 0.5 * np.sin(2 * np.pi * (300 + 2500 * t) * t)  # chirp
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("eval")
+    write_synthetic_dataset(str(work / "data"), clips=6, seconds=2.0, num_classes=8, kinds=2, holdout=2)
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=str(work / "data"), epochs=15, batch_size=64, learning_rate=3e-3, name="ev", runs_dir=str(work / "runs"),
+        export=False, report=True, quiet=True))
+    return work, Path(train.train(config))
+
+
+@pytest.fixture(scope="module")
+def esc50(tmp_path_factory):
+    """3 classes x 8 files in ESC-50's layout, some at 44.1 kHz stereo, one unreadable."""
+    root = tmp_path_factory.mktemp("esc") / "ESC-50"
+    (root / "audio").mkdir(parents=True)
+    (root / "meta").mkdir()
+    rows = []
+    for target, kind in enumerate(("tone", "noise", "chirp")):
+        for i in range(8):
+            name = f"{i % 4 + 1}-{kind}-{i}.wav"
+            rate = 44100 if i % 3 == 0 else 16000
+            write_wav(root / "audio" / name, sound(kind, i, rate), rate, channels=2 if i % 3 == 0 else 1)
+            rows.append({"filename": name, "fold": i % 4 + 1, "target": target, "category": kind})
+    (root / "audio" / "broken.wav").write_bytes(b"RIFF....not audio")
+    rows.append({"filename": "broken.wav", "fold": 1, "target": 0, "category": "tone"})
+    with open(root / "meta" / "esc50.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["filename", "fold", "target", "category"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_distill_scores_only_held_out_clips_against_a_prior_baseline(run):
+    work, run_dir = run
+    result = evaluate.distill(str(run_dir), str(work / "data"))
+    assert sorted(result["per_clip"]) == ["synthetic_0004", "synthetic_0005"] == result["held_out_clips"]
+    held = data.load_arrays(str(work / "data"), "validation")
+    train_logits = data.load_arrays(str(work / "data"), "train")["logits"]
+    # The prior always answers the teacher's most probable class on average over training windows.
+    mean_prob = np.exp(train_logits - train_logits.max(1, keepdims=True))
+    mean_prob = (mean_prob / mean_prob.sum(1, keepdims=True)).mean(0)
+    expected = float(np.mean(held["logits"].argmax(1) == mean_prob.argmax()))
+    assert result["prior"]["top1_agreement"] == pytest.approx(expected)
+    assert result["student"]["top1_agreement"] > result["prior"]["top1_agreement"]
+    assert (run_dir / "report" / "distill.json").is_file()
+
+
+def test_distill_folds_train_without_each_fold(run):
+    work, run_dir = run
+    result = evaluate.distill(str(run_dir), str(work / "data"), folds=3, epochs=2)
+    per_fold = result["folds"]["per_fold"]
+    assert len(per_fold) == 3
+    assert sorted(c for f in per_fold for c in f["clips"]) == [f"synthetic_{i:04d}" for i in range(6)]
+    assert 0 <= result["folds"]["summary"]["top1_agreement"]["mean"] <= 1
+
+
+def test_transfer_table_is_repeatable_and_lists_unreadable_files(run, esc50):
+    _, run_dir = run
+    first = evaluate.transfer(str(run_dir), str(esc50), seed=3)
+    second = evaluate.transfer(str(run_dir), str(esc50), seed=3)
+    assert first["accuracy"] == second["accuracy"]
+    assert set(first["accuracy"]) == {"student", "random network", "log-mel/MFCC"}
+    assert first["files"] == 24 and list(first["skipped"]) == [str(esc50 / "audio" / "broken.wav")]
+    assert first["cv"] == "the dataset's folds" and len(first["accuracy"]["student"]["folds"]) == 4
+    assert first["accuracy"]["log-mel/MFCC"]["mean"] > 0.8  # tones, noise and chirps are easy for log-mel
+
+
+def test_transfer_on_class_folders_and_its_refusals(run, tmp_path, capsys):
+    _, run_dir = run
+    for kind in ("tone", "noise"):
+        (tmp_path / "sets" / kind).mkdir(parents=True)
+        for i in range(5):
+            write_wav(tmp_path / "sets" / kind / f"{i}.wav", sound(kind, i))
+    result = evaluate.transfer(str(run_dir), str(tmp_path / "sets"), folds=5)
+    assert result["cv"] == "stratified 5-fold" and result["files"] == 10
+    with pytest.raises(AudioNetError, match="fewer files than --folds 6"):
+        evaluate.transfer(str(run_dir), str(tmp_path / "sets"), folds=6)
+    (tmp_path / "one" / "tone").mkdir(parents=True)
+    write_wav(tmp_path / "one" / "tone" / "a.wav", sound("tone", 0))
+    assert evaluate.main(["transfer", "--model", str(run_dir), "--dataset", str(tmp_path / "one")]) == 2
+    assert "a classifier needs two" in capsys.readouterr().err
+
+
+def test_report_page_shows_valid_pngs(run):
+    _, run_dir = run
+    index = run_dir / "report" / "index.html"
+    assert index.is_file()  # training made it at its end
+    page = index.read_text()
+    images = [part.split("'")[0] for part in page.split("<img src='")[1:]]
+    assert "curves.png" in images and "filters.png" in images
+    assert any(name.startswith("timeline-synthetic_0004") for name in images)
+    for name in images:
+        assert (run_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Evaluation tables appear once evaluate has written them.
+    report.make_report(str(run_dir))
+    assert "held-out clips" in index.read_text()
