@@ -131,6 +131,9 @@ def atomic_write_text(path: str, text: str, fsync: bool = True) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -57,6 +57,8 @@ def plot_history(history_csv: str, out: str) -> str | None:
                 ax.plot(epochs, [float(r[prefix + metric]) for r in rows], label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        if metric == "loss":
+            ax.set_yscale("log")
         ax.legend()
     fig.tight_layout()
     path = os.path.join(out, "curves.png")

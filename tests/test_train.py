@@ -96,7 +96,9 @@ def test_export_matches_the_keras_model(finished_run):
     assert float(np.abs(got - expected).max()) / scale <= 1e-5
     tflite = [f for f in os.listdir(export) if f.endswith(".tflite")]
     assert "model.tflite" in tflite
-    interpreter = tf.lite.Interpreter(model_path=str(export / "model.tflite"))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(export / "model.tflite"))
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], list(x.shape) if len(detail["shape"]) == 2 else [4, 640, 1])
     interpreter.allocate_tensors()
