@@ -36,7 +36,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "ai-edge-litert"],
         "litert": ["ai-edge-litert"],
-        "beam": ["apache-beam>=2.60"],
+        "beam": ["apache-beam[tfrecord]>=2.60"],
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in ENTRY_POINTS.items()]},
 )

@@ -10,6 +10,9 @@ makes any failure fatal). Held-out clips (`--holdout`: a fraction, chosen by a h
 clip id, or a comma-separated list of ids) are whole clips, never windows of a clip used
 in training. A rerun skips clips already written with the same settings (`--overwrite`
 redoes them); a second prepare on the same directory while one runs is refused.
+
+`--runner NAME [Beam pipeline options]` runs the same stages as an Apache Beam pipeline
+(`pip install -e .[beam]`; see `beam_prepare.py`).
 """
 from __future__ import annotations
 
@@ -173,6 +176,23 @@ def shard_clips(out: str, shard: records.ShardInfo, spec: records.DatasetSpec) -
     return sorted(set(records.read_examples(path, spec)["clip_id"]))
 
 
+def dataset_spec(config: cfg.PipelineConfig, teacher) -> records.DatasetSpec:
+    """The dataset's shared facts for a pipeline and its teacher."""
+    pc, ac = config.prepare, config.audio
+    return records.DatasetSpec(sample_rate=ac.sample_rate, window_samples=ac.window_samples,
+                               frame_period_ms=ac.frame_period_ms, num_classes=teacher.num_classes,
+                               teacher=teacher.name, audio_format=pc.audio_format, logits_format=pc.logits_format)
+
+
+def label_clip(decoded, teacher, audio: cfg.AudioConfig):
+    """A decoded clip's examples: windows `[N, L]`, teacher logits `[N, C]`, frame times `[N]`."""
+    from audionet_tf import media
+
+    logits = teacher.logits(decoded.frames)
+    windows = media.frame_windows(decoded.audio, len(decoded.frames), audio)
+    return windows, logits, decoded.times
+
+
 def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Summary:
     """Prepare the pipeline's dataset in `prepare.out`; returns what happened to each clip."""
     from audionet_tf import download, media, teacher as teacher_lib
@@ -187,10 +207,7 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
         todo = [c for c in clips if c.id not in done]
         summary.skipped = sorted(done)
         teacher = teacher_lib.load_teacher(pc.teacher, pc.labels, weights=weights, batch_size=pc.teacher_batch)
-        spec = records.DatasetSpec(sample_rate=ac.sample_rate, window_samples=ac.window_samples,
-                                   frame_period_ms=ac.frame_period_ms, num_classes=teacher.num_classes,
-                                   teacher=teacher.name, audio_format=pc.audio_format,
-                                   logits_format=pc.logits_format)
+        spec = dataset_spec(config, teacher)
         downloader = download.Downloader(pc.cache_dir, retries=pc.retries, margin_s=pc.margin_s)
         writer = records.DatasetWriter(pc.out, spec, shard_size=pc.shard_size)
         docs = {d["id"]: d for d in kept_docs}
@@ -211,10 +228,8 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
                 split = "validation" if clip.id in held_out else "train"
                 doc = {**clip.to_dict(), "split": split, "key": keys[clip.id]}
                 try:
-                    decoded = futures[index].result()
-                    logits = teacher.logits(decoded.frames)
-                    windows = media.frame_windows(decoded.audio, len(decoded.frames), ac)
-                    writer.add(split, windows, logits, clip.id, decoded.times)
+                    windows, logits, times = label_clip(futures[index].result(), teacher, ac)
+                    writer.add(split, windows, logits, clip.id, times)
                 except AudioNetError as exc:
                     if pc.strict:
                         writer.abort()
@@ -259,6 +274,7 @@ def print_summary(summary: Summary) -> None:
 PREPARE_FLAGS = {
     "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
     "holdout": str, "shard_size": int, "audio_format": str, "logits_format": str, "retries": int, "margin_s": float,
+    "runner": str,
 }
 
 
@@ -289,10 +305,20 @@ def resolve_config(args: argparse.Namespace) -> cfg.PipelineConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # With --runner, flags this command does not know are Beam pipeline options.
+    args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = prepare(resolve_config(args))
+        config = resolve_config(args)
+        if config.prepare.runner:
+            from audionet_tf.beam_prepare import run_beam
+
+            summary = run_beam(config, beam_args)
+        elif beam_args:
+            parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+        else:
+            summary = prepare(config)
     except AudioNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
