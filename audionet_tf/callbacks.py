@@ -47,20 +47,22 @@ class Backup(keras.callbacks.Callback):
     `restore()` is called before `fit` and returns the epoch to start from.
     """
 
-    def __init__(self, backup_dir: str, every: int = 1, write: bool = True):
+    def __init__(self, backup_dir: str, every: int = 1, write: bool = True, restore_dir: str | None = None):
         super().__init__()
         self.backup_dir = backup_dir
         self.every = every
-        self.write = write  # False on non-chief workers
+        self.write = write
+        # Every worker of a cluster resumes from the chief's backup, so they all start alike.
+        self.restore_dir = restore_dir or backup_dir
 
     def restore(self, model: keras.Model) -> int:
         """Load the last backup into `model` (and its optimizer); the epoch to resume at, or 0."""
-        state_path = os.path.join(self.backup_dir, BACKUP_STATE)
+        state_path = os.path.join(self.restore_dir, BACKUP_STATE)
         if not os.path.isfile(state_path):
             return 0
         with open(state_path, encoding="utf-8") as handle:
             state = json.load(handle)
-        weights = os.path.join(self.backup_dir, state["weights"])
+        weights = os.path.join(self.restore_dir, state["weights"])
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(weights)

@@ -87,6 +87,7 @@ class TrainConfig:
     temperature: float = 1.0
     devices: int | None = None  # None: every visible GPU, or one CPU replica
     strategy: str = "mirrored"  # mirrored | multiworker
+    collective_timeout_s: float = 60.0  # multiworker: the others fail this long after a worker dies
     name: str | None = None  # run name; None: a timestamp
     runs_dir: str = "runs"
     export_dir: str = "saved_models"
@@ -113,6 +114,8 @@ class TrainConfig:
                f"must be at least 1, got {self.devices}")
         _check(self.strategy in ("mirrored", "multiworker"), "train.strategy",
                f"must be 'mirrored' or 'multiworker', got {self.strategy!r}")
+        _check(self.collective_timeout_s > 0, "train.collective_timeout_s",
+               f"must be positive, got {self.collective_timeout_s}")
         _check(self.cache in ("auto", "memory", "none"), "train.cache",
                f"must be 'auto', 'memory' or 'none', got {self.cache!r}")
         _check(self.cache_limit_mb >= 0, "train.cache_limit_mb", f"must be 0 or more, got {self.cache_limit_mb}")

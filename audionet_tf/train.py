@@ -34,7 +34,7 @@ log = logging.getLogger("audionet_tf.train")
 SEED_PIPELINE = "pipelines/seed.toml"
 DEMO_PIPELINE = "pipelines/demo.toml"
 # Settings that may differ when the same run is started again (everything else must match).
-RESUMABLE_CHANGES = {"epochs", "quiet", "export", "report", "histogram_every", "checkpoint_every", "devices"}
+RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every", "checkpoint_every", "devices"}
 
 
 class TrainingDiverged(AudioNetError):
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_positive_float, help="distillation temperature T (loss scaled by T^2)")
     p.add_argument("--devices", type=_positive_int, help="number of replicas (GPUs; logical CPUs when none)")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"])
+    p.add_argument("--collective-timeout-s", type=_positive_float,
+                   help="multiworker: seconds before workers give up on a dead peer")
     p.add_argument("--name", help="run name (default: the pipeline's, or the dataset directory's name)")
     p.add_argument("--runs-dir")
     p.add_argument("--export-dir")
@@ -166,13 +168,17 @@ def ensure_dataset(config: PipelineConfig, prepare_missing: bool) -> None:
     records.read_description(data_dir)
 
 
-def make_strategy(devices: int | None, kind: str = "mirrored"):
+def make_strategy(devices: int | None, kind: str = "mirrored", collective_timeout_s: float = 60.0):
     """MirroredStrategy over the visible GPUs (or `devices` of them); on a CPU-only host, one replica,
     or `devices` logical CPU devices (which share the same cores: for testing distribution)."""
     import tensorflow as tf
 
     if kind == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Without a timeout, the workers left behind when one dies wait forever in the next
+        # all-reduce; with it they fail, and the whole cluster restarted with the same
+        # commands resumes from the chief's last backup.
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = [d.name for d in tf.config.list_logical_devices("GPU")]
@@ -229,7 +235,8 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     # Keras's advice about these does not apply here.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
-    strategy = make_strategy(tc.devices, tc.strategy)  # before anything initialises the TF runtime's devices
+    # First: the strategy must exist before anything initialises the TF runtime's devices.
+    strategy = make_strategy(tc.devices, tc.strategy, tc.collective_timeout_s)
     ensure_dataset(config, prepare_missing)
     data_dir = config.data_dir
     description = records.read_description(data_dir)
@@ -295,10 +302,12 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
         student = model_lib.build_audionet(None, spec.num_classes, input_scale=config.model.input_scale,
                                            conv_filters=config.model.conv_filters)
         compile_student(student, tc, spe)
-    backup = cb.Backup(os.path.join(write_dir, "backup"), every=tc.checkpoint_every)
+    backup = cb.Backup(os.path.join(write_dir, "backup"), every=tc.checkpoint_every,
+                       restore_dir=os.path.join(run_dir, "backup"))
     history = cb.History(os.path.join(write_dir, "history.csv"))
     nan_guard = cb.StopOnNaN()
-    initial_epoch = backup.restore(student)
+    with strategy.scope():  # the optimizer's slots are distributed variables
+        initial_epoch = backup.restore(student)
     history.resume_at(initial_epoch)
     if initial_epoch >= tc.epochs:
         log.info("run %s already has %d of %d epochs", run_dir, initial_epoch, tc.epochs)

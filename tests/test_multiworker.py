@@ -5,6 +5,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -52,3 +53,42 @@ def test_two_workers_agree_and_match_one_worker_with_the_same_global_batch(tmp_p
     alone = load_model(str(tmp_path / "runs" / "single" / "model.keras")).get_weights()
     assert max(float(np.abs(w).max()) for w in alone) > 0.05
     assert max(float(np.abs(a - b).max()) for a, b in zip(together, alone)) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_killed_worker_and_the_cluster_restarted_with_the_same_commands_go_on(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
+    args = [sys.executable, "-m", "audionet_tf.train", "--data", str(data), "--epochs", "400", "--batch-size", "64",
+            "--quiet", "--no-export", "--no-report", "--strategy", "multiworker", "--name", "cluster",
+            "--checkpoint-every", "1", "--collective-timeout-s", "10"]
+    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+
+    def start(index, epochs):
+        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+        command = [epochs if a == "400" else a for a in args]
+        return subprocess.Popen(command, cwd=tmp_path, env={**ENV, "TF_CONFIG": json.dumps(tf_config)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    workers = [start(0, "400"), start(1, "400")]
+    state = tmp_path / "runs" / "cluster" / "backup" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 3):
+        time.sleep(0.1)
+    workers[1].kill()
+    workers[1].wait()
+    # The survivor gives up on its dead peer instead of waiting forever.
+    survivor_log = workers[0].communicate(timeout=180)[0]
+    assert workers[0].returncode != 0, survivor_log[-2000:]
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert killed_at < 400
+    # The same commands (cut short so the test ends soon): the cluster resumes from the chief's backup.
+    restarted = [start(0, str(killed_at + 3)), start(1, str(killed_at + 3))]
+    logs = [w.communicate(timeout=300)[0] for w in restarted]
+    assert [w.returncode for w in restarted] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert all(f"at epoch {killed_at}" in log for log in logs)
+    digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
+    assert digests[0] == digests[1]
+    epochs = [int(line.split(",")[0]) for line in
+              (tmp_path / "runs" / "cluster" / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(1, killed_at + 4))
