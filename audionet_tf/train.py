@@ -27,12 +27,21 @@ from typing import Any, Sequence
 
 from audionet_tf import config as cfg
 from audionet_tf import records
+from audionet_tf.config import PipelineConfig
 from audionet_tf.errors import AudioNetError, ConfigError
 
 log = logging.getLogger("audionet_tf.train")
 
 SEED_PIPELINE = "pipelines/seed.toml"
 DEMO_PIPELINE = "pipelines/demo.toml"
+
+
+def default_pipeline(name: str) -> str:
+    """A shipped pipeline: relative to the working directory, else beside the package (a source checkout)."""
+    if os.path.isfile(name):
+        return name
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
+    return beside if os.path.isfile(beside) else name
 # Settings that may differ when the same run is started again (everything else must match).
 RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every", "checkpoint_every", "devices"}
 
@@ -98,15 +107,12 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     """Defaults ← pipeline file ← flags."""
     pipeline = args.pipeline
     if pipeline is None and args.data is None:
-        pipeline = SEED_PIPELINE
+        pipeline = default_pipeline(SEED_PIPELINE)
     config = cfg.load_pipeline(pipeline)
     train_keys = {f.name for f in dataclasses.fields(cfg.TrainConfig)}
     config = cfg.override(config, "train", {k: v for k, v in vars(args).items() if k in train_keys})
     config = cfg.override(config, "model", {"input_scale": args.input_scale})
     return config
-
-
-PipelineConfig = cfg.PipelineConfig
 
 
 def run_name(config: PipelineConfig) -> str:
