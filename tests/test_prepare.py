@@ -127,7 +127,8 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
     clips = [{"url": f"{server.url}/tone.mp4", "start": 0.5, "duration": 2, "label": "red"},
              {"url": local, "start": 0, "duration": 2, "label": "green"},
              {"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"}]
-    config = pipeline(tmp_path, clips, holdout="0.5")
+    green_id = clip_entry(local, 0, 2, "green", "test").id
+    config = pipeline(tmp_path, clips, holdout=green_id)
     summary = prepare.prepare(config)
     assert len(summary.written) == 2 and list(summary.failed) and "404" in next(iter(summary.failed.values()))
     description = records.read_description(str(tmp_path / "data"))
@@ -135,7 +136,7 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
     status = {c["label"]: c for c in description.clips}
     assert status["gone"]["status"] == "failed" and "404" in status["gone"]["error"]
     splits = {c["id"]: c["split"] for c in description.clips if c["status"] == "ok"}
-    assert sorted(splits.values()) == ["train", "validation"]
+    assert splits[green_id] == "validation" and sorted(splits.values()) == ["train", "validation"]
     arrays = records.read_examples
     for shard in description.shards:
         ids = set(arrays(str(tmp_path / "data" / shard.file), description.spec)["clip_id"])
@@ -153,7 +154,7 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
     assert len(server.requests) == requests + 1  # only the missing video is tried again
     shards_before = {s.file for s in records.read_description(str(tmp_path / "data")).shards}
 
-    redo = prepare.prepare(pipeline(tmp_path, clips, holdout="0.5", overwrite=True))
+    redo = prepare.prepare(pipeline(tmp_path, clips, holdout=green_id, overwrite=True))
     assert sorted(redo.written) == sorted(summary.written)
     after = records.read_description(str(tmp_path / "data"))
     assert after.examples() == 100 and not ({s.file for s in after.shards} & shards_before)
@@ -247,3 +248,17 @@ def test_seed_list_first_stage_against_loopback(tmp_path):
         assert frames == 2475
     finally:
         server.stop()
+
+
+def test_holdout_fraction_is_deterministic_and_keeps_both_sides():
+    from audionet_tf.manifest import Clip
+
+    clips = [Clip(id=f"clip-{i}", url=f"/x/{i}", start=0, duration=1) for i in range(20)]
+    chosen = prepare.holdout_ids(clips, "0.25")
+    assert chosen == prepare.holdout_ids(list(reversed(clips)), "0.25")
+    assert 0 < len(chosen) < 20
+    assert len(prepare.holdout_ids(clips[:2], "0.01")) == 1  # at least one held out
+    assert len(prepare.holdout_ids(clips[:2], "0.99")) == 1  # never all
+    assert prepare.holdout_ids(clips, "clip-3,clip-7") == {"clip-3", "clip-7"}
+    with pytest.raises(AudioNetError, match="not in the list"):
+        prepare.holdout_ids(clips, "clip-3,nope")
