@@ -230,7 +230,7 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
                 try:
                     windows, logits, times = label_clip(futures[index].result(), teacher, ac)
                     writer.add(split, windows, logits, clip.id, times)
-                except AudioNetError as exc:
+                except (AudioNetError, OSError) as exc:  # OSError: a full disk or unreadable cache file
                     if pc.strict:
                         writer.abort()
                         raise AudioNetError(f"clip {clip.id} failed (--strict): {exc}") from None

@@ -142,7 +142,8 @@ def choose_run_dir(config: PipelineConfig, name: str) -> str:
             candidate = f"{base}-{index}"
             continue
         if not os.path.isfile(config_path):
-            if not os.listdir(candidate):
+            # Another worker of the same cluster may have made its scratch directory first.
+            if not [n for n in os.listdir(candidate) if not n.startswith(".worker-")]:
                 return candidate
             raise ConfigError(f"{candidate} exists and is not a run directory; choose another --name or --runs-dir")
         with open(config_path, encoding="utf-8") as handle:
