@@ -129,8 +129,12 @@ def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
     return {"train": train, "model": doc.get("model"), "audio": doc.get("audio")}
 
 
-def choose_run_dir(config: PipelineConfig, name: str) -> str:
-    """The run directory: the same one to resume an unfinished run, a new one otherwise; never one to overwrite."""
+def choose_run_dir(config: PipelineConfig, name: str, chief: bool = True) -> str:
+    """The run directory: the same one to resume an unfinished run, a new one otherwise; never one to overwrite.
+
+    Only the chief checks an unfinished directory's contents: the other workers of a cluster
+    start while the chief is writing into it, and follow the same choice.
+    """
     base = os.path.join(config.train.runs_dir, name)
     candidate, index = base, 1
     while True:
@@ -141,9 +145,11 @@ def choose_run_dir(config: PipelineConfig, name: str) -> str:
             index += 1
             candidate = f"{base}-{index}"
             continue
+        if not chief:
+            return candidate
         if not os.path.isfile(config_path):
-            # Another worker of the same cluster may have made its scratch directory first.
-            if not [n for n in os.listdir(candidate) if not n.startswith(".worker-")]:
+            # Hidden entries: another worker's scratch directory, a file being written.
+            if not [n for n in os.listdir(candidate) if not n.startswith(".")]:
                 return candidate
             raise ConfigError(f"{candidate} exists and is not a run directory; choose another --name or --runs-dir")
         with open(config_path, encoding="utf-8") as handle:
@@ -258,8 +264,8 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
         raise AudioNetError(f"dataset {data_dir} has no training examples (all clips failed or are held out)")
 
     name = run_name(config)
-    run_dir = choose_run_dir(config, name)
     chief = _is_chief(strategy)
+    run_dir = choose_run_dir(config, name, chief)
     os.makedirs(run_dir, exist_ok=True)
     write_dir = run_dir if chief else os.path.join(run_dir, f".worker-{_task_id(strategy)}")
     doc = config.to_dict()
