@@ -25,9 +25,7 @@ from audionet_tf.media import read_audio
 
 def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
     """Mean, std and max over time of the max-pooled conv maps: `[N, 48]`."""
-    from audionet_tf.model import embedding_model
-
-    maps = embedding_model(model, "conv").predict(windows[..., None], verbose=0, batch_size=inference.BATCH)
+    maps = inference.keras_runner(model, "conv")(windows)
     return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
 
 

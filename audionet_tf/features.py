@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from audionet_tf.inference import frame_audio
+from audionet_tf.inference import frame_audio, keras_runner
 
 
 def student_features(model, wave: np.ndarray, window: int, hop: int, where: str) -> np.ndarray:
     """Per-file student features: the pooled 16 averaged over windows, and mean/std/max over time of the
     conv maps averaged over windows (16 + 48 values)."""
-    from audionet_tf.model import embedding_model
-
     windows, _ = frame_audio(wave, window, hop, where)
-    maps = embedding_model(model, "conv").predict(windows[..., None], verbose=0, batch_size=256)
+    maps = keras_runner(model, "conv")(windows)  # one trace for every file length
     pooled = maps.mean(axis=1)
     stats = np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
     return np.concatenate([pooled.mean(axis=0), stats.mean(axis=0)]).astype(np.float32)

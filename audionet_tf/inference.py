@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,6 +12,7 @@ import numpy as np
 from audionet_tf.errors import AudioNetError
 
 BATCH = 256
+RUNNER_CACHE = 8  # Keras models (or sub-models) whose traced function is kept for reuse
 
 
 @dataclass
@@ -25,6 +27,51 @@ class Student:
     source: str
     keras_model: object | None = None
     embed: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+class KerasRunner:
+    """Windows `[N, L]` → a Keras model's outputs, through one function traced once for every N and L.
+
+    `model.predict` traces anew for each new model object and each new batch shape, so running files
+    of many lengths (or building a sub-model per file) retraced on every file; this function's input
+    signature has both dimensions unknown.
+    """
+
+    def __init__(self, model, layer: str | None = None):
+        import tensorflow as tf
+
+        from audionet_tf.model import embedding_model
+
+        self.model = model
+        net = embedding_model(model, layer) if layer else model
+        self.function = tf.function(lambda windows: net(tf.expand_dims(windows, -1), training=False),
+                                    input_signature=[tf.TensorSpec([None, None], tf.float32)])
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """Outputs for `windows`, in batches of BATCH."""
+        windows = np.asarray(windows, np.float32)
+        return np.concatenate([self.function(windows[i:i + BATCH]).numpy()
+                               for i in range(0, max(len(windows), 1), BATCH)])
+
+    @property
+    def traces(self) -> int:
+        """How many times the function has been traced (1 after any number of calls)."""
+        return self.function.experimental_get_tracing_count()
+
+
+_runners: OrderedDict[tuple[int, str | None], KerasRunner] = OrderedDict()
+
+
+def keras_runner(model, layer: str | None = None) -> KerasRunner:
+    """The runner of `model` (its logits, or the `pooled`/`conv` features), reused across calls."""
+    # Keyed by id(): the cache holds the model, so its id cannot be reused while the entry lives.
+    key = (id(model), layer)
+    if key not in _runners:
+        _runners[key] = KerasRunner(model, layer)
+        while len(_runners) > RUNNER_CACHE:
+            _runners.popitem(last=False)
+    _runners.move_to_end(key)
+    return _runners[key]
 
 
 def _labels(path: str, count: int) -> list[str]:
@@ -80,17 +127,15 @@ def load_student(path: str) -> Student:
             raise AudioNetError(f"{path}: cannot run this TFLite model ({exc})") from None
         return Student(run, _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop, path)
     if path.endswith(".keras"):
-        from audionet_tf.model import embedding_model, load_model
+        from audionet_tf.model import load_model
 
         try:
             model = load_model(path)
         except Exception as exc:  # Keras raises several types for a file it cannot read
             raise AudioNetError(f"{path}: cannot load it as a .keras model ({exc})") from None
-        pooled = embedding_model(model, "pooled")
         count = int(model.output.shape[-1])
-        return Student(lambda w: model.predict(w[..., None], verbose=0, batch_size=BATCH),
-                       _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop, path, keras_model=model,
-                       embed=lambda w: pooled.predict(w[..., None], verbose=0, batch_size=BATCH))
+        return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop,
+                       path, keras_model=model, embed=keras_runner(model, "pooled"))
     raise AudioNetError(f"{path}: expected an export directory, a .keras or a .tflite file")
 
 
