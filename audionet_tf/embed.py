@@ -7,6 +7,10 @@ SoundNet-style transfer representation). `conv`: statistics over time of the 16 
 conv maps per window (mean, standard deviation and maximum: 48 values); it needs the
 Keras model (a `.keras` file or a run directory's `model.keras`). Timestamps are window
 starts in seconds. Files that cannot be read are reported and skipped (exit code 1).
+
+Each input writes `<out>/<file name without extension>.npz`. Inputs whose names would write
+the same file (`a.wav` and `a.mp4`, or `x/a.wav` and `y/a.wav`) are refused before anything
+is written, and an existing `.npz` is replaced only with `--overwrite`.
 """
 from __future__ import annotations
 
@@ -53,6 +57,25 @@ def write_npz(path: str, embedding: np.ndarray, timestamps: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def output_paths(files: Sequence[str], out_dir: str, overwrite: bool) -> list[str]:
+    """The `.npz` each input writes; refuses inputs that would write the same file and, unless
+    `overwrite`, outputs that already exist."""
+    targets = [os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".npz") for path in files]
+    by_target: dict[str, list[str]] = {}
+    for path, target in zip(files, targets):
+        by_target.setdefault(target, []).append(path)
+    clashes = {target: paths for target, paths in by_target.items() if len(paths) > 1}
+    if clashes:
+        lines = "; ".join(f"{', '.join(paths)} would all write {target}" for target, paths in clashes.items())
+        raise AudioNetError(f"inputs share a name: {lines}. Give each input a distinct file name "
+                            f"(without extension), or embed them in separate runs with different --out")
+    existing = [target for target in targets if os.path.exists(target)]
+    if existing and not overwrite:
+        raise AudioNetError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+                            f"pass --overwrite to replace, or choose another --out")
+    return targets
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The embed command's flags."""
     p = argparse.ArgumentParser(prog="python -m audionet_tf.embed", description=__doc__,
@@ -62,6 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="export directory, .keras or run directory (default: newest export)")
     p.add_argument("--hop-ms", type=float, help="hop between windows (default: the training hop)")
     p.add_argument("--layer", choices=["pooled", "conv"], default="pooled")
+    p.add_argument("--overwrite", action="store_true", help="replace .npz files that already exist in --out")
     return p.parse_args(argv)
 
 
@@ -69,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
     try:
+        targets = output_paths(args.files, args.out, args.overwrite)
         model = args.model or inference.newest_export()
         if os.path.isfile(os.path.join(model, "model.keras")):
             model = os.path.join(model, "model.keras")
@@ -81,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hop = int(round(args.hop_ms * student.sample_rate / 1000)) if args.hop_ms else student.hop_samples
     os.makedirs(args.out, exist_ok=True)
     failed = 0
-    for number, path in enumerate(args.files, start=1):
+    for number, (path, target) in enumerate(zip(args.files, targets), start=1):
         try:
             wave = read_audio(path, student.sample_rate)
             embedding, timestamps = embed_wave(student, wave, hop, args.layer, path)
@@ -89,7 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        target = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".npz")
         write_npz(target, embedding, timestamps)
         print(f"[{number}/{len(args.files)}] {path} -> {target} {embedding.shape}")
     return 1 if failed else 0

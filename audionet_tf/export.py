@@ -15,7 +15,9 @@
   on windows of the training dataset when it is at hand, else dynamic-range), both taking
   windows `[N, L]` of any N and L after `resize_tensor_input`, with builtin ops only;
 - `labels.txt` and `metadata.json` (sample rate, window, hop, classes, teacher, training
-  config and final metrics, versions, file sizes and parity figures: the largest difference
+  config and final metrics with every absolute path reduced to its last component, so the
+  export holds no path of the machine that made it; versions, file sizes and parity
+  figures: the largest difference
   between the Keras model's logits and the SavedModel's or float TFLite's, divided by the
   logits' scale (largest magnitude, at least 1), must be ≤ 1e-5; the int8 model's top-1
   agreement with the float model is reported, with a warning under 95 %).
@@ -265,8 +267,20 @@ def export_run(run_dir: str, out_dir: str) -> dict[str, Any]:
         model, out_dir, class_names=class_names, sample_rate=int(dataset.get("sample_rate", 16000)),
         window_samples=int(dataset.get("window_samples", 640)), hop_samples=int(dataset.get("hop_samples", 640)),
         calibration=calibration_windows(dataset.get("data_dir", "")),
-        metadata={"teacher": dataset.get("teacher"), "run": os.path.abspath(run_dir),
-                  "training_config": config, "final_metrics": metrics})
+        metadata=without_machine_paths({"teacher": dataset.get("teacher"),
+                                        "run": os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
+                                        "training_config": config, "final_metrics": metrics}))
+
+
+def without_machine_paths(value: Any) -> Any:
+    """`value` with every absolute path replaced by its last component (an export travels to other machines)."""
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.basename(os.path.normpath(value))
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
