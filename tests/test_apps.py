@@ -279,3 +279,24 @@ def test_readme_snippets_run_and_are_in_the_readme(exported, example):
                              env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "b.wav: 44100 Hz, 2 channel(s), 16-bit; expected 16000 Hz mono 16-bit PCM" in refused.stderr
+
+
+@pytest.mark.slow
+def test_inference_benchmark_prints_the_readme_rows_and_their_sizes(tmp_path):
+    """The README's inference table is the benchmark's output: same rows, same file sizes (speed varies
+    by run; a 1 s recording keeps this quick), and the int8 saving stated in the text is the table's."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("python benchmarks/inference.py"):]
+    rows = dict(re.findall(r"^\| (.+?) \| ([\d,]+) bytes \|", section, flags=re.M))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--seconds", "1",
+                             "--repeats", "1"], env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = dict(re.findall(r"^\| (.+?) \| ([\d,]+) bytes \|", result.stdout, flags=re.M))
+    assert list(printed) == list(rows) and len(rows) == 4
+    for name, size in printed.items():
+        ours, theirs = int(size.replace(",", "")), int(rows[name].replace(",", ""))
+        # The SavedModel's protobuf varies by a few bytes between runs; the other files do not.
+        assert abs(ours - theirs) <= (0.001 * theirs if name.startswith("SavedModel") else 0), (name, ours, theirs)
+    float_size = int(rows["TFLite float, 1 thread"].replace(",", ""))
+    int8_size = int(rows["TFLite int8, 1 thread"].replace(",", ""))
+    assert f"int8 file is {round(100 * (1 - int8_size / float_size))} % smaller" in " ".join(section.split())
