@@ -98,7 +98,7 @@ def run_beam(config: cfg.PipelineConfig, beam_args: Sequence[str] = (), weights:
         storage.use_beam_filesystems(options)
     clips = labelling.list_clips(config)
     held_out = labelling.holdout_ids(clips, pc.holdout)
-    keys = {c.id: labelling.clip_key(c, config) for c in clips}
+    keys = {c.id: labelling.clip_key(c, config, c.id in held_out) for c in clips}
     summary = labelling.Summary(out=out)
     with labelling.output_lock(out):
         try:

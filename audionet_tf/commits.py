@@ -60,7 +60,12 @@ def commit_name(token: str, number: int) -> str:
 
 @dataclass
 class State:
-    """What a dataset directory holds: header, the accepted commits, and what is wrong with the rest."""
+    """What a dataset directory holds: header, the accepted commits, and what is wrong with the rest.
+
+    When every accepted commit is in the index, the clips stay the index's undecoded lines
+    (`lines`), decoded one at a time when read: that is what keeps a 200,000-clip dataset
+    small to open. Otherwise every record carries its decoded clips (`record["clips"]`).
+    """
 
     header: dict[str, Any] | None
     accepted: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -68,9 +73,12 @@ class State:
     torn: dict[str, str] = field(default_factory=dict)  # commit record → why it cannot be read
     index: dict[str, Any] | None = None
     listing: dict[str, int] = field(default_factory=dict)  # top-level files → bytes
+    lines: list[bytes] | None = None  # the index's clips, one JSON document per line
 
-    def clip_docs(self) -> list[dict[str, Any]]:
-        """Each clip once: its committed record, else its latest failure."""
+    def clip_docs(self) -> Sequence[dict[str, Any]]:
+        """Each clip once: its committed record, else its latest failure (each names its `commit`)."""
+        if self.lines is not None:
+            return records.LazyClips(self.lines)
         ok: dict[str, dict] = {}
         failed: dict[str, dict] = {}
         for _, record in self.accepted:
@@ -78,12 +86,24 @@ class State:
                 (ok if doc.get("status") == "ok" else failed)[doc["id"]] = doc
         return list(ok.values()) + [d for i, d in failed.items() if i not in ok]
 
+    def materialise(self) -> None:
+        """Decode the index's clips into their commit records (for a run that changes the dataset)."""
+        if self.lines is None:
+            return
+        by_commit: dict[str, list] = {name: [] for name, _ in self.accepted}
+        for line in self.lines:
+            doc = json.loads(line)
+            by_commit.setdefault(doc.get("commit"), []).append(doc)
+        for name, record in self.accepted:
+            record["clips"] = by_commit[name]
+        self.lines = None
+
     def shards(self) -> list[records.ShardInfo]:
         """The shards of the accepted commits."""
         return [records.ShardInfo(**s) for _, record in self.accepted for s in record["shards"]]
 
 
-def _parse_record(text: str, where: str) -> dict[str, Any]:
+def _parse_record(text: str, where: str, name: str) -> dict[str, Any]:
     try:
         record = json.loads(text)
     except ValueError as exc:
@@ -91,11 +111,27 @@ def _parse_record(text: str, where: str) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or \
             not isinstance(record.get("clips"), list) or not isinstance(record.get("shards"), list):
         raise DatasetError(f"commit record {where} is not a commit record of this format")
+    for doc in record["clips"]:
+        doc["commit"] = name
     return record
 
 
+def _read_index(directory: str, listing: dict[str, int]) -> tuple[dict[str, Any] | None, list[bytes] | None]:
+    """The index and its clip lines, or (None, None) when there is none usable (it is only a cache)."""
+    if INDEX_FILE not in listing:
+        return None, None
+    try:
+        index = json.loads(storage.read_text(storage.join(directory, INDEX_FILE)))
+        lines = storage.read_bytes(storage.join(directory, index["clips_file"])).splitlines()
+        if len(lines) != index["clip_count"]:
+            return None, None
+        return index, lines
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
 def read_state(directory: str) -> State:
-    """Header, index and commit records of `directory`: one listing, and only unindexed records opened."""
+    """Header, index and commit records of `directory`: two listings, and only unindexed records opened."""
     listing = storage.list_sizes(directory)
     header = None
     if records.DESCRIPTION_FILE in listing:
@@ -106,30 +142,33 @@ def read_state(directory: str) -> State:
             raise DatasetError(f"{path}: unreadable dataset header ({exc}); rerun the same prepare command") from None
     commit_dir = storage.join(directory, COMMITS_DIR)
     names = sorted(n for n in storage.list_sizes(commit_dir) if n.startswith(COMMIT_PREFIX) and n.endswith(".json"))
-    index = None
-    if INDEX_FILE in listing:
-        try:
-            index = json.loads(storage.read_text(storage.join(directory, INDEX_FILE)))
-        except (OSError, ValueError):
-            index = None  # a cache: the commit records themselves are read instead
+    index, lines = _read_index(directory, listing)
     cached = (index or {}).get("commits", {})
     present = set(names)
-    order = [n for n in cached if n in present] + [n for n in names if n not in cached]
     state = State(header=header, index=index, listing=listing)
+    unindexed = [n for n in names if n not in cached]
+    if index is not None and not unindexed and all(n in present for n in cached):
+        # The usual case for a finished dataset: one index, no record opened, clips left undecoded.
+        state.accepted = [(n, dict(record)) for n, record in cached.items()]
+        state.lines = lines
+        return state
+    records_by_name: dict[str, dict[str, Any]] = {}
+    if index is not None:
+        kept = State(header=None, accepted=[(n, dict(r)) for n, r in cached.items()], lines=lines)
+        kept.materialise()
+        records_by_name.update((n, r) for n, r in kept.accepted if n in present)
+    for name in unindexed:
+        path = storage.join(commit_dir, name)
+        try:
+            records_by_name[name] = _parse_record(storage.read_text(path), path, name)
+        except DatasetError as exc:
+            state.torn[name] = str(exc)
+        except OSError as exc:
+            state.torn[name] = f"commit record {path} cannot be read ({exc})"
+    order = [n for n in cached if n in records_by_name] + [n for n in unindexed if n in records_by_name]
     claimed: set[str] = set()
     for name in order:
-        if name in cached:
-            record = cached[name]
-        else:
-            path = storage.join(commit_dir, name)
-            try:
-                record = _parse_record(storage.read_text(path), path)
-            except DatasetError as exc:
-                state.torn[name] = str(exc)
-                continue
-            except OSError as exc:
-                state.torn[name] = f"commit record {path} cannot be read ({exc})"
-                continue
+        record = records_by_name[name]
         ok_ids = [d["id"] for d in record["clips"] if d.get("status") == "ok"]
         if claimed.intersection(ok_ids):
             state.duplicates.append((name, record))
@@ -178,9 +217,26 @@ def ensure_header(directory: str, spec: records.DatasetSpec, class_names: Sequen
 
 
 def write_index(directory: str, state: State, finished: dict[str, Any] | None) -> None:
-    """Consolidate the accepted commit records into `index.json` (readers then open one file)."""
-    doc = {"format": "audionet-index/1", "finished": finished, "commits": dict(state.accepted)}
+    """Consolidate the accepted commits: their clips (one JSON line each), then `index.json` naming that file.
+
+    Readers then open two files instead of one per commit. The index is only a cache of the
+    records: a kill between the steps leaves an older, still valid index (or none).
+    """
+    if state.lines is None:
+        for name, record in state.accepted:
+            for doc in record["clips"]:
+                doc.setdefault("commit", name)
+    docs = state.clip_docs()
+    lines = state.lines if state.lines is not None else [json.dumps(d, separators=(",", ":")).encode() for d in docs]
+    clips_file = f"index-clips-{new_token()}.jsonl"
+    storage.write_bytes(storage.join(directory, clips_file), b"\n".join(lines) + b"\n")
+    doc = {"format": "audionet-index/2", "finished": finished, "clips_file": clips_file, "clip_count": len(lines),
+           "commits": {name: {"writer": record.get("writer"), "shards": record["shards"]}
+                       for name, record in state.accepted}}
     storage.write_text(storage.join(directory, INDEX_FILE), json.dumps(doc, separators=(",", ":")) + "\n")
+    for name in storage.list_sizes(directory):
+        if name.startswith("index-clips-") and name != clips_file:
+            storage.remove(storage.join(directory, name))
 
 
 def retire(directory: str, names: Iterable[str], shards: Iterable[str] = ()) -> None:
@@ -256,7 +312,8 @@ class CommitWriter:
         """Close the open shards and write their commit record; returns it (None when there was nothing)."""
         if not self._docs:
             return None
-        shards = [self._open.pop(split).close() for split in list(self._open)]
+        shards = [writer.close() for writer in self._open.values()]  # on failure abort() drops the rest
+        self._open.clear()
         name = commit_name(self.token, self._count)
         record = write_record(self.directory, name, shards, self._docs, self.token)
         self.committed.append((name, record))
@@ -296,6 +353,7 @@ def plan(directory: str, keys: dict[str, str], overwrite: bool = False, clean: b
     directory's lock) files no record names are deleted. Reads no shard.
     """
     state = read_state(directory)
+    state.materialise()
     withdrawn: list[str] = []
     for name, why in state.torn.items():
         log.warning("%s: withdrawn; its clips are labelled again", why)
@@ -336,6 +394,7 @@ def remove_orphans(directory: str) -> list[str]:
 def finalise(directory: str, listed: int, clean: bool = True) -> State:
     """After a run: withdraw duplicate commits, remove orphans (with `clean`), and write the index."""
     state = read_state(directory)
+    state.materialise()
     for name, record in state.duplicates:
         retire(directory, [name], [s["file"] for s in record["shards"]])
     state.duplicates = []

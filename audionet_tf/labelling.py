@@ -56,10 +56,11 @@ def holdout_ids(clips: Sequence[Clip], holdout: str) -> set[str]:
     return chosen
 
 
-def clip_key(clip: Clip, config: cfg.PipelineConfig) -> str:
-    """What makes a clip's examples: its entry and the settings that shape them."""
+def clip_key(clip: Clip, config: cfg.PipelineConfig, held_out: bool = False) -> str:
+    """What makes a clip's examples: its entry, whether it is held out, and the settings that shape them."""
     pc, ac = config.prepare, config.audio
     doc = {"clip": {k: v for k, v in clip.to_dict().items() if k != "row"}, "audio": dataclasses.asdict(ac),
+           "held_out": held_out,
            "teacher": pc.teacher, "labels": pc.labels, "audio_format": pc.audio_format,
            "logits_format": pc.logits_format}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
@@ -235,7 +236,11 @@ class NothingPrepared(AudioNetError):
 
 
 def nothing_prepared(summary: "Summary") -> NothingPrepared:
-    """The error for a run after which the dataset holds no clip."""
-    return NothingPrepared(f"no clip could be prepared into {summary.out} ({len(summary.failed)} failed, listed "
-                           f"above); without internet, try the offline demo: "
-                           f"python -m audionet_tf.prepare --pipeline pipelines/demo.toml", summary)
+    """The error for a run after which the dataset holds no clip: every clip's reason, then what to do."""
+    lines = [f"  failed {clip_id}: {why}" for clip_id, why in summary.failed.items()]
+    if len(lines) > 50:
+        lines = lines[:50] + [f"  … and {len(lines) - 50} more"]
+    return NothingPrepared("\n".join([f"no clip could be prepared into {summary.out}; "
+                                       f"{len(summary.failed)} failed:", *lines,
+                                       "without internet, try the offline demo: "
+                                       "python -m audionet_tf.train --pipeline pipelines/demo.toml"]), summary)

@@ -42,7 +42,7 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
     held_out = holdout_ids(clips, pc.holdout)
     summary = Summary(out=pc.out)
     with output_lock(pc.out):
-        keys = {c.id: clip_key(c, config) for c in clips}
+        keys = {c.id: clip_key(c, config, c.id in held_out) for c in clips}
         done = commits.plan(pc.out, keys, pc.overwrite, clean=not storage.is_remote(pc.out))
         todo = [c for c in clips if c.id not in done]
         summary.skipped = [c.id for c in clips if c.id in done]
@@ -169,10 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
         else:
             summary = prepare(config)
-    except NothingPrepared as exc:
-        print_summary(exc.summary)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except AudioNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -88,7 +88,7 @@ class Description:
 
     spec: DatasetSpec
     shards: list[ShardInfo] = field(default_factory=list)
-    clips: list[dict[str, Any]] = field(default_factory=list)
+    clips: Sequence[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     finished: dict[str, Any] | None = None  # what the last finished run recorded; None while preparing
@@ -109,10 +109,26 @@ class Description:
             "window_ms": 1000.0 * self.spec.window_samples / self.spec.sample_rate,
             "examples": {split: self.examples(split) for split in SPLITS},
             "shards": [dataclasses.asdict(s) for s in self.shards],
-            "clips": self.clips,
+            "clips": list(self.clips),
             "finished": self.finished,
             **({"extra": self.extra} if self.extra else {}),
         }
+
+
+class LazyClips(Sequence):
+    """Clip records kept as JSON lines and decoded when read (a large dataset opens without decoding them)."""
+
+    def __init__(self, items: Sequence[Any]):
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        item = self._items[index]
+        return json.loads(item) if isinstance(item, (bytes, str)) else item
 
 
 def spec_from_header(doc: Any, where: str) -> DatasetSpec:

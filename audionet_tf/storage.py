@@ -161,17 +161,18 @@ class _LocalShardFile(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
-        try:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            os.replace(self.tmp, self.path)
-        finally:
-            super().close()
+        self._handle.flush()  # a full disk raises here, and the file stays open for discard()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self.tmp, self.path)
+        super().close()
 
     def discard(self) -> None:
-        """Drop the unfinished file."""
-        self._handle.close()
+        """Drop the unfinished file (also when its buffered bytes cannot be flushed: a full disk)."""
+        try:
+            self._handle.close()
+        except OSError:
+            pass
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
         super().close()
