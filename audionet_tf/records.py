@@ -360,7 +360,8 @@ def read_description(directory: str) -> Description:
     """The dataset as committed so far: header + commit records, with a clear message when there is none."""
     from audionet_tf import commits, storage
 
-    if not storage.exists(directory):
+    # Object stores have no directories: there, a dataset that is not there has no header.
+    if not storage.is_remote(directory) and not storage.exists(directory):
         raise DatasetError(f"dataset directory {directory} does not exist; {HOW_TO_PREPARE}")
     state = commits.read_state(directory)
     header_path = storage.join(directory, DESCRIPTION_FILE)
