@@ -95,7 +95,14 @@ def run_beam(config: cfg.PipelineConfig, beam_args: Sequence[str] = (), weights:
     options = PipelineOptions(list(beam_args), runner=pc.runner, save_main_session=False)
     remote = storage.is_remote(out)
     if remote:
+        from apache_beam.io.filesystems import FileSystems
+
         storage.use_beam_filesystems(options)
+        try:
+            FileSystems.get_filesystem(out)
+        except ValueError:
+            raise AudioNetError(f"--out {out}: Beam has no file system for it here; for gs:// install the gcp "
+                                f"extra: pip install -e \".[gcp]\"") from None
     clips = labelling.list_clips(config)
     held_out = labelling.holdout_ids(clips, pc.holdout)
     keys = {c.id: labelling.clip_key(c, config, c.id in held_out) for c in clips}

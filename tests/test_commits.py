@@ -200,6 +200,7 @@ def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(
     assert len(prepare.prepare(config_for(clip_list, out, tmp_path / "cache")).written) == 12
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_stops_with_one_message_and_keeps_every_committed_clip(clip_list, tmp_path):
     mount = tmp_path / "small"
@@ -226,6 +227,7 @@ def test_a_full_disk_stops_with_one_message_and_keeps_every_committed_clip(clip_
         subprocess.run(["umount", str(mount)])
 
 
+@pytest.mark.slow
 def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
     """A synthetic finished dataset (header + index, 12,500 commits of 16 clips): under 2 s and 500 MB."""
     spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
