@@ -5,7 +5,7 @@
     python -m audionet_tf.prepare --manifest clips.csv --teacher ResNet50 --out data/mine
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
-with the reason in the summary and in `dataset.json`, and the others go on (`--strict`
+with the reason in the summary and in the dataset's commit records, and the others go on (`--strict`
 makes any failure fatal). Held-out clips (`--holdout`: a fraction, chosen by a hash of the
 clip id, or a comma-separated list of ids) are whole clips, never windows of a clip used
 in training. Clips are committed in small groups as they are labelled (see `commits`): a
@@ -13,15 +13,15 @@ killed run loses only the open group, and the same command again labels only the
 are not committed (or whose entry or settings changed; `--overwrite` redoes them all). A
 second prepare on the same local directory while one runs is refused.
 
-`--runner NAME [Beam pipeline options]` runs the same stages as an Apache Beam pipeline
-(`pip install -e .[beam]`; see `beam_prepare.py`).
+`--runner NAME [Beam pipeline options]` runs the same labelling core (`labelling`) and
+commits as an Apache Beam pipeline (`pip install -e .[beam]`; see `beam_prepare.py`).
+`--out` may be a URL (`gs://…`, `ram://…`): see `storage`.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import logging
-import os
 import sys
 import time
 from typing import Sequence
@@ -34,6 +34,7 @@ from audionet_tf.labelling import (NothingPrepared, Summary, clip_key, dataset_s
 from audionet_tf.manifest import Clip
 
 log = logging.getLogger("audionet_tf.prepare")
+
 
 def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Summary:
     """Prepare the pipeline's dataset in `prepare.out`; returns what happened to each clip."""

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from audionet_tf import commits, data, prepare, records
-from audionet_tf import config as cfg
 from audionet_tf.errors import AudioNetError, DatasetError
 from loopback import make_clip
 

@@ -1,5 +1,4 @@
 """Data preparation with real ffmpeg, real yt-dlp over loopback, and offline teachers."""
-import json
 import os
 import shutil
 
