@@ -122,7 +122,9 @@ def main(argv=None) -> int:
                "--out", out, "--cache-dir", os.path.join(args.work, "cache"), "--holdout", "0.1"]
 
     started = time.perf_counter()
-    child = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = os.path.join(args.work, f"prepare-{args.clips}.log")  # a file: a full pipe would stall the child
+    log_file = open(log_path, "w", encoding="utf-8")
+    child = subprocess.Popen(command, env=ENV, stdout=log_file, stderr=subprocess.STDOUT)
     marks = [m for m in (500, 1000, 2000, 5000, 10000) if m <= args.clips]
     peak, at_mark, first_commit = 0.0, {}, None
     while child.poll() is None:
@@ -135,8 +137,9 @@ def main(argv=None) -> int:
                 at_mark[mark] = (peak, time.perf_counter() - started)
         time.sleep(0.2)
     total = time.perf_counter() - started
+    log_file.close()
     if child.returncode:
-        print(child.stderr.read()[-3000:])
+        print(open(log_path, encoding="utf-8").read()[-3000:])
         return 1
     for mark in marks:
         at_mark.setdefault(mark, (peak, total))

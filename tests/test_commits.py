@@ -72,9 +72,11 @@ def check_consistent(directory):
     assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
 
 
-def start(manifest, out, cache):
-    return subprocess.Popen([sys.executable, "-m", "audionet_tf.prepare", *flags(manifest, out, cache)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(manifest, out, cache, log):
+    """A prepare process whose output goes to a file (a pipe nobody reads could stall it)."""
+    with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "audionet_tf.prepare", *flags(manifest, out, cache)],
+                                env=ENV, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def wait_for(process, condition, timeout=120):
@@ -120,14 +122,16 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
              lambda p: wait_for(p, lambda: commit_count(out) >= 4),
              lambda p: time.sleep(rng.uniform(0.0, 3.0))]  # a random moment
     killed_with_work_left = 0
-    for kill_when in kills:
+    for number, kill_when in enumerate(kills):
         before = committed_ok(out)
-        process = start(clip_list, out, tmp_path / "cache")
+        log = tmp_path / f"run-{number}.log"
+        process = start(clip_list, out, tmp_path / "cache", log)
         kill_when(process)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed_with_work_left += 1
-        output = process.communicate(timeout=60)[0]
+        process.wait(timeout=60)
+        output = log.read_text()
         check_consistent(out)
         after = committed_ok(out)
         assert before <= after, "a kill never loses a committed clip"
