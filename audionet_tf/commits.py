@@ -366,7 +366,7 @@ def plan(directory: str, keys: dict[str, str], overwrite: bool = False, clean: b
         if problem:
             log.warning("commit record %s: %s; withdrawn, its %d clips are labelled again",
                         storage.join(directory, COMMITS_DIR, name), problem, len(ok))
-        if problem or stale:
+        if problem or stale or not ok:  # a record of failures only: those clips are tried again
             withdrawn.append(name)
             retire(directory, [name], [s["file"] for s in record["shards"] if not problem])
             continue
