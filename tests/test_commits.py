@@ -3,6 +3,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,11 +73,36 @@ def check_consistent(directory):
     assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
 
 
-def start(manifest, out, cache, log):
-    """A prepare process whose output goes to a file (a pipe nobody reads could stall it)."""
+STRACE = shutil.which("strace")
+
+
+def start(manifest, out, cache, log, slow_renames=False):
+    """A prepare process whose output goes to a file (a pipe nobody reads could stall it).
+
+    With `slow_renames` it runs under strace, which holds every rename's return for 0.3 s: the
+    moment between a shard's rename and its commit record's lasts long enough to be seen and
+    killed from outside, and the code path is the same.
+    """
+    command = [sys.executable, "-m", "audionet_tf.prepare", *flags(manifest, out, cache)]
+    if slow_renames:
+        renames = "rename,renameat,renameat2"
+        command = [STRACE, "-f", "-qq", "--seccomp-bpf", "-o", os.devnull, "-e", f"trace={renames}",
+                   "-e", f"inject={renames}:delay_exit=300000", *command]
     with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "audionet_tf.prepare", *flags(manifest, out, cache)],
-                                env=ENV, stdout=handle, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, env=ENV, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def prepare_pid(process, traced):
+    """The prepare process itself (under strace: strace's child)."""
+    if not traced:
+        return process.pid
+    for _ in range(200):
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as handle:
+            children = handle.read().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    raise AssertionError("strace started no process")
 
 
 def wait_for(process, condition, timeout=120):
@@ -89,11 +115,15 @@ def wait_for(process, condition, timeout=120):
     return False
 
 
-def uncommitted_shard(out):
-    """A shard already under its final name that no commit record names yet (the middle of a commit)."""
+def shard_names(out):
+    return {n for n in os.listdir(out) if n.endswith(records.SHARD_SUFFIX)} if os.path.isdir(out) else set()
+
+
+def uncommitted_shard(out, old=frozenset()):
+    """A new shard already under its final name that no commit record names yet (the middle of a commit)."""
     if not os.path.isdir(out):
         return False
-    shards = {n for n in os.listdir(out) if n.endswith(records.SHARD_SUFFIX)}
+    shards = shard_names(out) - old
     named = set()
     for name in os.listdir(os.path.join(out, "commits")) if os.path.isdir(os.path.join(out, "commits")) else ():
         try:
@@ -117,19 +147,26 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
 
     out = str(tmp_path / "data")
     rng = random.Random(0)
-    kills = [lambda p: wait_for(p, lambda: commit_count(out) >= 1),  # right after the first commit
-             lambda p: wait_for(p, lambda: uncommitted_shard(out)),  # a shard renamed, its record not yet written
-             lambda p: wait_for(p, lambda: commit_count(out) >= 4),
-             lambda p: time.sleep(rng.uniform(0.0, 3.0))]  # a random moment
+    kills = [("first commit", lambda p, old: wait_for(p, lambda: commit_count(out) >= 1)),
+             # a shard renamed to its final name, its commit record not yet written
+             ("mid-commit", lambda p, old: wait_for(p, lambda: uncommitted_shard(out, old))),
+             ("fourth commit", lambda p, old: wait_for(p, lambda: commit_count(out) >= 4)),
+             ("random", lambda p, old: time.sleep(rng.uniform(0.0, 3.0)))]
     killed_with_work_left = 0
-    for number, kill_when in enumerate(kills):
+    for number, (moment, kill_when) in enumerate(kills):
         before = committed_ok(out)
         log = tmp_path / f"run-{number}.log"
-        process = start(clip_list, out, tmp_path / "cache", log)
-        kill_when(process)
+        traced = moment == "mid-commit" and STRACE is not None
+        old = frozenset(shard_names(out))
+        process = start(clip_list, out, tmp_path / "cache", log, slow_renames=traced)
+        target = prepare_pid(process, traced)
+        seen = kill_when(process, old)
+        assert seen or not traced, "under strace the middle of a commit is always seen"
         if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+            os.kill(target, signal.SIGKILL)
             killed_with_work_left += 1
+            if traced:  # killed in the middle of a commit: a shard in place that no record names
+                assert uncommitted_shard(out, old)
         process.wait(timeout=60)
         output = log.read_text()
         check_consistent(out)
