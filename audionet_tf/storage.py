@@ -44,6 +44,12 @@ def use_beam_filesystems(options: Any = None) -> None:
     FileSystems.set_options(_beam_options)
 
 
+def use_tf_filesystems() -> None:
+    """Route URLs through `tf.io.gfile` again (the default)."""
+    global _beam_options
+    _beam_options = None
+
+
 def _beam_fs():
     if _beam_options is None:
         return None

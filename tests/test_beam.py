@@ -150,7 +150,7 @@ def gcs_emulator(monkeypatch):
     finally:
         process.kill()
         process.wait()
-        storage._beam_options = None  # later tests in this process use tf.io.gfile again
+        storage.use_tf_filesystems()  # later tests in this process use tf.io.gfile again
 
 
 @pytest.mark.slow
