@@ -191,3 +191,23 @@ def test_the_single_process_path_never_imports_beam(tmp_path):
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
     assert np.isclose(records.read_description(str(tmp_path / "out")).examples(), 25)
+
+
+def test_setup_file_ships_the_package_to_remote_workers(tmp_path, monkeypatch):
+    """What `--setup_file ./setup.py` makes Beam stage for Dataflow workers: an sdist of this package."""
+    import tarfile
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.stager import Stager
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    monkeypatch.chdir(root)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    Stager.create_job_resources(PipelineOptions(["--setup_file", "./setup.py", "--sdk_location", "container"]),
+                                str(staging))
+    (sdist,) = [p for p in staging.iterdir() if p.name.endswith(".tar.gz")]
+    with tarfile.open(sdist) as archive:
+        names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    for module in ("beam_prepare", "labelling", "commits", "storage", "records", "media", "teacher"):
+        assert f"audionet_tf/{module}.py" in names
