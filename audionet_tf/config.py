@@ -145,6 +145,7 @@ class PrepareConfig:
     cache_dir: str = "cache/clips"
     holdout: str = "0.2"  # a fraction, or comma-separated clip ids
     shard_size: int = 1024  # examples per shard
+    shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
     audio_format: str = "int16"  # int16 | float32
     logits_format: str = "float16"  # float16 | float32
     retries: int = 3
@@ -158,6 +159,7 @@ class PrepareConfig:
         _check(bool(self.out), "prepare.out", "must name a directory")
         _check(self.teacher_batch >= 1, "prepare.teacher_batch", f"must be at least 1, got {self.teacher_batch}")
         _check(self.shard_size >= 1, "prepare.shard_size", f"must be at least 1, got {self.shard_size}")
+        _check(self.shard_clips >= 1, "prepare.shard_clips", f"must be at least 1, got {self.shard_clips}")
         _check(self.audio_format in ("int16", "float32"), "prepare.audio_format",
                f"must be 'int16' or 'float32', got {self.audio_format!r}")
         _check(self.logits_format in ("float16", "float32"), "prepare.logits_format",

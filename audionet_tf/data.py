@@ -3,19 +3,20 @@
 One chain, in one function (`make_dataset`): list the split's shards → shuffle and shard the
 files (per input pipeline) → interleave → batch → parse (`tf.io.parse_example`) → decode →
 unbatch → cache in memory when it fits → shuffle examples with a seed → batch → prefetch.
-Shards are checked against the description (size, and SHA-256 for datasets that fit in
-memory) before reading, so a truncated or corrupt shard is named instead of surfacing as a
-bare DataLossError in the middle of training.
+Only committed shards are read (see `commits`; a dataset whose preparation has not
+finished is read as committed so far, with a warning). Shards are checked against their
+commit records (size, and SHA-256 for datasets that fit in memory) before reading, so a
+truncated or corrupt shard is named instead of surfacing as a bare DataLossError in the
+middle of training. Paths may be local or URLs (`gs://`, `ram://`): see `storage`.
 """
 from __future__ import annotations
 
 import logging
-import os
 from typing import Iterable
 
 import numpy as np
 
-from audionet_tf import records
+from audionet_tf import records, storage
 from audionet_tf.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def split_files(data_dir: str, description: records.Description, split: str) -> 
         shards = description.shards_for(split)
     else:
         raise ValueError(f"split must be one of {records.SPLITS + ('all',)}, got {split!r}")
-    return [os.path.join(data_dir, s.file) for s in shards if s.examples > 0]
+    return [storage.join(data_dir, s.file) for s in shards if s.examples > 0]
 
 
 def decoded_bytes(description: records.Description, split: str = "all") -> int:
@@ -79,7 +80,7 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
     if not files:
         raise DatasetError(f"dataset {data_dir} has no examples in its {split!r} split")
     if verify:
-        total = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+        total = sum(s.bytes for s in description.shards if split == "all" or s.split == split)
         records.verify_shards(data_dir, description, checksums=total <= CHECKSUM_LIMIT_BYTES,
                               splits=records.SPLITS if split == "all" else (split,))
     if batch_size < 1:

@@ -10,7 +10,7 @@ process waits on the same inode would let two processes hold "the" lock at once.
 
 On Linux, `flock` works across hosts on NFSv4 (the kernel maps it to a byte-range lock).
 Object stores (`gs://`, `s3://`) have no locks; callers that write there must not rely on
-this module (see `records` for how preparation commits there without one).
+this module (see `commits` for how preparation commits there without one).
 """
 from __future__ import annotations
 

@@ -5,260 +5,110 @@
     python -m audionet_tf.prepare --manifest clips.csv --teacher ResNet50 --out data/mine
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
-with the reason in the summary and in `dataset.json`, and the others go on (`--strict`
+with the reason in the summary and in the dataset's commit records, and the others go on (`--strict`
 makes any failure fatal). Held-out clips (`--holdout`: a fraction, chosen by a hash of the
 clip id, or a comma-separated list of ids) are whole clips, never windows of a clip used
-in training. A rerun skips clips already written with the same settings (`--overwrite`
-redoes them); a second prepare on the same directory while one runs is refused.
+in training. Clips are committed in small groups as they are labelled (see `commits`): a
+killed run loses only the open group, and the same command again labels only the clips that
+are not committed (or whose entry or settings changed; `--overwrite` redoes them all). A
+second prepare on the same local directory while one runs is refused.
 
-`--runner NAME [Beam pipeline options]` runs the same stages as an Apache Beam pipeline
-(`pip install -e .[beam]`; see `beam_prepare.py`).
+`--runner NAME [Beam pipeline options]` runs the same labelling core (`labelling`) and
+commits as an Apache Beam pipeline (`pip install -e .[beam]`; see `beam_prepare.py`).
+`--out` may be a URL (`gs://…`, `ram://…`): see `storage`.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
-import hashlib
-import json
 import logging
-import os
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
+from audionet_tf import commits, labelling, records, storage
 from audionet_tf import config as cfg
-from audionet_tf import records
 from audionet_tf.errors import AudioNetError
-from audionet_tf.manifest import Clip, clips_from_entries, read_manifest
+from audionet_tf.labelling import (NothingPrepared, Summary, clip_key, dataset_spec, holdout_ids,  # noqa: F401
+                                   list_clips, nothing_prepared, output_lock)
+from audionet_tf.manifest import Clip
 
 log = logging.getLogger("audionet_tf.prepare")
-
-LOCK_FILE = ".prepare.lock"
-
-
-@dataclass
-class Summary:
-    """What a prepare run did."""
-
-    out: str
-    written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    examples: dict[str, int] = field(default_factory=dict)
-
-
-def list_clips(config: cfg.PipelineConfig) -> list[Clip]:
-    """Every clip of the pipeline: demo clips, inline clips and a CSV list, checked before any download."""
-    pc = config.prepare
-    clips: list[Clip] = []
-    if pc.demo:
-        from audionet_tf.demo import make_demo_clips
-
-        clips += make_demo_clips(os.path.join(pc.cache_dir, "demo"))
-    if pc.clips:
-        base = os.path.dirname(os.path.abspath(config.source)) if config.source else "."
-        clips += clips_from_entries(pc.clips, config.source or "[prepare] clips", base)
-    if pc.manifest:
-        clips += read_manifest(pc.manifest)
-    if not clips:
-        raise AudioNetError("no clips to prepare: give --manifest FILE.csv, a pipeline file with [[prepare.clips]], "
-                            "or --demo")
-    ids = [c.id for c in clips]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise AudioNetError(f"the same clip is listed twice: {', '.join(duplicates[:5])}")
-    return clips
-
-
-def holdout_ids(clips: Sequence[Clip], holdout: str) -> set[str]:
-    """Clip ids held out for validation: a fraction chosen by a hash of each id, or a list of ids."""
-    text = str(holdout).strip()
-    try:
-        fraction = float(text)
-    except ValueError:
-        wanted = {part.strip() for part in text.split(",") if part.strip()}
-        unknown = sorted(wanted - {c.id for c in clips})
-        if unknown:
-            raise AudioNetError(f"--holdout names clips that are not in the list: {', '.join(unknown[:5])}")
-        return wanted
-    if not 0 <= fraction < 1:
-        raise AudioNetError(f"--holdout fraction must be in [0, 1), got {holdout}")
-    score = {c.id: int(hashlib.sha256(c.id.encode()).hexdigest()[:8], 16) / 2 ** 32 for c in clips}
-    chosen = {i for i, s in score.items() if s < fraction}
-    if fraction > 0 and len(clips) >= 2 and not chosen:
-        chosen = {min(score, key=score.get)}
-    if len(chosen) == len(clips) and clips:
-        chosen.discard(max(chosen, key=score.get))
-    return chosen
-
-
-def clip_key(clip: Clip, config: cfg.PipelineConfig) -> str:
-    """What makes a clip's examples: its entry and the settings that shape them."""
-    pc, ac = config.prepare, config.audio
-    doc = {"clip": {k: v for k, v in clip.to_dict().items() if k != "row"}, "audio": dataclasses.asdict(ac),
-           "teacher": pc.teacher, "labels": pc.labels, "audio_format": pc.audio_format,
-           "logits_format": pc.logits_format}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class Lock:
-    """An exclusive lock on an output directory (a file holding the owner's PID)."""
-
-    def __init__(self, directory: str):
-        self.path = os.path.join(directory, LOCK_FILE)
-
-    def __enter__(self) -> "Lock":
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = self._owner()
-                if pid is not None and _alive(pid):
-                    raise AudioNetError(f"{os.path.dirname(self.path)} is being prepared by process {pid}; "
-                                        f"wait for it, or remove {self.path} if that process is gone") from None
-                log.warning("taking over the lock of process %s, which is gone", pid)
-                os.unlink(self.path)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            return self
-        raise AudioNetError(f"cannot lock {self.path}")
-
-    def _owner(self) -> int | None:
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                return int(handle.read().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
-    def __exit__(self, *exc) -> None:
-        if os.path.exists(self.path) and self._owner() == os.getpid():
-            os.unlink(self.path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _previous(out: str, keys: dict[str, str], overwrite: bool) -> tuple[list[records.ShardInfo], list[dict], set]:
-    """Shards and clip records of an earlier run that stay valid (every clip in them still wanted as is)."""
-    try:
-        description = records.read_description(out)
-    except AudioNetError:
-        return [], [], set()
-    docs = {c["id"]: c for c in description.clips}
-    valid = {cid for cid, c in docs.items()
-             if not overwrite and c.get("status") == "ok" and keys.get(cid) == c.get("key")}
-    kept_shards = []
-    for shard in description.shards:
-        clips_in = set(shard_clips(out, shard, description.spec))
-        if clips_in <= valid:
-            kept_shards.append(shard)
-        else:
-            valid -= clips_in
-    return kept_shards, [docs[cid] for cid in valid], valid
-
-
-def shard_clips(out: str, shard: records.ShardInfo, spec: records.DatasetSpec) -> list[str]:
-    """The clip ids whose examples a shard holds."""
-    path = os.path.join(out, shard.file)
-    if not os.path.isfile(path):
-        return ["<missing>"]
-    return sorted(set(records.read_examples(path, spec)["clip_id"]))
-
-
-def dataset_spec(config: cfg.PipelineConfig, teacher) -> records.DatasetSpec:
-    """The dataset's shared facts for a pipeline and its teacher."""
-    pc, ac = config.prepare, config.audio
-    return records.DatasetSpec(sample_rate=ac.sample_rate, window_samples=ac.window_samples,
-                               frame_period_ms=ac.frame_period_ms, num_classes=teacher.num_classes,
-                               teacher=teacher.name, audio_format=pc.audio_format, logits_format=pc.logits_format)
-
-
-def label_clip(decoded, teacher, audio: cfg.AudioConfig):
-    """A decoded clip's examples: windows `[N, L]`, teacher logits `[N, C]`, frame times `[N]`."""
-    from audionet_tf import media
-
-    logits = teacher.logits(decoded.frames)
-    windows = media.frame_windows(decoded.audio, len(decoded.frames), audio)
-    return windows, logits, decoded.times
 
 
 def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Summary:
     """Prepare the pipeline's dataset in `prepare.out`; returns what happened to each clip."""
-    from audionet_tf import download, media, teacher as teacher_lib
-
-    pc, ac = config.prepare, config.audio
+    pc = config.prepare
     clips = list_clips(config)
     held_out = holdout_ids(clips, pc.holdout)
     summary = Summary(out=pc.out)
-    with Lock(pc.out):
-        keys = {c.id: clip_key(c, config) for c in clips}
-        kept_shards, kept_docs, done = _previous(pc.out, keys, pc.overwrite)
+    with output_lock(pc.out):
+        keys = {c.id: clip_key(c, config, c.id in held_out) for c in clips}
+        done = commits.plan(pc.out, keys, pc.overwrite, clean=not storage.is_remote(pc.out))
         todo = [c for c in clips if c.id not in done]
-        summary.skipped = sorted(done)
-        teacher = teacher_lib.load_teacher(pc.teacher, pc.labels, weights=weights, batch_size=pc.teacher_batch)
-        spec = dataset_spec(config, teacher)
-        downloader = download.Downloader(pc.cache_dir, retries=pc.retries, margin_s=pc.margin_s)
-        writer = records.DatasetWriter(pc.out, spec, shard_size=pc.shard_size)
-        docs = {d["id"]: d for d in kept_docs}
-
-        def fetch_and_decode(clip: Clip):
-            got = downloader.fetch(clip)
-            return media.decode_clip(got.path, got.offset, clip.duration, ac, teacher.input_size)
-
-        log.info("%d clips: %d to prepare, %d already done; teacher %s (%d classes)", len(clips), len(todo),
-                 len(done), teacher.name, teacher.num_classes)
-        started, frames_done = time.time(), 0
-        # Two clips are downloaded and decoded ahead while the teacher labels the current one.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            futures = [pool.submit(fetch_and_decode, clip) for clip in todo[:2]]
-            for index, clip in enumerate(todo):
-                if index + 2 < len(todo):
-                    futures.append(pool.submit(fetch_and_decode, todo[index + 2]))
-                split = "validation" if clip.id in held_out else "train"
-                doc = {**clip.to_dict(), "split": split, "key": keys[clip.id]}
-                try:
-                    windows, logits, times = label_clip(futures[index].result(), teacher, ac)
-                    writer.add(split, windows, logits, clip.id, times)
-                except (AudioNetError, OSError) as exc:  # OSError: a full disk or unreadable cache file
-                    if pc.strict:
-                        writer.abort()
-                        raise AudioNetError(f"clip {clip.id} failed (--strict): {exc}") from None
-                    docs[clip.id] = {**doc, "status": "failed", "error": str(exc), "examples": 0}
-                    summary.failed[clip.id] = str(exc)
-                    log.warning("clip %s failed: %s", clip.id, exc)
-                    continue
-                frames_done += len(windows)
-                docs[clip.id] = {**doc, "status": "ok", "error": None, "examples": len(windows)}
-                summary.written.append(clip.id)
-                rate = frames_done / max(time.time() - started, 1e-6)
-                log.info("[%d/%d] %s: %d frames (%s), %.0f frames/s", index + 1, len(todo), clip.id, len(windows),
-                         split, rate)
-        ordered = [docs[c.id] for c in clips if c.id in docs]
-        extra = {"settings": {"teacher": pc.teacher, "labels": pc.labels, "holdout": pc.holdout,
-                              "audio": dataclasses.asdict(ac)}}
-        if not summary.written and not kept_shards:
-            writer.abort()
-            raise AudioNetError(f"no clip could be prepared into {pc.out}: " +
-                                "; ".join(f"{k}: {v}" for k, v in list(summary.failed.items())[:5]))
-        description = writer.finish(clips=ordered, class_names=teacher.class_names, previous=kept_shards,
-                                    extra=extra)
-        referenced = {s.file for s in description.shards}
-        for name in os.listdir(pc.out):
-            if name.endswith(records.SHARD_SUFFIX) and name not in referenced:
-                os.unlink(os.path.join(pc.out, name))
+        summary.skipped = [c.id for c in clips if c.id in done]
+        labeller = labelling.Labeller(config, held_out, keys, weights)
+        writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=pc.shard_clips)
+        log.info("%d clips: %d to prepare, %d already committed", len(clips), len(todo), len(done))
+        try:
+            _label_all(todo, labeller, writer, summary, config)
+            writer.commit()
+        except BaseException:
+            writer.abort()  # the open shards only: every committed clip stays
+            raise
+        state = commits.finalise(pc.out, len(clips), clean=not storage.is_remote(pc.out))
+        if not any(d.get("status") == "ok" for d in state.clip_docs()):
+            raise nothing_prepared(summary)
+        description = records.read_description(pc.out)
         summary.examples = {split: description.examples(split) for split in records.SPLITS}
     return summary
+
+
+def _label_all(todo: list[Clip], labeller: labelling.Labeller, writer: commits.CommitWriter, summary: Summary,
+               config: cfg.PipelineConfig) -> None:
+    pc = config.prepare
+    started, frames_done, header = time.time(), 0, False
+    # Two clips are downloaded and decoded ahead while the teacher labels the current one.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(labeller.fetch, clip) for clip in todo[:2]]
+        for index, clip in enumerate(todo):
+            if index + 2 < len(todo):
+                futures.append(pool.submit(labeller.fetch, todo[index + 2]))
+            try:
+                outcome = labeller.label(clip, futures[index].result())
+            except labelling.TeacherError:
+                raise
+            except (AudioNetError, OSError) as exc:  # OSError: an unreadable cache file
+                outcome = labeller.failed(clip, exc)
+            futures[index] = None  # the decoded clip is not kept
+            if not outcome.ok:
+                if pc.strict:
+                    raise AudioNetError(f"clip {clip.id} failed (--strict): {outcome.doc['error']}")
+                summary.failed[clip.id] = outcome.doc["error"]
+                log.warning("clip %s failed: %s", clip.id, outcome.doc["error"])
+                writer.add(outcome.doc)
+                continue
+            spec = labeller.spec
+            try:
+                if not header:
+                    commits.ensure_header(pc.out, spec, labeller.teacher.class_names, labelling.settings(config))
+                    header = True
+                writer.add(outcome.doc, spec, outcome.windows, outcome.logits, outcome.times, outcome.splits)
+            except (OSError, tf_errors()) as exc:
+                raise AudioNetError(f"cannot write to {pc.out}: {exc}. Free space (or fix the storage) and "
+                                    f"rerun the same command: the clips committed so far are kept") from None
+            frames_done += len(outcome.windows)
+            summary.written.append(clip.id)
+            rate = frames_done / max(time.time() - started, 1e-6)
+            log.info("[%d/%d] %s: %d frames (%s), %.0f frames/s", index + 1, len(todo), clip.id,
+                     len(outcome.windows), outcome.doc["split"], rate)
+
+
+def tf_errors() -> type:
+    """TensorFlow's I/O error type (raised by its file systems for remote outputs)."""
+    import tensorflow as tf
+
+    return tf.errors.OpError
 
 
 def print_summary(summary: Summary) -> None:
@@ -273,7 +123,8 @@ def print_summary(summary: Summary) -> None:
 
 PREPARE_FLAGS = {
     "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
-    "holdout": str, "shard_size": int, "audio_format": str, "logits_format": str, "retries": int, "margin_s": float,
+    "holdout": str, "shard_size": int, "shard_clips": int, "audio_format": str, "logits_format": str,
+    "retries": int, "margin_s": float,
     "runner": str,
 }
 

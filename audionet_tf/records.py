@@ -9,20 +9,21 @@ One `tf.train.Example` per frame:
 | `clip_id` | bytes        | the clip the frame comes from                               |
 | `time`    | float        | the frame's time in seconds from the clip's start           |
 
-Every dataset directory holds `dataset.json` (the description: schema version, sample
-rate, window, frame period, class count, teacher, class names file, clips and shards with
-their example counts and SHA-256 checksums) and the class names file. Shards are written
-under a temporary name and renamed when complete; the description is written last, also
-through a temporary name, so a reader never takes an unfinished directory for a dataset.
+Every dataset directory holds `dataset.json` (the header: schema version, sample rate,
+window, frame period, class count, teacher, class names file), the class names file, and
+commit records naming the shards and the clips they hold (see `commits`). A reader sees the
+committed shards only; `read_description` assembles header and commits into a `Description`
+(clips, shards with example counts, sizes and SHA-256 checksums).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import struct
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -30,7 +31,9 @@ import numpy as np
 
 from audionet_tf.errors import DatasetError
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 2: header + commit records (1: one dataset.json written at the end)
 DESCRIPTION_FILE = "dataset.json"
 CLASS_NAMES_FILE = "labels.txt"
 SHARD_SUFFIX = ".tfrecord"
@@ -81,13 +84,14 @@ class ShardInfo:
 
 @dataclass
 class Description:
-    """The contents of `dataset.json`."""
+    """A dataset as readers see it: its spec, committed shards and clips, and whether it is finished."""
 
     spec: DatasetSpec
     shards: list[ShardInfo] = field(default_factory=list)
-    clips: list[dict[str, Any]] = field(default_factory=list)
+    clips: Sequence[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    finished: dict[str, Any] | None = None  # what the last finished run recorded; None while preparing
 
     def shards_for(self, split: str) -> list[ShardInfo]:
         """The shards of one split."""
@@ -98,32 +102,48 @@ class Description:
         return sum(s.examples for s in self.shards if split is None or s.split == split)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON document written to `dataset.json`."""
+        """The whole description as one JSON document (for tools; not a file of the dataset)."""
         return {
             "schema_version": self.schema_version,
             **dataclasses.asdict(self.spec),
             "window_ms": 1000.0 * self.spec.window_samples / self.spec.sample_rate,
             "examples": {split: self.examples(split) for split in SPLITS},
             "shards": [dataclasses.asdict(s) for s in self.shards],
-            "clips": self.clips,
+            "clips": list(self.clips),
+            "finished": self.finished,
             **({"extra": self.extra} if self.extra else {}),
         }
 
-    @classmethod
-    def from_json(cls, doc: dict[str, Any], where: str) -> "Description":
-        """Parse a `dataset.json` document, naming `where` in any error."""
-        version = doc.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise DatasetError(f"{where}: schema version {version!r} is not supported (this package reads "
-                               f"version {SCHEMA_VERSION}); prepare the dataset again")
-        names = {f.name for f in dataclasses.fields(DatasetSpec)}
-        try:
-            spec = DatasetSpec(**{k: doc[k] for k in names if k in doc})
-            shards = [ShardInfo(**s) for s in doc.get("shards", [])]
-        except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{where}: malformed description: {exc}") from None
-        return cls(spec=spec, shards=shards, clips=list(doc.get("clips", [])), extra=dict(doc.get("extra", {})),
-                   schema_version=version)
+
+class LazyClips(Sequence):
+    """Clip records kept as JSON lines and decoded when read (a large dataset opens without decoding them)."""
+
+    def __init__(self, items: Sequence[Any]):
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        item = self._items[index]
+        return json.loads(item) if isinstance(item, (bytes, str)) else item
+
+
+def spec_from_header(doc: Any, where: str) -> DatasetSpec:
+    """The DatasetSpec of a `dataset.json` header, naming `where` in any error."""
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{where}: the dataset header is not a JSON object")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DatasetError(f"{where}: schema version {version!r} is not supported (this package reads "
+                           f"version {SCHEMA_VERSION}); prepare the dataset again")
+    names = {f.name for f in dataclasses.fields(DatasetSpec)}
+    try:
+        return DatasetSpec(**{k: doc[k] for k in names if k in doc})
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{where}: malformed dataset header: {exc}") from None
 
 
 def atomic_write_text(path: str, text: str, fsync: bool = True) -> None:
@@ -220,8 +240,26 @@ def read_examples(path: str, spec: DatasetSpec) -> dict[str, np.ndarray]:
             "time": parsed[TIME_KEY].numpy()}
 
 
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(record: bytes) -> bytes:
+    """One record in TFRecord framing: length, its masked CRC-32C, the data, the data's masked CRC-32C."""
+    length = struct.pack("<Q", len(record))
+    return b"".join([length, struct.pack("<I", _masked_crc32c(length)), record,
+                     struct.pack("<I", _masked_crc32c(record))])
+
+
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes."""
+    """SHA-256 of a file's bytes (local path or URL)."""
+    from audionet_tf import storage
+
+    if storage.is_remote(path):
+        return hashlib.sha256(storage.read_bytes(path)).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -229,57 +267,26 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-class ShardWriter:
-    """Writes one shard under a temporary name; `close()` renames it into place."""
-
-    def __init__(self, directory: str, name: str, split: str):
-        import tensorflow as tf
-
-        self.directory = directory
-        self.name = name
-        self.split = split
-        self.count = 0
-        self._tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-        self._writer = tf.io.TFRecordWriter(self._tmp)
-
-    def write(self, record: bytes) -> None:
-        """Append one serialized example."""
-        self._writer.write(record)
-        self.count += 1
-
-    def close(self) -> ShardInfo:
-        """Finish the shard: flush, rename into place, and return its description."""
-        self._writer.close()
-        final = os.path.join(self.directory, self.name)
-        os.replace(self._tmp, final)
-        return ShardInfo(file=self.name, split=self.split, examples=self.count, sha256=file_sha256(final),
-                         bytes=os.path.getsize(final))
-
-    def abort(self) -> None:
-        """Drop the unfinished shard."""
-        self._writer.close()
-        if os.path.exists(self._tmp):
-            os.unlink(self._tmp)
-
-
 class DatasetWriter:
-    """Writes examples into shards of at most `shard_size` per split; `finish()` writes the description.
+    """Writes examples into shards of at most `shard_size` per split; `finish()` commits them with the clips.
 
-    Shard names carry a token unique to this writer, so a later writer adding to the same
-    directory (a resumed prepare) never overwrites a shard an earlier one finished.
+    For tools and tests that write a whole dataset at once (`prepare` commits in groups
+    through `commits.CommitWriter`). Shard names carry a token unique to this writer.
     """
 
     def __init__(self, directory: str, spec: DatasetSpec, shard_size: int = 1024, token: str | None = None):
+        from audionet_tf import commits, storage
+
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
         self.directory = directory
         self.spec = spec
         self.shard_size = shard_size
-        self.token = token or uuid.uuid4().hex[:8]
+        self.token = token or commits.new_token()
         self.finished: list[ShardInfo] = []
-        self._open: dict[str, ShardWriter] = {}
+        self._open: dict[str, Any] = {}
         self._index: dict[str, int] = {}
-        os.makedirs(directory, exist_ok=True)
+        storage.makedirs(directory)
 
     def add(self, split: str, windows: np.ndarray, logits: np.ndarray, clip_id: str,
             times: Sequence[float]) -> None:
@@ -295,16 +302,17 @@ class DatasetWriter:
             if self._open[split].count >= self.shard_size:
                 self.finished.append(self._open.pop(split).close())
 
-    def _writer(self, split: str) -> ShardWriter:
+    def _writer(self, split: str):
+        from audionet_tf.commits import ShardWriter
+
         if split not in self._open:
             index = self._index.get(split, 0)
             self._index[split] = index + 1
-            name = f"{split}-{self.token}-{index:05d}{SHARD_SUFFIX}"
-            self._open[split] = ShardWriter(self.directory, name, split)
+            self._open[split] = ShardWriter(self.directory, f"{split}-{self.token}-{index:05d}{SHARD_SUFFIX}", split)
         return self._open[split]
 
     def flush(self) -> list[ShardInfo]:
-        """Close the open shards (so far written examples become finished shards)."""
+        """Close the open shards (so far written examples become finished, not yet committed, shards)."""
         for split in list(self._open):
             writer = self._open.pop(split)
             if writer.count:
@@ -320,59 +328,73 @@ class DatasetWriter:
         self._open.clear()
 
     def finish(self, clips: Iterable[dict[str, Any]] = (), class_names: Sequence[str] | None = None,
-               previous: Sequence[ShardInfo] = (), extra: dict[str, Any] | None = None) -> Description:
-        """Close the shards, write the class names, then the description (last)."""
+               extra: dict[str, Any] | None = None) -> Description:
+        """Close the shards, write the header and class names, then commit shards and clips in one record."""
+        from audionet_tf import commits
+
         self.flush()
-        if class_names is not None:
-            write_class_names(self.directory, class_names, self.spec)
-        description = Description(spec=self.spec, shards=list(previous) + self.finished, clips=list(clips),
-                                  extra=dict(extra or {}))
-        write_description(self.directory, description)
-        return description
+        commits.write_header(self.directory, self.spec, class_names, extra)
+        clips = list(clips)
+        commits.write_record(self.directory, commits.commit_name(self.token, 0), self.finished, clips, self.token)
+        state = commits.read_state(self.directory)
+        finished = {"clips": len(state.clip_docs())}
+        commits.write_index(self.directory, state, finished)
+        return read_description(self.directory)
 
 
 def write_class_names(directory: str, class_names: Sequence[str], spec: DatasetSpec) -> None:
     """Write the class names file, one name per line, after checking the count."""
+    from audionet_tf import storage
+
     if len(class_names) != spec.num_classes:
         raise ValueError(f"{len(class_names)} class names for {spec.num_classes} classes")
-    atomic_write_text(os.path.join(directory, spec.class_names_file), "\n".join(class_names) + "\n")
-
-
-def write_description(directory: str, description: Description) -> None:
-    """Write `dataset.json` atomically."""
-    atomic_write_text(os.path.join(directory, DESCRIPTION_FILE), json.dumps(description.to_json(), indent=2) + "\n")
+    storage.write_text(storage.join(directory, spec.class_names_file), "\n".join(class_names) + "\n")
 
 
 HOW_TO_PREPARE = ("make one with `python -m audionet_tf.prepare --pipeline pipelines/demo.toml` "
                   "(offline) or `python -m audionet_tf.prepare --manifest FILE.csv --out DIR`")
+RERUN = "rerun the same prepare command (it relabels only the clips that are not committed)"
 
 
 def read_description(directory: str) -> Description:
-    """Read a dataset directory's description, with a clear message when there is none."""
-    if not os.path.isdir(directory):
+    """The dataset as committed so far: header + commit records, with a clear message when there is none."""
+    from audionet_tf import commits, storage
+
+    # Object stores have no directories: there, a dataset that is not there has no header.
+    if not storage.is_remote(directory) and not storage.exists(directory):
         raise DatasetError(f"dataset directory {directory} does not exist; {HOW_TO_PREPARE}")
-    path = os.path.join(directory, DESCRIPTION_FILE)
-    if not os.path.isfile(path):
-        raise DatasetError(f"{directory} holds no {DESCRIPTION_FILE}: it is not a finished dataset "
-                           f"(empty, or its preparation did not complete); {HOW_TO_PREPARE}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: unreadable description: {exc}") from None
-    if not isinstance(doc, dict):
-        raise DatasetError(f"{path}: the description is not a JSON object")
-    return Description.from_json(doc, path)
+    state = commits.read_state(directory)
+    header_path = storage.join(directory, DESCRIPTION_FILE)
+    if state.header is None:
+        raise DatasetError(f"{directory} holds no {DESCRIPTION_FILE}: no clip of it is committed yet (empty, or "
+                           f"its preparation stopped before the first commit); {HOW_TO_PREPARE}")
+    spec = spec_from_header(state.header, header_path)
+    if state.torn:
+        name, why = sorted(state.torn.items())[0]
+        raise DatasetError(f"{why}; {RERUN}: it withdraws that record and relabels its clips")
+    description = Description(spec=spec, shards=state.shards(), clips=state.clip_docs(),
+                              extra=dict(state.header.get("extra") or {}))
+    index = state.index or {}
+    complete = index.get("finished") and set(index.get("commits", {})) >= {n for n, _ in state.accepted}
+    description.finished = index.get("finished") if complete else None
+    if not description.shards:
+        raise DatasetError(f"{directory} has no committed examples yet; {RERUN}")
+    if description.finished is None:
+        ok = sum(1 for c in description.clips if c.get("status") == "ok")
+        log.warning("dataset %s: its preparation has not finished (or is running); using the %d clips committed "
+                    "so far; %s", directory, ok, RERUN)
+    return description
 
 
 def read_class_names(directory: str, description: Description | None = None) -> list[str]:
     """The dataset's class names (one per class)."""
+    from audionet_tf import storage
+
     description = description or read_description(directory)
-    path = os.path.join(directory, description.spec.class_names_file)
-    if not os.path.isfile(path):
+    path = storage.join(directory, description.spec.class_names_file)
+    if not storage.exists(path):
         return [f"class_{i}" for i in range(description.spec.num_classes)]
-    with open(path, encoding="utf-8") as handle:
-        names = [line.rstrip("\n") for line in handle if line.strip()]
+    names = [line for line in storage.read_text(path).splitlines() if line.strip()]
     if len(names) != description.spec.num_classes:
         raise DatasetError(f"{path}: {len(names)} class names for {description.spec.num_classes} classes")
     return names
@@ -380,17 +402,19 @@ def read_class_names(directory: str, description: Description | None = None) -> 
 
 def verify_shards(directory: str, description: Description, checksums: bool = True,
                   splits: Sequence[str] = SPLITS) -> None:
-    """Check that every shard named in the description is there, whole and unchanged."""
+    """Check that every committed shard is there, whole and unchanged (one listing, then checksums)."""
+    from audionet_tf import storage
+
+    sizes = storage.list_sizes(directory)
     for shard in description.shards:
         if shard.split not in splits:
             continue
-        path = os.path.join(directory, shard.file)
-        if not os.path.isfile(path):
-            raise DatasetError(f"shard {path} named in {DESCRIPTION_FILE} is missing")
-        size = os.path.getsize(path)
-        if size != shard.bytes:
-            raise DatasetError(f"shard {path} is {size} bytes, the description says {shard.bytes}: "
-                               f"truncated or changed; prepare the dataset again")
+        path = storage.join(directory, shard.file)
+        if shard.file not in sizes:
+            raise DatasetError(f"shard {path}, named in a commit record, is missing; {RERUN}")
+        if sizes[shard.file] != shard.bytes:
+            raise DatasetError(f"shard {path} is {sizes[shard.file]} bytes, its commit record says {shard.bytes}: "
+                               f"truncated or changed; {RERUN}")
         if checksums and file_sha256(path) != shard.sha256:
-            raise DatasetError(f"shard {path} fails its SHA-256 checksum: corrupt or changed; "
-                               f"prepare the dataset again")
+            raise DatasetError(f"shard {path} fails its SHA-256 checksum: corrupt or changed; delete it and "
+                               f"{RERUN}")

@@ -1,63 +1,183 @@
-"""Data preparation on Apache Beam's DirectRunner with two worker processes, against the single-process path."""
+"""Data preparation on Apache Beam's DirectRunner, against the single-process path: same examples, resume, gs://."""
+import collections
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from audionet_tf import commits, prepare, records, storage
 from audionet_tf import config as cfg
-from audionet_tf import prepare, records
 from loopback import Server, make_clip
 
 beam = pytest.importorskip("apache_beam", reason="the beam extra is part of the test install")
+TWO_WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
 
-def example_set(directory):
+def example_multiset(directory):
+    """Every committed example, counted: a duplicated example shows up as a count of 2."""
     description = records.read_description(directory)
-    found = set()
+    found = collections.Counter()
     for shard in description.shards:
         ex = records.read_examples(os.path.join(directory, shard.file), description.spec)
-        for audio, logits, clip_id, time in zip(ex["audio"], ex["logits"], ex["clip_id"], ex["time"]):
-            found.add((shard.split, clip_id, round(float(time), 4), audio.tobytes(), logits.tobytes()))
+        for audio, logits, clip_id, time_s in zip(ex["audio"], ex["logits"], ex["clip_id"], ex["time"]):
+            found[(shard.split, clip_id, round(float(time_s), 4), audio.tobytes(), logits.tobytes())] += 1
     return found
 
 
-@pytest.mark.slow
-def test_direct_runner_with_two_workers_writes_the_same_examples(tmp_path):
-    www = tmp_path / "www"
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("beam")
+    www = root / "www"
     www.mkdir()
     make_clip(str(www / "red.mp4"), 3.0, video="color=c=red:size=32x24:rate=25")
     make_clip(str(www / "blue.mp4"), 3.0, video="color=c=blue:size=32x24:rate=30",
               audio="sine=frequency=900:sample_rate=44100")
-    local = make_clip(str(tmp_path / "green.mp4"), 2.0, video="color=c=green:size=32x24:rate=25")
+    local = make_clip(str(root / "green.mp4"), 2.0, video="color=c=green:size=32x24:rate=25")
     server = Server(str(www))
+    clips = ({"url": f"{server.url}/red.mp4", "start": 0.5, "duration": 2, "label": "red"},
+             {"url": f"{server.url}/blue.mp4", "start": 0, "duration": 2.5, "label": "blue"},
+             {"url": local, "start": 0, "duration": 2, "label": "green"},
+             {"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"})
+    yield clips, root
+    server.stop()
+
+
+def config(out, clips, cache, runner=None):
+    from audionet_tf.manifest import clips_from_entries
+
+    red = clips_from_entries(clips[:1], "test")[0].id  # held out: in every list these tests use
+    return cfg.PipelineConfig(prepare=cfg.PrepareConfig(
+        out=str(out), cache_dir=str(cache), teacher="demo-colour", clips=tuple(clips), holdout=red, retries=0,
+        shard_size=50, shard_clips=2, runner=runner))
+
+
+@pytest.fixture(scope="module")
+def single(served):
+    clips, root = served
+    summary = prepare.prepare(config(root / "single", clips, root / "cache-single"))
+    return summary, example_multiset(str(root / "single"))
+
+
+@pytest.mark.slow
+def test_direct_runner_resumes_grows_and_writes_the_same_examples(served, single, tmp_path):
+    from audionet_tf.beam_prepare import run_beam
+
+    clips, _ = served
+    single_summary, single_examples = single
+    out = tmp_path / "beam"
+    first = run_beam(config(out, clips[:2], tmp_path / "cache", "DirectRunner"), TWO_WORKERS)
+    assert sorted(first.written) == sorted(i for i in single_summary.written if "red" in i or "blue" in i)
+    # The same output, a longer list: only the new clips are labelled, and added.
+    grown = run_beam(config(out, clips, tmp_path / "cache", "DirectRunner"), TWO_WORKERS)
+    assert sorted(grown.skipped) == sorted(first.written) and len(grown.written) == 1
+    assert list(grown.failed) == list(single_summary.failed) and "404" in next(iter(grown.failed.values()))
+    beam_examples = example_multiset(str(out))
+    assert sum(beam_examples.values()) == 50 + 62 + 50 and max(beam_examples.values()) == 1
+    assert beam_examples == single_examples  # every example, with its window and logits bytes
+    description = records.read_description(str(out))
+    records.verify_shards(str(out), description)
+    assert {c["status"] for c in description.clips} == {"ok", "failed"} and description.finished["listed"] == 4
+    # Nothing left to do: a third run labels nothing.
+    again = run_beam(config(out, clips, tmp_path / "cache", "DirectRunner"), [])
+    assert not again.written and len(again.skipped) == 3
+
+
+def test_a_retried_bundle_does_not_duplicate_examples(served, single, tmp_path):
+    """A bundle Beam retries runs the worker's group again: its second commit is ignored, then removed."""
+    from audionet_tf.beam_prepare import make_label_group
+    from audionet_tf.labelling import clip_key, holdout_ids
+    from audionet_tf.manifest import clips_from_entries
+
+    clips, _ = served
+    _, single_examples = single
+    conf = config(tmp_path / "beam", clips, tmp_path / "cache", "DirectRunner")
+    listed = clips_from_entries(clips, "test")
+    held_out = holdout_ids(listed, conf.prepare.holdout)
+    keys = {c.id: clip_key(c, conf, c.id in held_out) for c in listed}
+    label = make_label_group(conf.to_dict(), sorted(held_out), keys, "imagenet", [])
+    label.setup()
+    for group in ([c.to_dict() for c in listed[:2]], [c.to_dict() for c in listed[2:]]):
+        list(label.process({"clips": group}))
+    list(label.process({"clips": [c.to_dict() for c in listed[:2]]}))  # the retry of the first bundle
+    out = str(tmp_path / "beam")
+    # red fills a 50-example shard, so the group commits in two steps, and so does its retry.
+    assert len(commits.read_state(out).duplicates) == 2
+    assert example_multiset(out) == single_examples
+    commits.finalise(out, len(listed))
+    state = commits.read_state(out)
+    assert not state.duplicates and example_multiset(out) == single_examples
+    named = {s.file for s in state.shards()}
+    assert {n for n in os.listdir(out) if n.endswith(records.SHARD_SUFFIX)} == named
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gcs_emulator(monkeypatch):
+    """A GCS JSON API server (gcp-storage-emulator) on 127.0.0.1 with one bucket."""
+    pytest.importorskip("gcp_storage_emulator", reason="part of the test extra")
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                                "--port", str(port), "--in-memory"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    # No Google credentials exist here: tell Beam's credential cache so, instead of letting it
+    # retry the lookup with back-off for half a minute (its client then connects anonymously).
+    from apache_beam.internal.gcp import auth
+
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
     try:
-        clips = ({"url": f"{server.url}/red.mp4", "start": 0.5, "duration": 2, "label": "red"},
-                 {"url": f"{server.url}/blue.mp4", "start": 0, "duration": 2.5, "label": "blue"},
-                 {"url": local, "start": 0, "duration": 2, "label": "green"},
-                 {"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"})
-
-        def config(out, runner=None):
-            return cfg.PipelineConfig(prepare=cfg.PrepareConfig(
-                out=str(tmp_path / out), cache_dir=str(tmp_path / f"cache-{out}"), teacher="demo-colour",
-                clips=clips, holdout="0.3", retries=0, shard_size=50, runner=runner))
-
-        from audionet_tf.beam_prepare import run_beam
-
-        with_beam = run_beam(config("beam", "DirectRunner"),
-                             ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
-        single = prepare.prepare(config("single"))
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        gcs.Client(project="test", credentials=AnonymousCredentials()).create_bucket("audionet")
+        yield "gs://audionet"
     finally:
-        server.stop()
-    assert sorted(with_beam.written) == sorted(single.written) and len(with_beam.written) == 3
-    assert list(with_beam.failed) == list(single.failed) and "404" in next(iter(with_beam.failed.values()))
-    beam_examples, single_examples = example_set(str(tmp_path / "beam")), example_set(str(tmp_path / "single"))
-    assert len(beam_examples) == 50 + 62 + 50 and beam_examples == single_examples
-    description = records.read_description(str(tmp_path / "beam"))
-    records.verify_shards(str(tmp_path / "beam"), description)
-    assert {c["status"] for c in description.clips} == {"ok", "failed"}
-    assert not [f for f in os.listdir(tmp_path / "beam") if f.startswith(".beam")]
+        process.kill()
+        process.wait()
+        storage.use_tf_filesystems()  # later tests in this process use tf.io.gfile again
+
+
+@pytest.mark.slow
+def test_beam_writes_commits_and_resumes_on_a_gcs_server(served, single, gcs_emulator, tmp_path, monkeypatch):
+    from audionet_tf.beam_prepare import run_beam
+
+    clips, _ = served
+    _, single_examples = single
+    monkeypatch.chdir(tmp_path)
+    out = f"{gcs_emulator}/datasets/demo"
+    args = []
+    summary = run_beam(config(out, clips, tmp_path / "cache", "DirectRunner"), args)
+    assert len(summary.written) == 3 and len(summary.failed) == 1
+    assert not os.path.exists(tmp_path / "gs:"), "a gs:// path never becomes a local directory"
+    # Copy the bucket's dataset here (through the same storage layer) and read it with TensorFlow.
+    mirror = tmp_path / "mirror"
+    for folder in ("", commits.COMMITS_DIR):
+        remote = storage.join(out, folder) if folder else out
+        os.makedirs(mirror / folder, exist_ok=True)
+        for name in storage.list_sizes(remote):
+            (mirror / folder / name).write_bytes(storage.read_bytes(storage.join(remote, name)))
+    assert example_multiset(str(mirror)) == single_examples
+    assert records.read_description(str(mirror)).finished["ok"] == 3
+    before = commits.read_state(out).shards()
+    again = run_beam(config(out, clips, tmp_path / "cache", "DirectRunner"), args)
+    assert not again.written and len(again.skipped) == 3 and list(again.failed) == list(summary.failed)
+    assert commits.read_state(out).shards() == before  # only the failed clip was tried again
 
 
 def test_the_single_process_path_never_imports_beam(tmp_path):
@@ -71,3 +191,23 @@ def test_the_single_process_path_never_imports_beam(tmp_path):
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
     assert np.isclose(records.read_description(str(tmp_path / "out")).examples(), 25)
+
+
+def test_setup_file_ships_the_package_to_remote_workers(tmp_path, monkeypatch):
+    """What `--setup_file ./setup.py` makes Beam stage for Dataflow workers: an sdist of this package."""
+    import tarfile
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.stager import Stager
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    monkeypatch.chdir(root)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    Stager.create_job_resources(PipelineOptions(["--setup_file", "./setup.py", "--sdk_location", "container"]),
+                                str(staging))
+    (sdist,) = [p for p in staging.iterdir() if p.name.endswith(".tar.gz")]
+    with tarfile.open(sdist) as archive:
+        names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    for module in ("beam_prepare", "labelling", "commits", "storage", "records", "media", "teacher"):
+        assert f"audionet_tf/{module}.py" in names

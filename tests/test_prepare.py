@@ -1,5 +1,4 @@
 """Data preparation with real ffmpeg, real yt-dlp over loopback, and offline teachers."""
-import json
 import os
 import shutil
 
@@ -63,8 +62,10 @@ def test_downloaded_section_is_cut_exactly_and_cached(served, tmp_path):
 def test_a_missing_video_fails_with_its_reason(served, tmp_path):
     server, _ = served
     clip = clip_entry(f"{server.url}/removed.mp4", 0, 1, "", "test")
+    before = len(server.requests)
     with pytest.raises(DownloadError, match="404"):
         Downloader(str(tmp_path / "cache"), retries=2, backoff_s=0.01).fetch(clip)
+    assert server.requests[before:] == ["/removed.mp4"]  # asked once: a 404 is not retried
 
 
 @pytest.mark.parametrize("make,seconds,message", [
@@ -170,16 +171,53 @@ def test_strict_makes_a_failure_fatal_and_writes_nothing(served, tmp_path):
     assert not os.path.exists(tmp_path / "data" / records.DESCRIPTION_FILE)
 
 
-def test_a_second_prepare_on_the_same_directory_is_refused(tmp_path):
+def test_offline_seed_pipeline_lists_every_clip_and_never_loads_the_teacher(tmp_path):
+    """The shipped seed list with its hosts unreachable: every clip's reason, exit 2, no weights download."""
+    import re
+    import subprocess
+    import sys
+
+    seed = open(os.path.join(os.path.dirname(__file__), "..", "pipelines", "seed.toml")).read()
+    with __import__("socket").socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = re.sub(r'url = "([^"]+)"', lambda m: f'url = "http://127.0.0.1:{port}/{m.group(1)}.mp4"', seed)
+    text = text.replace('[prepare]\n', '[prepare]\nretries = 0\n', 1)
+    (tmp_path / "seed.toml").write_text(text)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": str(tmp_path / "keras")}
+    result = subprocess.run([sys.executable, "-m", "audionet_tf.train", "--pipeline", "seed.toml"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    clips = prepare.list_clips(cfg.load_pipeline(str(tmp_path / "seed.toml")))
+    assert len(clips) == 10
+    for clip in clips:
+        assert re.search(rf"failed {re.escape(clip.id)}: .*127\.0\.0\.1", result.stderr), result.stderr[-3000:]
+    assert "pipelines/demo.toml" in result.stderr and "Traceback" not in result.stderr
+    assert "Downloading data" not in result.stdout + result.stderr and not (tmp_path / "keras" / "models").exists()
+
+
+def test_a_dataset_on_an_in_memory_file_system_prepares_and_trains(tmp_path):
+    """A URL output (TensorFlow's ram://) goes through the storage layer end to end: prepare, resume, read."""
+    from audionet_tf import data
+
     local = make_clip(str(tmp_path / "green.mp4"), 1.0, video="color=c=green:size=32x24:rate=25")
-    config = pipeline(tmp_path, [{"url": local, "start": 0, "duration": 1, "label": "green"}])
-    with prepare.Lock(str(tmp_path / "data")):
-        with pytest.raises(AudioNetError, match="is being prepared by process"):
-            prepare.prepare(config)
-    assert not os.path.exists(tmp_path / "data" / records.DESCRIPTION_FILE)
-    stale = tmp_path / "data" / prepare.LOCK_FILE
-    stale.write_text("999999")  # a process that is gone
-    assert prepare.prepare(config).written
+    red = make_clip(str(tmp_path / "red.mp4"), 1.0, video="color=c=red:size=32x24:rate=25")
+    clips = [{"url": local, "start": 0, "duration": 1, "label": "green"},
+             {"url": red, "start": 0, "duration": 1, "label": "red"}]
+    out = f"ram://{tmp_path.name}/data"
+    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(out=out, cache_dir=str(tmp_path / "cache"),
+                                                          teacher="demo-colour", clips=tuple(clips), holdout="0.5"))
+    summary = prepare.prepare(config)
+    assert len(summary.written) == 2 and summary.examples == {"train": 25, "validation": 25}
+    assert not os.path.exists("ram:") and not os.path.exists(tmp_path / "ram:")
+    assert len(prepare.prepare(config).skipped) == 2
+    description = records.read_description(out)
+    records.verify_shards(out, description)
+    batches = list(data.make_dataset(out, "all", batch_size=10, shuffle=False))
+    assert sum(int(x.shape[0]) for x, _ in batches) == 50
+    names = records.read_class_names(out)
+    argmax = np.concatenate([y.numpy().argmax(axis=1) for _, y in batches])
+    assert sorted({names[i] for i in argmax}) == ["green", "red"]
 
 
 def test_user_teachers_keras_and_savedmodel(tmp_path):

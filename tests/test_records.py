@@ -1,4 +1,5 @@
 """The dataset format and its input pipeline, on real TFRecord files written by the tests."""
+import hashlib
 import json
 import os
 
@@ -40,7 +41,12 @@ def test_round_trip_through_shards(tmp_path, audio_format, logits_format):
     for key in ("schema_version", "sample_rate", "window_samples", "frame_period_ms", "num_classes", "teacher",
                 "class_names_file"):
         assert key in doc
-    assert all(len(s["sha256"]) == 64 and s["examples"] > 0 for s in doc["shards"])
+    (name,) = os.listdir(tmp_path / "commits")
+    record = json.loads((tmp_path / "commits" / name).read_text())
+    assert all(len(s["sha256"]) == 64 and s["examples"] > 0 for s in record["shards"])
+    for shard in record["shards"]:  # the checksum counted while writing is the file's
+        assert hashlib.sha256((tmp_path / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
+    assert sorted(c["id"] for c in record["clips"]) == sorted(expected)
     arrays = data.load_arrays(str(tmp_path), "all")
     tolerance = 1.0 / 32767 if audio_format == "int16" else 1e-7
     for clip_id, (_, windows, logits) in expected.items():
@@ -51,7 +57,7 @@ def test_round_trip_through_shards(tmp_path, audio_format, logits_format):
     assert records.read_class_names(str(tmp_path)) == [f"c{i}" for i in range(6)]
 
 
-def test_no_description_until_finished_and_no_temporary_files_left(tmp_path):
+def test_nothing_is_readable_until_committed_and_no_temporary_files_left(tmp_path):
     spec = records.DatasetSpec(window_samples=8, num_classes=2)
     writer = records.DatasetWriter(str(tmp_path), spec, shard_size=3)
     writer.add("train", np.zeros((5, 8)), np.zeros((5, 2)), "a", np.arange(5))
@@ -60,7 +66,7 @@ def test_no_description_until_finished_and_no_temporary_files_left(tmp_path):
     assert records.DESCRIPTION_FILE not in names
     assert sum(n.endswith(records.SHARD_SUFFIX) for n in names) == 1
     assert any(n.endswith(".tmp") for n in names)
-    with pytest.raises(DatasetError, match="not a finished dataset"):
+    with pytest.raises(DatasetError, match="no clip of it is committed"):
         data.make_dataset(str(tmp_path))
     writer.finish()
     names = os.listdir(tmp_path)
@@ -131,5 +137,5 @@ def test_missing_directory_says_how_to_make_one(tmp_path):
     with pytest.raises(DatasetError, match="audionet_tf.prepare"):
         data.make_dataset(str(tmp_path / "nothing-here"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="not a finished dataset"):
+    with pytest.raises(DatasetError, match="no clip of it is committed"):
         data.make_dataset(str(tmp_path / "empty"))

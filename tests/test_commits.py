@@ -1,0 +1,311 @@
+"""Crash safety and resume of `prepare`: real SIGKILLs, torn records, lost shards, two writers, a full disk."""
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from audionet_tf import commits, data, prepare, records
+from audionet_tf.errors import AudioNetError, DatasetError
+from loopback import make_clip
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+COLOURS = ("red", "green", "blue", "yellow", "white", "black")
+
+
+@pytest.fixture(scope="module")
+def clip_list(tmp_path_factory):
+    """Twelve one-second local clips of plain colours (the demo teacher's classes), in a project CSV."""
+    root = tmp_path_factory.mktemp("clips")
+    rows = ["url,start,duration,label"]
+    for i in range(12):
+        colour = COLOURS[i % len(COLOURS)]
+        make_clip(str(root / f"{i:02d}-{colour}.mp4"), 1.0, video=f"color=c={colour}:size=32x24:rate=25",
+                  audio=f"sine=frequency={200 + 50 * i}:sample_rate=16000")
+        rows.append(f"{i:02d}-{colour}.mp4,0,1,{colour}")
+    (root / "clips.csv").write_text("\n".join(rows) + "\n")
+    return str(root / "clips.csv")
+
+
+def flags(manifest, out, cache):
+    return ["--manifest", manifest, "--teacher", "demo-colour", "--out", str(out), "--cache-dir", str(cache),
+            "--shard-clips", "2", "--holdout", "0.25"]
+
+
+def config_for(manifest, out, cache):
+    return prepare.resolve_config(prepare.build_parser().parse_args(flags(manifest, out, cache)))
+
+
+def examples(directory):
+    """Every committed example as a multiset of (split, clip, time, audio bytes, logits bytes)."""
+    description = records.read_description(str(directory))
+    found = collections.Counter()
+    for shard in description.shards:
+        ex = records.read_examples(os.path.join(directory, shard.file), description.spec)
+        for audio, logits, clip_id, t in zip(ex["audio"], ex["logits"], ex["clip_id"], ex["time"]):
+            found[(shard.split, clip_id, round(float(t), 4), audio.tobytes(), logits.tobytes())] += 1
+    return found
+
+
+def committed_ok(directory):
+    try:
+        description = records.read_description(str(directory))
+    except DatasetError:
+        return set()
+    return {c["id"] for c in description.clips if c["status"] == "ok"}
+
+
+def check_consistent(directory):
+    """What is committed is whole: every committed clip's examples are in the committed shards, once."""
+    try:
+        description = records.read_description(str(directory))
+    except DatasetError as exc:
+        assert "no clip of it is committed" in str(exc) or "no committed examples" in str(exc)
+        return
+    records.verify_shards(str(directory), description, checksums=True)
+    counts = collections.Counter(key[1] for key in examples(directory).elements())
+    assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
+    # The training input reads exactly the committed examples, whatever else lies in the directory.
+    read = sum(int(x.shape[0]) for x, _ in data.make_dataset(str(directory), "all", 64, shuffle=False))
+    assert read == sum(counts.values())
+
+
+STRACE = shutil.which("strace")
+
+
+def start(manifest, out, cache, log, slow_renames=False):
+    """A prepare process whose output goes to a file (a pipe nobody reads could stall it).
+
+    With `slow_renames` it runs under strace, which holds every rename's return for 0.3 s: the
+    moment between a shard's rename and its commit record's lasts long enough to be seen and
+    killed from outside, and the code path is the same.
+    """
+    command = [sys.executable, "-m", "audionet_tf.prepare", *flags(manifest, out, cache)]
+    if slow_renames:
+        renames = "rename,renameat,renameat2"
+        command = [STRACE, "-f", "-qq", "--seccomp-bpf", "-o", os.devnull, "-e", f"trace={renames}",
+                   "-e", f"inject={renames}:delay_exit=300000", *command]
+    with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, env=ENV, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def prepare_pid(process, traced):
+    """The prepare process itself (under strace: strace's child)."""
+    if not traced:
+        return process.pid
+    for _ in range(200):
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as handle:
+            children = handle.read().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    raise AssertionError("strace started no process")
+
+
+def wait_for(process, condition, timeout=120):
+    """Poll `condition` until it holds or the process ends; True when it held while the process ran."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def kill(pid):
+    """SIGKILL `pid`; False when it had already ended (a loaded machine can be slower than a run)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def shard_names(out):
+    return {n for n in os.listdir(out) if n.endswith(records.SHARD_SUFFIX)} if os.path.isdir(out) else set()
+
+
+def uncommitted_shard(out, old=frozenset()):
+    """A new shard already under its final name that no commit record names yet (the middle of a commit)."""
+    if not os.path.isdir(out):
+        return False
+    shards = shard_names(out) - old
+    named = set()
+    for name in os.listdir(os.path.join(out, "commits")) if os.path.isdir(os.path.join(out, "commits")) else ():
+        try:
+            named |= {s["file"] for s in json.loads(open(os.path.join(out, "commits", name)).read())["shards"]}
+        except (OSError, ValueError, KeyError):
+            pass
+    return bool(shards - named)
+
+
+def commit_count(out):
+    folder = os.path.join(out, "commits")
+    return len([n for n in os.listdir(folder) if n.startswith("c-")]) if os.path.isdir(folder) else 0
+
+
+@pytest.mark.slow
+def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(clip_list, tmp_path):
+    reference = tmp_path / "reference"
+    prepare.prepare(config_for(clip_list, reference, tmp_path / "cache"))
+    expected = examples(reference)
+    assert sum(expected.values()) == 12 * 25
+
+    out = str(tmp_path / "data")
+    rng = random.Random(0)
+    kills = [("first commit", lambda p, old: wait_for(p, lambda: commit_count(out) >= 1)),
+             # a shard renamed to its final name, its commit record not yet written
+             ("mid-commit", lambda p, old: wait_for(p, lambda: uncommitted_shard(out, old))),
+             ("fourth commit", lambda p, old: wait_for(p, lambda: commit_count(out) >= 4)),
+             ("random", lambda p, old: time.sleep(rng.uniform(0.0, 3.0)))]
+    killed_with_work_left = 0
+    for number, (moment, kill_when) in enumerate(kills):
+        before = committed_ok(out)
+        log = tmp_path / f"run-{number}.log"
+        traced = moment == "mid-commit" and STRACE is not None
+        old = frozenset(shard_names(out))
+        process = start(clip_list, out, tmp_path / "cache", log, slow_renames=traced)
+        target = prepare_pid(process, traced)
+        seen = kill_when(process, old)
+        assert seen or not traced, "under strace the middle of a commit is always seen"
+        if process.poll() is None and kill(target):
+            killed_with_work_left += 1
+            if traced:  # killed in the middle of a commit: a shard in place that no record names
+                assert uncommitted_shard(out, old)
+        process.wait(timeout=60)
+        output = log.read_text()
+        check_consistent(out)
+        after = committed_ok(out)
+        assert before <= after, "a kill never loses a committed clip"
+        if process.returncode == 0:  # it finished before the kill: it labelled exactly what was not committed
+            assert f"already there: {len(before)};" in output
+    assert killed_with_work_left >= 2
+    # The same command again labels only what is not committed, and the result is the clean run's.
+    left = 12 - len(committed_ok(out))
+    result = subprocess.run([sys.executable, "-m", "audionet_tf.prepare", *flags(clip_list, out, tmp_path / "cache")],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"written now: {left} clips; already there: {12 - left};" in result.stdout
+    assert examples(out) == expected
+    assert records.read_description(out).finished["ok"] == 12
+    leftovers = [n for n in os.listdir(out) if n.endswith(".tmp") or
+                 (n.endswith(records.SHARD_SUFFIX) and n not in {s.file for s in records.read_description(out).shards})]
+    assert not leftovers
+
+
+def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_list, tmp_path):
+    out = tmp_path / "data"
+    config = config_for(clip_list, out, tmp_path / "cache")
+    prepare.prepare(config)
+    expected = examples(out)
+    names = sorted(os.listdir(out / "commits"))
+    assert len(names) == 6  # 12 clips, 2 per group
+    # A torn commit record (of a run that did not finish, so no index holds a copy of it):
+    # readers name it and say what to do.
+    (out / commits.INDEX_FILE).unlink()
+    torn = out / "commits" / names[1]
+    torn_clips = {c["id"] for c in json.loads(torn.read_text())["clips"]}
+    torn.write_text(torn.read_text()[:40])
+    with pytest.raises(DatasetError, match="torn") as info:
+        data.make_dataset(str(out))
+    assert names[1] in str(info.value) and "rerun the same prepare command" in str(info.value)
+    # A shard that a commit names goes missing, another is cut short.
+    record = json.loads((out / "commits" / names[3]).read_text())
+    (out / record["shards"][0]["file"]).unlink()
+    lost_clips = {c["id"] for c in record["clips"]}
+    cut = json.loads((out / "commits" / names[4]).read_text())
+    shard = out / cut["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:100])
+    cut_clips = {c["id"] for c in cut["clips"]}
+    torn.unlink()  # readers now see the missing shard
+    with pytest.raises(DatasetError, match="missing") as info:
+        data.make_dataset(str(out), "all")
+    assert record["shards"][0]["file"] in str(info.value)
+    torn.write_text("{")
+    summary = prepare.prepare(config)
+    assert set(summary.written) == torn_clips | lost_clips | cut_clips
+    assert len(summary.skipped) == 12 - len(summary.written)
+    assert examples(out) == expected
+
+
+def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(clip_list, tmp_path):
+    out = tmp_path / "data"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom audionet_tf.lock import DirectoryLock\n"
+                               f"DirectoryLock({str(out)!r}, '.prepare.lock', 'prepared').acquire()\n"
+                               "print('held', flush=True)\ntime.sleep(600)\n"], env=ENV, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AudioNetError, match=f"being prepared by process {holder.pid}"):
+            prepare.prepare(config_for(clip_list, out, tmp_path / "cache"))
+        assert not (out / records.DESCRIPTION_FILE).exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert len(prepare.prepare(config_for(clip_list, out, tmp_path / "cache")).written) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_stops_with_one_message_and_keeps_every_committed_clip(clip_list, tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = mount / "data"
+        result = subprocess.run([sys.executable, "-m", "audionet_tf.prepare",
+                                 *flags(clip_list, out, tmp_path / "cache")], env=ENV, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 2
+        assert "cannot write to" in result.stderr and "No space left" in result.stderr and \
+            "rerun the same command" in result.stderr and "Traceback" not in result.stderr
+        kept = committed_ok(out)
+        assert 0 < len(kept) < 12
+        check_consistent(out)
+        assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mount)], check=True)
+        summary = prepare.prepare(config_for(clip_list, out, tmp_path / "cache"))
+        assert set(summary.skipped) == kept and len(summary.written) == 12 - len(kept)
+        check_consistent(out)
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+@pytest.mark.slow
+def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
+    """A synthetic finished dataset (header + index, 12,500 commits of 16 clips): under 2 s and 500 MB."""
+    spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
+    commits.write_header(str(tmp_path), spec, None, {"settings": {"teacher": "EfficientNetV2B0"}})
+    os.makedirs(tmp_path / "commits")
+    accepted = []
+    for g in range(12500):
+        clips = [{"id": f"vid{g:05d}x{k:02d}_30000_10000", "url": f"https://www.youtube.com/watch?v=vid{g:05d}x{k:02d}",
+                  "start": 30.0, "duration": 10.0, "label": "waterfall burbling", "source": "youtube",
+                  "video_id": f"vid{g:05d}x{k:02d}", "row": g * 16 + k, "split": "train", "key": "0123456789abcdef",
+                  "status": "ok", "error": None, "examples": 250} for k in range(16)]
+        shard = {"file": f"train-tok-{g:05d}.tfrecord", "split": "train", "examples": 4000, "sha256": "0" * 64,
+                 "bytes": 4000 * 3400}
+        name = f"c-20260101T000000000000-tok-{g:05d}.json"
+        (tmp_path / "commits" / name).write_text("")  # the listing is what the reader checks; the index holds them
+        accepted.append((name, {"format": commits.RECORD_FORMAT, "writer": "tok", "shards": [shard],
+                                "clips": clips}))
+    state = commits.State(header=None, accepted=accepted)
+    commits.write_index(str(tmp_path), state, {"listed": 200000, "ok": 200000, "failed": 0})
+    # VmHWM: this process's peak resident memory (ru_maxrss would include the forking pytest's).
+    script = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf import records\n"
+              "d = records.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
+              "peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+              "print(len(d.clips), d.examples(), d.finished['ok'], seconds, peak / 1024)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    clips, count, ok, seconds, peak_mb = result.stdout.split()
+    assert (int(clips), int(count), int(ok)) == (200000, 200000 * 250, 200000)
+    assert float(seconds) < 2.0 and float(peak_mb) < 500, (seconds, peak_mb)
