@@ -407,8 +407,8 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), histogram_freq=tc.histogram_every,
                                     write_graph=False, update_freq="epoch"),
         cb.FilterImages(os.path.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
+        backup,  # after the others: a stop request ends `fit` here, once they have seen the epoch
         *extra_callbacks,
-        backup,  # last: a stop request ends `fit` here, after the others have seen the epoch
     ]
     if chief:
         _log_config_text(os.path.join(run_dir, "logs", "config"), doc)
