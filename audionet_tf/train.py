@@ -44,8 +44,8 @@ def default_pipeline(name: str) -> str:
     beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
     return beside if os.path.isfile(beside) else name
 # Settings that may differ when the same run is started again (everything else must match).
-RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every", "checkpoint_every",
-                     "devices", "backup_every_steps", "backup_every_minutes", "keep_backups", "dataset_wait_s"}
+RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every",
+                     "checkpoint_every", "devices", "backup_every_steps", "backup_every_minutes", "keep_backups", "dataset_wait_s"}
 
 
 class TrainingDiverged(AudioNetError):
@@ -390,11 +390,20 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     history.resume_at(initial_epoch)
     if initial_epoch >= tc.epochs:
         log.info("run %s already has %d of %d epochs", run_dir, initial_epoch, tc.epochs)
-    if initial_step and not (tc.deterministic or data.decoded_bytes(description, "train")
-                             <= tc.cache_limit_mb * (1 << 20) and tc.cache != "none"):
-        log.warning("resuming inside epoch %d of a streamed dataset without --deterministic: the rest of the "
-                    "epoch follows the same seed, but its order is not exactly the interrupted one's",
-                    initial_epoch + 1)
+    # Where the resumed input starts: past every step trained when the order is a function of the seed
+    # (a cached split, or --deterministic), so the stream goes on exactly where it stopped; that costs
+    # reading those steps' examples again (see the README). Otherwise a fresh pass (cheap, but the rest
+    # of an interrupted epoch may repeat or miss examples).
+    cached = tc.cache == "memory" or (tc.cache == "auto" and data.decoded_bytes(description, "train")
+                                      <= tc.cache_limit_mb * (1 << 20))
+    reproducible = tc.deterministic or cached
+    if (initial_epoch or initial_step) and not reproducible:
+        log.warning("resuming a streamed dataset without --deterministic: training goes on from a fresh pass "
+                    "over the data (the order of the interrupted pass cannot be reproduced)")
+
+    def resumed_input():
+        steps_done = int(student.optimizer.iterations.numpy())
+        return train_data(steps_done) if steps_done and reproducible else train_ds
     monitor = "val_kl" if val_ds is not None else "kl"
     if tc.strategy == "multiworker":
         _prepare_for_multiworker(student, strategy, spec)
@@ -419,15 +428,15 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
             # The rest of an interrupted epoch: one short `fit`, on the stream past the steps trained.
             log.info("continuing epoch %d at step %d of %d", initial_epoch + 1, initial_step, steps_per_epoch)
             backup.begin(steps_per_epoch - initial_step, offset=initial_step)
-            student.fit(train_data(int(student.optimizer.iterations.numpy())), epochs=initial_epoch + 1,
+            student.fit(resumed_input(), epochs=initial_epoch + 1,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch - initial_step,
                         validation_data=val_ds, callbacks=callbacks, verbose=2 if tc.quiet else 1)
             initial_epoch += 1
         if initial_epoch < tc.epochs and nan_guard.nan_epoch is None:
             backup.begin(steps_per_epoch)
-            steps_done = int(student.optimizer.iterations.numpy())
-            student.fit(train_data(steps_done) if steps_done else train_ds, epochs=tc.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_ds, callbacks=callbacks, verbose=2 if tc.quiet else 1)
+            student.fit(resumed_input(), epochs=tc.epochs, initial_epoch=initial_epoch,
+                        steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=callbacks,
+                        verbose=2 if tc.quiet else 1)
     except OSError as exc:
         raise _write_failure(exc, run_dir, backup) from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as exc:

@@ -99,17 +99,18 @@ def wait_for(predicate, process, seconds=240):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_mid_epoch_and_the_same_command_ends_in_the_uninterrupted_state(dataset, tmp_path,
-                                                                                      uninterrupted):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_mid_epoch_and_the_same_command_ends_in_the_uninterrupted_state(
+        dataset, tmp_path, uninterrupted, signum):
     args = flags(dataset, "term")
     process = subprocess.Popen(command(*args), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: (newest(tmp_path, "term") or {}).get("iterations", 0) >= 20, process), \
         "training ended before it could be stopped"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     err = process.communicate(timeout=120)[1]
     assert process.returncode == EXIT_STOPPED, err[-3000:]
-    assert "stopped by SIGTERM" in err and "run the same command to continue" in err
+    assert f"stopped by {signum.name}" in err and "run the same command to continue" in err
     assert "Traceback" not in err
     saved = newest(tmp_path, "term")
     assert saved["iterations"] == saved["epoch"] * 25 + saved["step"]
