@@ -299,3 +299,19 @@ def test_a_read_only_runs_directory_is_refused_with_one_message(dataset, tmp_pat
         assert f"cannot write {runs / 'ro'}" in result.stderr and "Read-only file system" in result.stderr
     finally:
         subprocess.run(["umount", "-l", str(runs)], capture_output=True)
+
+
+def test_backups_by_time_fall_inside_epochs(dataset, tmp_path):
+    from audionet_tf import config as cfg
+    from audionet_tf import train
+
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=dataset, epochs=2, batch_size=8, learning_rate=0.01, runs_dir=str(tmp_path / "runs"), name="minutes",
+        export=False, report=False, quiet=True, cache="none", steps_per_execution=1, checkpoint_every=100,
+        backup_every_minutes=1e-6, keep_backups=3))
+    run_dir = train.train(config)
+    backups = json.loads(open(os.path.join(run_dir, "backup", "state.json")).read())["backups"]
+    # Newest first: the end of the run, then the last steps of epoch 2 (a time backup after every step).
+    assert [(b["epoch"], b["step"]) for b in backups] == [(2, 0), (1, 24), (1, 23)]
+    assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == sorted(
+        [b["weights"] for b in backups] + ["state.json"])
