@@ -88,7 +88,7 @@ class TrainConfig:
     devices: int | None = None  # None: every visible GPU, or one CPU replica
     strategy: str = "mirrored"  # mirrored | multiworker
     collective_timeout_s: float = 60.0  # multiworker: the others fail this long after a worker dies
-    name: str | None = None  # run name; None: a timestamp
+    name: str | None = None  # run name; None: the pipeline file's or the dataset directory's name
     runs_dir: str = "runs"
     export_dir: str = "saved_models"
     seed: int = 0

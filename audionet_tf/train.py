@@ -8,7 +8,9 @@ Defaults are the slides' recipe (batch 512, Adam 1e-4, 5000 epochs, KL to the te
 softmax). The run goes to `runs/<name>/` (config, TensorBoard logs, checkpoints, backup,
 history, final model) and is exported to `saved_models/<name>/`. Running the same command
 again after a crash continues the run from its last backup; running it after the run
-finished starts a new run `<name>-2`. Watch with `tensorboard --logdir runs`.
+finished starts a new run `<name>-2`. SIGTERM or Ctrl-C saves a backup where training is
+and exits with status 75; the same command continues from there. Watch with
+`tensorboard --logdir runs`.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def default_pipeline(name: str) -> str:
     return beside if os.path.isfile(beside) else name
 # Settings that may differ when the same run is started again (everything else must match).
 RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every",
-                     "checkpoint_every", "devices", "backup_every_steps", "backup_every_minutes", "keep_backups", "dataset_wait_s"}
+                     "checkpoint_every", "devices", "backup_every_steps", "backup_every_minutes", "keep_backups",
+                     "dataset_wait_s"}
 
 
 class TrainingDiverged(AudioNetError):
@@ -447,10 +450,10 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
                        f"on every host to continue") from None
     except tf.errors.OpError as exc:
         # TensorBoard's writers report a full or vanished disk as an op error naming the file.
-        text = str(exc)
-        if os.path.abspath(run_dir) not in text and run_dir not in text:
+        text, names = str(exc), (run_dir, os.path.abspath(run_dir))
+        if not any(name in text for name in names):
             raise
-        path = next((w.rstrip(";:,") for w in text.split() if run_dir in w or os.path.abspath(run_dir) in w), run_dir)
+        path = next((w.rstrip(";:,") for w in text.split() if any(name in w for name in names)), run_dir)
         reason = text.split(";")[-1].strip().splitlines()[0] if ";" in text else type(exc).__name__
         raise _write_failure(OSError(0, reason, path), run_dir, backup) from None
     stop.restore()  # from here on (evaluation, export) a signal ends the process as usual
