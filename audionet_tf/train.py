@@ -15,6 +15,7 @@ and exits with status 75; the same command continues from there. Watch with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -426,7 +427,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         _log_config_text(os.path.join(run_dir, "logs", "config"), doc)
     log.info("training %s: %d train / %d held-out windows, %d replica(s), batch %d, %d steps per epoch",
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
-    try:
+    with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
         if initial_step and initial_epoch < tc.epochs:
             # The rest of an interrupted epoch: one short `fit`, on the stream past the steps trained.
             log.info("continuing epoch %d at step %d of %d", initial_epoch + 1, initial_step, steps_per_epoch)
@@ -440,22 +441,6 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
             student.fit(resumed_input(), epochs=tc.epochs, initial_epoch=initial_epoch,
                         steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=callbacks,
                         verbose=2 if tc.quiet else 1)
-    except OSError as exc:
-        raise _write_failure(exc, run_dir, backup) from None
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as exc:
-        if tc.strategy != "multiworker":
-            raise
-        raise PeerLost(f"lost contact with another worker ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                       f"the chief's last backup is in {os.path.join(run_dir, 'backup')}: start the same command "
-                       f"on every host to continue") from None
-    except tf.errors.OpError as exc:
-        # TensorBoard's writers report a full or vanished disk as an op error naming the file.
-        text, names = str(exc), (run_dir, os.path.abspath(run_dir))
-        if not any(name in text for name in names):
-            raise
-        path = next((w.rstrip(";:,") for w in text.split() if any(name in w for name in names)), run_dir)
-        reason = text.split(";")[-1].strip().splitlines()[0] if ";" in text else type(exc).__name__
-        raise _write_failure(OSError(0, reason, path), run_dir, backup) from None
     stop.restore()  # from here on (evaluation, export) a signal ends the process as usual
     if nan_guard.nan_epoch is not None:
         raise TrainingDiverged(
@@ -466,15 +451,14 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     # Every worker logs a digest of its final weights, so a cluster's agreement is easy to check.
     digest = hashlib.sha256(b"".join(np.asarray(w, np.float32).tobytes() for w in student.get_weights()))
     log.info("final weights sha256 %s (task %s)", digest.hexdigest(), _task_id(strategy))
-    final = _final_metrics(student, train_ds, val_ds, steps_per_epoch)
+    with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
+        final = _final_metrics(student, train_ds, val_ds, steps_per_epoch)
     final["epochs"] = tc.epochs
     final["seconds"] = round(time.time() - t0, 1)
     if chief:
-        try:
+        with _faults_as_messages(run_dir, backup, False):
             cb.save_model_atomically(student, os.path.join(run_dir, "model.keras"))
             _write_json(os.path.join(run_dir, "metrics.json"), final)
-        except OSError as exc:
-            raise _write_failure(exc, run_dir, backup) from None
         _print_summary(run_dir, final)
         _finish(config, run_dir)
     else:
@@ -495,6 +479,35 @@ def _write_failure(exc: OSError, run_dir: str, backup: "Backup") -> AudioNetErro
             f"step {saved.get('step', 0)}) is kept" if saved else "no backup of this session was written")
     return BackupWriteError(f"cannot write {exc.filename or run_dir}: {exc.strerror or exc}; {kept}; "
                             f"fix the storage, then run the same command to continue")
+
+
+@contextlib.contextmanager
+def _faults_as_messages(run_dir: str, backup: "Backup", multiworker: bool):
+    """Turn a storage fault or a lost peer worker into one message naming the path or the peer."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except OSError as exc:
+        raise _write_failure(exc, run_dir, backup) from None
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as exc:
+        if not multiworker:
+            raise
+        # TF's message is mostly a stack; keep the line that says what happened, if any.
+        said = [line.strip() for line in str(exc).splitlines()
+                if any(w in line.lower() for w in ("connect", "timed out", "timeout", "deadline", "peer", "socket"))]
+        why = f": {said[0][:200]}" if said else ""
+        raise PeerLost(f"lost contact with another worker ({type(exc).__name__}{why}); "
+                       f"the chief's last backup is in {os.path.join(run_dir, 'backup')}: start the same command "
+                       f"on every host to continue") from None
+    except tf.errors.OpError as exc:
+        # TensorBoard's writers report a full or vanished disk as an op error naming the file.
+        text, names = str(exc), (run_dir, os.path.abspath(run_dir))
+        if not any(name in text for name in names):
+            raise
+        path = next((w.rstrip(";:,") for w in text.split() if any(name in w for name in names)), run_dir)
+        reason = text.split(";")[-1].strip().splitlines()[0] if ";" in text else type(exc).__name__
+        raise _write_failure(OSError(0, reason, path), run_dir, backup) from None
 
 
 def _prepare_for_multiworker(student, strategy, spec) -> None:
