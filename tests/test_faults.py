@@ -99,7 +99,7 @@ def wait_for(predicate, process, seconds=240):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_ctrl_c_saves_mid_epoch_and_the_same_command_ends_in_the_uninterrupted_state(
         dataset, tmp_path, uninterrupted, signum):
     args = flags(dataset, "term")
@@ -138,14 +138,13 @@ class KillAt(keras.callbacks.Callback):
 save_weights = keras.Model.save_weights
 
 def save_then_die(self, path, *a, **k):
-    # The moment under test: the backup's temporary file is complete (or half written) and not yet renamed.
+    # The moment under test: the backup's temporary file is half written, and not renamed.
     save_weights(self, path, *a, **k)
-    if where == "half-written":
-        with open(path, "r+b") as handle:
-            handle.truncate(os.path.getsize(path) // 2)
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
     os.kill(os.getpid(), signal.SIGKILL)
 
-if where in ("written", "half-written"):
+if where == "half-written":
     calls = []
     def counting(self, path, *a, **k):
         calls.append(path)
@@ -157,7 +156,7 @@ train.train(config, extra_callbacks=[KillAt()])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["37", "written", "half-written"])
+@pytest.mark.parametrize("where", ["37", "half-written"])
 def test_sigkill_mid_epoch_or_during_a_backup_write_resumes_to_the_uninterrupted_state(dataset, tmp_path,
                                                                                       uninterrupted, where):
     args = flags(dataset, "kill")
