@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -29,6 +30,7 @@ from audionet_tf.records import atomic_write_text
 log = logging.getLogger(__name__)
 
 BACKUP_STATE = "state.json"
+BACKUP_NAME = re.compile(r"epoch-(\d{6})-step-(\d{9})\.weights\.h5")
 # Exit status of a run stopped on request (SIGTERM, Ctrl-C) after saving: EX_TEMPFAIL,
 # "try again" — the same command continues.
 EXIT_STOPPED = 75
@@ -98,8 +100,14 @@ def read_state(backup_dir: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("backup state %s is unreadable (%s); looking for older state", path, exc)
-        return {"backups": []}
+        # The weights files' names say where they were taken: use them, newest first.
+        log.warning("backup state %s is unreadable (%s); using the backup files' names", path, exc)
+        found = []
+        for name in sorted(os.listdir(backup_dir), reverse=True):
+            match = BACKUP_NAME.fullmatch(name)
+            if match:
+                found.append({"weights": name, "epoch": int(match.group(1)), "step": int(match.group(2))})
+        return {"backups": found, "damaged": path}
     if "backups" not in state:  # written by an earlier version: one backup
         state = {"backups": [{"weights": state["weights"], "epoch": state["epoch"], "step": 0}]}
     return state
@@ -180,7 +188,7 @@ class Backup(keras.callbacks.Callback):
             model.optimizer.build(model.trainable_variables)
         state = read_state(self.restore_dir)
         candidates = [] if state is None else list(state["backups"])
-        bad: list[str] = []
+        bad: list[str] = [state["damaged"]] if state and "damaged" in state else []
         for entry in candidates:
             path = os.path.join(self.restore_dir, entry["weights"])
             try:
@@ -280,7 +288,7 @@ class Backup(keras.callbacks.Callback):
         self._last_step = step
         self._last_time = time.monotonic()
         entry = {"epoch": epoch, "step": step_in_epoch, "iterations": step,
-                 "weights": f"epoch-{epoch:06d}-step-{step_in_epoch:09d}.weights.h5"}
+                 "weights": f"epoch-{epoch:06d}-step-{step_in_epoch:09d}.weights.h5"}  # BACKUP_NAME
         if not self.write:
             self.last_saved = entry
             return

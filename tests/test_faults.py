@@ -195,18 +195,27 @@ def test_damaged_backups_fall_back_on_the_previous_one_then_the_checkpoint_then_
     assert f"at epoch {previous['epoch']} step {previous['step']}" in again.stderr
     assert_same_state(saved_state(run_dir / "model.keras"), uninterrupted)
 
+    # A corrupt state file: the backup files' names say where they were taken.
+    os.unlink(run_dir / "metrics.json")
+    (run_dir / "backup" / "state.json").write_text('{"backups": [')
+    named = run(flags(dataset, "damaged", 4), tmp_path)
+    assert named.returncode == 0, named.stderr[-3000:]
+    assert "state.json is unreadable" in named.stderr and "at epoch 4 step 0" in named.stderr
+
     # Every backup damaged: the newest valid checkpoint.
     os.unlink(run_dir / "metrics.json")
-    for entry in json.loads((run_dir / "backup" / "state.json").read_text())["backups"]:
-        (run_dir / "backup" / entry["weights"]).write_bytes(b"not a weights file")
+    for name in os.listdir(run_dir / "backup"):
+        if name.endswith(".weights.h5"):
+            (run_dir / "backup" / name).write_bytes(b"not a weights file")
     third = run(flags(dataset, "damaged", 4), tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "resumed from checkpoint" in third.stderr and "at epoch 4" in third.stderr
 
     # Nothing usable: one message, saying how to start afresh.
     os.unlink(run_dir / "metrics.json")
-    for entry in json.loads((run_dir / "backup" / "state.json").read_text())["backups"]:
-        (run_dir / "backup" / entry["weights"]).write_bytes(b"")
+    for name in os.listdir(run_dir / "backup"):
+        if name.endswith(".weights.h5"):
+            (run_dir / "backup" / name).write_bytes(b"")
     (run_dir / "checkpoints" / "last.keras").write_bytes(b"PK broken")
     last = run(flags(dataset, "damaged", 4), tmp_path)
     assert last.returncode == 2 and "Traceback" not in last.stderr
