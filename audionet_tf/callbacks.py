@@ -1,4 +1,4 @@
-"""Training callbacks: crash-safe backup and restore, checkpoints, history, filter images, NaN guard."""
+"""Training callbacks: checkpoints, history, filter images, NaN guard (backups are in `backup`)."""
 from __future__ import annotations
 
 import csv
@@ -16,15 +16,8 @@ from audionet_tf.records import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-BACKUP_STATE = "state.json"
-
-
 def _finite_logs(logs: dict[str, Any] | None) -> bool:
     return all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in (logs or {}).values())
-
-
-def _finite_weights(model: keras.Model) -> bool:
-    return all(np.all(np.isfinite(np.asarray(w))) for w in model.get_weights())
 
 
 def save_model_atomically(model: keras.Model, path: str) -> None:
@@ -37,59 +30,6 @@ def save_model_atomically(model: keras.Model, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-class Backup(keras.callbacks.Callback):
-    """Saves weights and optimizer state every `every` epochs so a killed run continues where it was.
-
-    Unlike Keras's BackupAndRestore, every write is atomic and the state file names the weights
-    file it belongs to, so a kill at any instant leaves a consistent (epoch, weights) pair.
-    `restore()` is called before `fit` and returns the epoch to start from.
-    """
-
-    def __init__(self, backup_dir: str, every: int = 1, write: bool = True, restore_dir: str | None = None):
-        super().__init__()
-        self.backup_dir = backup_dir
-        self.every = every
-        self.write = write
-        # Every worker of a cluster resumes from the chief's backup, so they all start alike.
-        self.restore_dir = restore_dir or backup_dir
-
-    def restore(self, model: keras.Model) -> int:
-        """Load the last backup into `model` (and its optimizer); the epoch to resume at, or 0."""
-        state_path = os.path.join(self.restore_dir, BACKUP_STATE)
-        if not os.path.isfile(state_path):
-            return 0
-        with open(state_path, encoding="utf-8") as handle:
-            state = json.load(handle)
-        weights = os.path.join(self.restore_dir, state["weights"])
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(weights)
-        log.info("resumed from %s at epoch %d", weights, state["epoch"])
-        return int(state["epoch"])
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        done = epoch + 1
-        last = self.params.get("epochs") if self.params else None
-        if done % self.every and done != last:
-            return
-        if not _finite_logs(logs) or not _finite_weights(self.model):
-            log.warning("epoch %d: loss or weights are not finite; the backup keeps the last good state", done)
-            return
-        if not self.write:
-            return
-        os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"epoch-{done:06d}.weights.h5"
-        final = os.path.join(self.backup_dir, name)
-        tmp = os.path.join(self.backup_dir, f".{name}.{os.getpid()}.tmp.weights.h5")
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, final)
-        atomic_write_text(os.path.join(self.backup_dir, BACKUP_STATE),
-                          json.dumps({"epoch": done, "weights": name}) + "\n")
-        for old in os.listdir(self.backup_dir):
-            if old.endswith(".weights.h5") and old != name and not old.startswith("."):
-                os.unlink(os.path.join(self.backup_dir, old))
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -116,6 +56,8 @@ class Checkpoints(keras.callbacks.Callback):
         if done % self.every and done != last:
             return
         save_model_atomically(self.model, os.path.join(self.directory, "last.keras"))
+        # The epoch of last.keras: a run whose backups are damaged resumes from it.
+        atomic_write_text(os.path.join(self.directory, "last.json"), json.dumps({"epoch": done}) + "\n")
         value = logs.get(self.monitor)
         if value is not None and float(value) < self.best:
             self.best = float(value)

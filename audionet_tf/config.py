@@ -98,7 +98,11 @@ class TrainConfig:
     cache_limit_mb: int = 2048  # "auto" caches decoded examples in memory up to this size
     steps_per_execution: int = 0  # 0: every step of an epoch in one call
     shuffle_buffer: int = 10000
-    checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
+    checkpoint_every: int = 10  # epochs between checkpoints and backups
+    backup_every_steps: int = 0  # also back up after this many steps (0: off); at execution boundaries
+    backup_every_minutes: float = 30.0  # also back up when this much time has passed (0: off)
+    keep_backups: int = 2  # backups kept; a damaged newest one falls back on the one before
+    dataset_wait_s: float = 3600.0  # multiworker: how long workers wait for the chief to prepare the dataset
     histogram_every: int = 50  # epochs between weight histograms and filter images
     export: bool = True
     report: bool = True
@@ -124,6 +128,12 @@ class TrainConfig:
         _check(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every",
                f"must be at least 1, got {self.checkpoint_every}")
+        _check(self.backup_every_steps >= 0, "train.backup_every_steps",
+               f"must be 0 or more, got {self.backup_every_steps}")
+        _check(self.backup_every_minutes >= 0 and math.isfinite(self.backup_every_minutes),
+               "train.backup_every_minutes", f"must be 0 or more, got {self.backup_every_minutes}")
+        _check(self.keep_backups >= 1, "train.keep_backups", f"must be at least 1, got {self.keep_backups}")
+        _check(self.dataset_wait_s > 0, "train.dataset_wait_s", f"must be positive, got {self.dataset_wait_s}")
         _check(self.histogram_every >= 1, "train.histogram_every",
                f"must be at least 1, got {self.histogram_every}")
         if self.name is not None:

@@ -53,7 +53,8 @@ class DirectoryLock:
             os.makedirs(self.directory, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise AudioNetError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+            raise AudioNetError(f"cannot write {self.directory}: {exc.strerror or exc} (making its lock file "
+                                f"{os.path.basename(self.path)}); nothing was written") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -83,6 +84,15 @@ class DirectoryLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
+
+    def intact(self) -> bool:
+        """Whether the lock file is still the one locked: False when the directory was removed or replaced."""
+        if self._fd is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            return False
 
     @property
     def held(self) -> bool:

@@ -8,11 +8,14 @@ Defaults are the slides' recipe (batch 512, Adam 1e-4, 5000 epochs, KL to the te
 softmax). The run goes to `runs/<name>/` (config, TensorBoard logs, checkpoints, backup,
 history, final model) and is exported to `saved_models/<name>/`. Running the same command
 again after a crash continues the run from its last backup; running it after the run
-finished starts a new run `<name>-2`. Watch with `tensorboard --logdir runs`.
+finished starts a new run `<name>-2`. SIGTERM or Ctrl-C saves a backup where training is
+and exits with status 75; the same command continues from there. Watch with
+`tensorboard --logdir runs`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +32,7 @@ from audionet_tf import config as cfg
 from audionet_tf import records
 from audionet_tf.config import PipelineConfig
 from audionet_tf.errors import AudioNetError, ConfigError
+from audionet_tf.lock import DirectoryLock
 
 log = logging.getLogger("audionet_tf.train")
 
@@ -43,7 +47,9 @@ def default_pipeline(name: str) -> str:
     beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
     return beside if os.path.isfile(beside) else name
 # Settings that may differ when the same run is started again (everything else must match).
-RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every", "checkpoint_every", "devices"}
+RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every",
+                     "checkpoint_every", "devices", "backup_every_steps", "backup_every_minutes", "keep_backups",
+                     "dataset_wait_s"}
 
 
 class TrainingDiverged(AudioNetError):
@@ -61,6 +67,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -93,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", default=None, help="reproducible data order and ops")
     p.add_argument("--cache", choices=["auto", "memory", "none"])
     p.add_argument("--steps-per-execution", type=_nonnegative_int, help="0: a whole epoch per call")
-    p.add_argument("--checkpoint-every", type=_positive_int)
+    p.add_argument("--checkpoint-every", type=_positive_int, help="epochs between checkpoints and backups")
+    p.add_argument("--backup-every-steps", type=_nonnegative_int, help="also back up every N steps (0: off)")
+    p.add_argument("--backup-every-minutes", type=_nonnegative_float, help="also back up every N minutes (0: off)")
     p.add_argument("--histogram-every", type=_positive_int)
     p.add_argument("--input-scale", type=_positive_float, help="waveform gain inside the model")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
@@ -164,14 +179,37 @@ def choose_run_dir(config: PipelineConfig, name: str, chief: bool = True) -> str
         return candidate
 
 
-def ensure_dataset(config: PipelineConfig, prepare_missing: bool) -> None:
-    """Prepare the pipeline's dataset when it is missing and the pipeline lists clips (train --pipeline FILE)."""
+def _dataset_ready(data_dir: str) -> bool:
+    try:
+        records.read_description(data_dir)
+        return True
+    except AudioNetError:
+        return False
+
+
+def ensure_dataset(config: PipelineConfig, prepare_missing: bool, chief: bool = True) -> None:
+    """Prepare the pipeline's dataset when it is missing and the pipeline lists clips (train --pipeline FILE).
+
+    In a cluster only the chief prepares; the other workers wait (at most `train.dataset_wait_s`)
+    until the dataset reads back complete.
+    """
     data_dir = config.data_dir
     if os.path.isfile(os.path.join(data_dir, records.DESCRIPTION_FILE)):
         return
     has_list = bool(config.prepare.clips or config.prepare.manifest or config.prepare.demo)
     if not (prepare_missing and has_list and config.train.data in (None, config.prepare.out)):
         records.read_description(data_dir)  # raises the "how to make one" message
+    if not chief:
+        wait = config.train.dataset_wait_s
+        log.info("dataset %s is missing: waiting up to %g s for the chief to prepare it", data_dir, wait)
+        deadline = time.monotonic() + wait
+        while not _dataset_ready(data_dir):
+            if time.monotonic() > deadline:
+                raise AudioNetError(f"dataset {data_dir} was not ready after {wait:g} s (train.dataset_wait_s); "
+                                    f"the chief prepares it: see its log, or run "
+                                    f"`python -m audionet_tf.prepare` first and start the cluster again")
+            time.sleep(2.0)
+        return
     try:
         from audionet_tf import prepare
     except ImportError as exc:  # pragma: no cover - the prepare module ships with the package
@@ -235,12 +273,8 @@ def _write_json(path: str, doc: dict[str, Any]) -> None:
 
 def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbacks: Sequence[Any] = ()) -> str:
     """Train per `config`; returns the run directory."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from audionet_tf import callbacks as cb
-    from audionet_tf import data, model as model_lib
+    from audionet_tf import data
+    from audionet_tf.backup import StopRequest
 
     t0 = time.time()
     tc = config.train
@@ -250,12 +284,42 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
     # First: the strategy must exist before anything initialises the TF runtime's devices.
     strategy = make_strategy(tc.devices, tc.strategy, tc.collective_timeout_s)
-    ensure_dataset(config, prepare_missing)
+    chief = _is_chief(strategy)
+    ensure_dataset(config, prepare_missing, chief)
     data_dir = config.data_dir
     description = records.read_description(data_dir)
     spec = description.spec
     data.check_description(data_dir, description, expect_window=config.audio.window_samples,
                            expect_sample_rate=config.audio.sample_rate)
+    name = run_name(config)
+    run_dir = choose_run_dir(config, name, chief)
+    # One owner per run: a second command on a run being trained is refused before it reads anything.
+    run_lock = DirectoryLock(run_dir, what="trained") if chief else None
+    if run_lock is not None:
+        run_lock.acquire()
+    stop = StopRequest().install()
+    try:
+        return _train(config, strategy, chief, description, run_dir, stop, extra_callbacks, t0, run_lock)
+    finally:
+        stop.restore()
+        if run_lock is not None:
+            run_lock.release()
+
+
+def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: str, stop: "StopRequest",
+           extra_callbacks: Sequence[Any], t0: float, run_lock: "DirectoryLock | None") -> str:
+    """The training proper, with the run directory locked."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from audionet_tf import callbacks as cb
+    from audionet_tf import data, model as model_lib
+    from audionet_tf.backup import Backup, RunDirGuard
+
+    tc = config.train
+    data_dir = config.data_dir
+    spec = description.spec
     records.verify_shards(data_dir, description, checksums=sum(s.bytes for s in description.shards)
                           <= data.CHECKSUM_LIMIT_BYTES)
     train_count = description.examples("train")
@@ -263,9 +327,6 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     if train_count == 0:
         raise AudioNetError(f"dataset {data_dir} has no training examples (all clips failed or are held out)")
 
-    name = run_name(config)
-    chief = _is_chief(strategy)
-    run_dir = choose_run_dir(config, name, chief)
     os.makedirs(run_dir, exist_ok=True)
     write_dir = run_dir if chief else os.path.join(run_dir, f".worker-{_task_id(strategy)}")
     doc = config.to_dict()
@@ -292,10 +353,17 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     if tc.batch_size % replicas:
         raise ConfigError(f"batch size {tc.batch_size} does not split evenly across {replicas} replicas")
 
-    def train_input(context=None):
+    def train_input(context=None, skip: int = 0):
+        # `skip`: the steps already trained. The example order is a function of the seed alone
+        # (cached, or --deterministic), so skipping them continues the stream where it stopped.
         return data.make_dataset(data_dir, "train", tc.batch_size, shuffle=True, seed=tc.seed, cache=tc.cache,
                                  deterministic=tc.deterministic, repeat=True, shuffle_buffer=tc.shuffle_buffer,
-                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context)
+                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context).skip(skip)
+
+    def train_data(skip: int = 0):
+        if replicas > 1 or tc.strategy == "multiworker":
+            return strategy.distribute_datasets_from_function(lambda context: train_input(context, skip))
+        return train_input(None, skip)
 
     def val_input(context=None):
         return data.make_dataset(data_dir, "validation", tc.batch_size, shuffle=False, cache=tc.cache,
@@ -305,46 +373,75 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     if replicas > 1 or tc.strategy == "multiworker":
         # Each input pipeline is built per replica group from the same seed, so the example
         # order is the one a single replica sees (a rewritten global dataset reseeds its shuffle).
-        train_ds = strategy.distribute_datasets_from_function(train_input)
+        train_ds = train_data()
         val_ds = strategy.distribute_datasets_from_function(val_input) if val_count else None
     else:
-        train_ds = train_input()
+        train_ds = train_data()
         val_ds = val_input() if val_count else None
 
     with strategy.scope():
         student = model_lib.build_audionet(None, spec.num_classes, input_scale=config.model.input_scale,
                                            conv_filters=config.model.conv_filters)
         compile_student(student, tc, spe)
-    backup = cb.Backup(os.path.join(write_dir, "backup"), every=tc.checkpoint_every,
-                       restore_dir=os.path.join(run_dir, "backup"))
+    backup = Backup(os.path.join(write_dir, "backup"), every_epochs=tc.checkpoint_every,
+                    every_steps=tc.backup_every_steps, every_minutes=tc.backup_every_minutes,
+                    keep=tc.keep_backups, restore_dir=os.path.join(run_dir, "backup"),
+                    checkpoint_dir=os.path.join(run_dir, "checkpoints"), stop=stop, steps_per_epoch=steps_per_epoch)
     history = cb.History(os.path.join(write_dir, "history.csv"))
     nan_guard = cb.StopOnNaN()
     with strategy.scope():  # the optimizer's slots are distributed variables
-        initial_epoch = backup.restore(student)
+        initial_epoch, initial_step = backup.restore(student)
     history.resume_at(initial_epoch)
     if initial_epoch >= tc.epochs:
         log.info("run %s already has %d of %d epochs", run_dir, initial_epoch, tc.epochs)
+    # Where the resumed input starts: past every step trained when the order is a function of the seed
+    # (a cached split, or --deterministic), so the stream goes on exactly where it stopped; that costs
+    # reading those steps' examples again (see the README). Otherwise a fresh pass (cheap, but the rest
+    # of an interrupted epoch may repeat or miss examples).
+    cached = tc.cache == "memory" or (tc.cache == "auto" and data.decoded_bytes(description, "train")
+                                      <= tc.cache_limit_mb * (1 << 20))
+    reproducible = tc.deterministic or cached
+    if (initial_epoch or initial_step) and not reproducible:
+        log.warning("resuming a streamed dataset without --deterministic: training goes on from a fresh pass "
+                    "over the data (the order of the interrupted pass cannot be reproduced)")
+
+    def resumed_input():
+        steps_done = int(student.optimizer.iterations.numpy())
+        return train_data(steps_done) if steps_done and reproducible else train_ds
     monitor = "val_kl" if val_ds is not None else "kl"
     if tc.strategy == "multiworker":
         _prepare_for_multiworker(student, strategy, spec)
     callbacks = [
+        RunDirGuard(run_dir, run_lock),
         cb.LearningRateLog(),
         nan_guard,
         history,
         cb.Checkpoints(os.path.join(write_dir, "checkpoints"), monitor=monitor, every=tc.checkpoint_every),
-        backup,
         keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), histogram_freq=tc.histogram_every,
                                     write_graph=False, update_freq="epoch"),
         cb.FilterImages(os.path.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
+        backup,  # after the others: a stop request ends `fit` here, once they have seen the epoch
         *extra_callbacks,
     ]
     if chief:
         _log_config_text(os.path.join(run_dir, "logs", "config"), doc)
     log.info("training %s: %d train / %d held-out windows, %d replica(s), batch %d, %d steps per epoch",
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
-    if initial_epoch < tc.epochs:
-        student.fit(train_ds, epochs=tc.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                    validation_data=val_ds, callbacks=callbacks, verbose=2 if tc.quiet else 1)
+    with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
+        if initial_step and initial_epoch < tc.epochs:
+            # The rest of an interrupted epoch: one short `fit`, on the stream past the steps trained.
+            log.info("continuing epoch %d at step %d of %d", initial_epoch + 1, initial_step, steps_per_epoch)
+            backup.begin(steps_per_epoch - initial_step, offset=initial_step)
+            student.fit(resumed_input(), epochs=initial_epoch + 1,
+                        initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch - initial_step,
+                        validation_data=val_ds, callbacks=callbacks, verbose=2 if tc.quiet else 1)
+            initial_epoch += 1
+        if initial_epoch < tc.epochs and nan_guard.nan_epoch is None:
+            backup.begin(steps_per_epoch)
+            student.fit(resumed_input(), epochs=tc.epochs, initial_epoch=initial_epoch,
+                        steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=callbacks,
+                        verbose=2 if tc.quiet else 1)
+    stop.restore()  # from here on (evaluation, export) a signal ends the process as usual
     if nan_guard.nan_epoch is not None:
         raise TrainingDiverged(
             f"the loss became NaN or infinite at epoch {nan_guard.nan_epoch} of run {run_dir}; stopped. "
@@ -354,17 +451,63 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     # Every worker logs a digest of its final weights, so a cluster's agreement is easy to check.
     digest = hashlib.sha256(b"".join(np.asarray(w, np.float32).tobytes() for w in student.get_weights()))
     log.info("final weights sha256 %s (task %s)", digest.hexdigest(), _task_id(strategy))
-    final = _final_metrics(student, train_ds, val_ds, steps_per_epoch)
+    with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
+        final = _final_metrics(student, train_ds, val_ds, steps_per_epoch)
     final["epochs"] = tc.epochs
     final["seconds"] = round(time.time() - t0, 1)
     if chief:
-        cb.save_model_atomically(student, os.path.join(run_dir, "model.keras"))
-        _write_json(os.path.join(run_dir, "metrics.json"), final)
+        with _faults_as_messages(run_dir, backup, False):
+            cb.save_model_atomically(student, os.path.join(run_dir, "model.keras"))
+            _write_json(os.path.join(run_dir, "metrics.json"), final)
         _print_summary(run_dir, final)
         _finish(config, run_dir)
     else:
         shutil.rmtree(write_dir, ignore_errors=True)
     return run_dir
+
+
+class PeerLost(AudioNetError):
+    """Another worker of the cluster stopped answering."""
+
+
+def _write_failure(exc: OSError, run_dir: str, backup: "Backup") -> AudioNetError:
+    """One message for a run directory that cannot be written: the path, the reason, what was kept."""
+    from audionet_tf.backup import BackupWriteError
+
+    saved = backup.last_saved
+    kept = (f"the last backup {os.path.join(run_dir, 'backup', saved['weights'])} (epoch {saved['epoch']}, "
+            f"step {saved.get('step', 0)}) is kept" if saved else "no backup of this session was written")
+    return BackupWriteError(f"cannot write {exc.filename or run_dir}: {exc.strerror or exc}; {kept}; "
+                            f"fix the storage, then run the same command to continue")
+
+
+@contextlib.contextmanager
+def _faults_as_messages(run_dir: str, backup: "Backup", multiworker: bool):
+    """Turn a storage fault or a lost peer worker into one message naming the path or the peer."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except OSError as exc:
+        raise _write_failure(exc, run_dir, backup) from None
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as exc:
+        if not multiworker:
+            raise
+        # TF's message is mostly a stack; keep the line that says what happened, if any.
+        said = [line.strip() for line in str(exc).splitlines()
+                if any(w in line.lower() for w in ("connect", "timed out", "timeout", "deadline", "peer", "socket"))]
+        why = f": {said[0][:200]}" if said else ""
+        raise PeerLost(f"lost contact with another worker ({type(exc).__name__}{why}); "
+                       f"the chief's last backup is in {os.path.join(run_dir, 'backup')}: start the same command "
+                       f"on every host to continue") from None
+    except tf.errors.OpError as exc:
+        # TensorBoard's writers report a full or vanished disk as an op error naming the file.
+        text, names = str(exc), (run_dir, os.path.abspath(run_dir))
+        if not any(name in text for name in names):
+            raise
+        path = next((w.rstrip(";:,") for w in text.split() if any(name in w for name in names)), run_dir)
+        reason = text.split(";")[-1].strip().splitlines()[0] if ";" in text else type(exc).__name__
+        raise _write_failure(OSError(0, reason, path), run_dir, backup) from None
 
 
 def _prepare_for_multiworker(student, strategy, spec) -> None:
@@ -448,6 +591,8 @@ def _finish(config: PipelineConfig, run_dir: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = build_parser().parse_args(argv)
+    from audionet_tf.backup import EXIT_STOPPED, Stopped
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = resolve_config(args)
@@ -455,6 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"no --data or --pipeline: running the slides' seed experiment ({SEED_PIPELINE}); "
                   f"for the offline demo: python -m audionet_tf.train --pipeline {DEMO_PIPELINE}", file=sys.stderr)
         train(config, prepare_missing=args.prepare)
+    except (Stopped, PeerLost) as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except AudioNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
