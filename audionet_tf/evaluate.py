@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audionet_tf import data, records
+from audionet_tf import console, data, records
 from audionet_tf.errors import AudioNetError
 from audionet_tf.inference import softmax
 
@@ -268,13 +268,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="JSON output (default: <model>/report/transfer.json for a run directory)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
+    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose, getattr(args, "quiet", False))
     try:
         if args.command == "distill":
             data_dir = args.data
@@ -310,4 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from audionet_tf import config as cfg
+from audionet_tf import console
 from audionet_tf import records
 from audionet_tf.errors import AudioNetError
 from audionet_tf.manifest import Clip, clips_from_entries, read_manifest
+from audionet_tf.split import holdout_ids  # noqa: F401  (where it used to live)
 
 log = logging.getLogger("audionet_tf.prepare")
 
@@ -47,6 +49,7 @@ class Summary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     examples: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def list_clips(config: cfg.PipelineConfig) -> list[Clip]:
@@ -72,34 +75,13 @@ def list_clips(config: cfg.PipelineConfig) -> list[Clip]:
     return clips
 
 
-def holdout_ids(clips: Sequence[Clip], holdout: str) -> set[str]:
-    """Clip ids held out for validation: a fraction chosen by a hash of each id, or a list of ids."""
-    text = str(holdout).strip()
-    try:
-        fraction = float(text)
-    except ValueError:
-        wanted = {part.strip() for part in text.split(",") if part.strip()}
-        unknown = sorted(wanted - {c.id for c in clips})
-        if unknown:
-            raise AudioNetError(f"--holdout names clips that are not in the list: {', '.join(unknown[:5])}")
-        return wanted
-    if not 0 <= fraction < 1:
-        raise AudioNetError(f"--holdout fraction must be in [0, 1), got {holdout}")
-    score = {c.id: int(hashlib.sha256(c.id.encode()).hexdigest()[:8], 16) / 2 ** 32 for c in clips}
-    chosen = {i for i, s in score.items() if s < fraction}
-    if fraction > 0 and len(clips) >= 2 and not chosen:
-        chosen = {min(score, key=score.get)}
-    if len(chosen) == len(clips) and clips:
-        chosen.discard(max(chosen, key=score.get))
-    return chosen
-
-
 def clip_key(clip: Clip, config: cfg.PipelineConfig) -> str:
     """What makes a clip's examples: its entry and the settings that shape them."""
     pc, ac = config.prepare, config.audio
     doc = {"clip": {k: v for k, v in clip.to_dict().items() if k != "row"}, "audio": dataclasses.asdict(ac),
            "teacher": pc.teacher, "labels": pc.labels, "audio_format": pc.audio_format,
-           "logits_format": pc.logits_format}
+           "logits_format": pc.logits_format, "frame_fit": pc.frame_fit,
+           "time_split": [pc.holdout_part, pc.holdout_at] if pc.holdout_part else None}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -195,11 +177,14 @@ def label_clip(decoded, teacher, audio: cfg.AudioConfig):
 
 def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Summary:
     """Prepare the pipeline's dataset in `prepare.out`; returns what happened to each clip."""
-    from audionet_tf import download, media, teacher as teacher_lib
+    import numpy as np
+
+    from audionet_tf import download, media, split as split_lib, teacher as teacher_lib
 
     pc, ac = config.prepare, config.audio
     clips = list_clips(config)
     held_out = holdout_ids(clips, pc.holdout)
+    time_split = split_lib.parse_time_split(pc.holdout_part, pc.holdout_at)
     summary = Summary(out=pc.out)
     with Lock(pc.out):
         keys = {c.id: clip_key(c, config) for c in clips}
@@ -214,22 +199,31 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
 
         def fetch_and_decode(clip: Clip):
             got = downloader.fetch(clip)
-            return media.decode_clip(got.path, got.offset, clip.duration, ac, teacher.input_size)
+            return media.decode_clip(got.path, got.offset, clip.duration, ac, teacher.input_size, pc.frame_fit)
 
         log.info("%d clips: %d to prepare, %d already done; teacher %s (%d classes)", len(clips), len(todo),
                  len(done), teacher.name, teacher.num_classes)
         started, frames_done = time.time(), 0
+        progress = console.Progress(len(todo), "prepare", log)
         # Two clips are downloaded and decoded ahead while the teacher labels the current one.
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             futures = [pool.submit(fetch_and_decode, clip) for clip in todo[:2]]
             for index, clip in enumerate(todo):
                 if index + 2 < len(todo):
                     futures.append(pool.submit(fetch_and_decode, todo[index + 2]))
-                split = "validation" if clip.id in held_out else "train"
+                split = "validation" if clip.id in held_out else "time" if time_split else "train"
                 doc = {**clip.to_dict(), "split": split, "key": keys[clip.id]}
                 try:
                     windows, logits, times = label_clip(futures[index].result(), teacher, ac)
-                    writer.add(split, windows, logits, clip.id, times)
+                    labels, held_part = split_lib.frame_splits(len(windows), ac, time_split, clip.id in held_out,
+                                                               clip.id)
+                    for part in records.SPLITS:  # a time-split clip adds its two parts separately
+                        mine = np.array([label == part for label in labels], bool)
+                        if mine.any():
+                            writer.add(part, windows[mine], logits[mine], clip.id, np.asarray(times)[mine])
+                    if held_part is not None:
+                        doc["held_out_part"] = held_part
+                    doc["teacher_top"] = split_lib.top_classes(logits, labels)
                 except (AudioNetError, OSError) as exc:  # OSError: a full disk or unreadable cache file
                     if pc.strict:
                         writer.abort()
@@ -239,13 +233,19 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
                     log.warning("clip %s failed: %s", clip.id, exc)
                     continue
                 frames_done += len(windows)
-                docs[clip.id] = {**doc, "status": "ok", "error": None, "examples": len(windows)}
+                kept = sum(label is not None for label in labels)  # guard frames are dropped
+                docs[clip.id] = {**doc, "status": "ok", "error": None, "examples": kept}
                 summary.written.append(clip.id)
                 rate = frames_done / max(time.time() - started, 1e-6)
-                log.info("[%d/%d] %s: %d frames (%s), %.0f frames/s", index + 1, len(todo), clip.id, len(windows),
-                         split, rate)
+                progress.update(index + 1, f"clips; {clip.id}: {len(windows)} frames ({split}), {rate:.0f} frames/s")
+            progress.close()
         ordered = [docs[c.id] for c in clips if c.id in docs]
+        for warning in split_lib.unseen_class_warnings(ordered, teacher.class_names):
+            log.warning("%s", warning)
+            summary.warnings.append(warning)
         extra = {"settings": {"teacher": pc.teacher, "labels": pc.labels, "holdout": pc.holdout,
+                              "holdout_part": pc.holdout_part, "holdout_at": pc.holdout_at,
+                              "frame_fit": pc.frame_fit,
                               "audio": dataclasses.asdict(ac)}}
         if not summary.written and not kept_shards:
             writer.abort()
@@ -269,11 +269,13 @@ def print_summary(summary: Summary) -> None:
           f"failed: {len(summary.failed)}")
     for clip_id, why in summary.failed.items():
         print(f"  failed {clip_id}: {why}")
+    for warning in summary.warnings:
+        print(f"  note: {warning}")
 
 
 PREPARE_FLAGS = {
     "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
-    "holdout": str, "shard_size": int, "audio_format": str, "logits_format": str, "retries": int, "margin_s": float,
+    "holdout": str, "holdout_part": str, "holdout_at": str, "frame_fit": str, "shard_size": int, "audio_format": str, "logits_format": str, "retries": int, "margin_s": float,
     "runner": str,
 }
 
@@ -291,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", default=None, help="make and use the offline demo's clips")
     p.add_argument("--strict", action="store_true", default=None, help="any clip that fails is fatal")
     p.add_argument("--overwrite", action="store_true", default=None, help="redo clips already written")
+    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p
 
 
@@ -308,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # With --runner, flags this command does not know are Beam pipeline options.
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose, args.quiet)
     try:
         config = resolve_config(args)
         if config.prepare.runner:
@@ -327,4 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

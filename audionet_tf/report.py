@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from audionet_tf import data, records
+from audionet_tf import console, data, records
 from audionet_tf.errors import AudioNetError
 
 
@@ -183,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("run")
     p.add_argument("--data", help="dataset directory (default: the run's)")
     p.add_argument("--clips", type=int, default=4, help="clips to draw timelines for")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     args = p.parse_args(argv)
+    console.setup(args.verbose)
     try:
         print(make_report(args.run, args.data, args.clips))
     except AudioNetError as exc:
@@ -193,4 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

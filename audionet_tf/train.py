@@ -26,6 +26,7 @@ import warnings
 from typing import Any, Sequence
 
 from audionet_tf import config as cfg
+from audionet_tf import console
 from audionet_tf import records
 from audionet_tf.config import PipelineConfig
 from audionet_tf.errors import AudioNetError, ConfigError
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-dir")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", default=None, help="log lines instead of progress bars")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     p.add_argument("--deterministic", action="store_true", default=None, help="reproducible data order and ops")
     p.add_argument("--cache", choices=["auto", "memory", "none"])
     p.add_argument("--steps-per-execution", type=_nonnegative_int, help="0: a whole epoch per call")
@@ -382,7 +384,10 @@ def _prepare_for_multiworker(student, strategy, spec) -> None:
                                             tf.zeros([1, spec.num_classes])))
     student._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     metrics_result = student.get_metrics_result
-    student.get_metrics_result = lambda: {k: tf.reshape(v, [1]) for k, v in metrics_result().items()}
+    # Only inside the step functions: the results read eagerly at the end of an epoch or an
+    # evaluation reach the callbacks (TensorBoard's scalar summaries of val_* logs) as they are.
+    student.get_metrics_result = lambda: {k: tf.reshape(v, [1]) if tf.inside_function() else v
+                                          for k, v in metrics_result().items()}
 
 
 def _is_chief(strategy) -> bool:
@@ -448,7 +453,7 @@ def _finish(config: PipelineConfig, run_dir: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose, bool(args.quiet))
     try:
         config = resolve_config(args)
         if args.pipeline is None and args.data is None:
@@ -465,4 +470,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))
