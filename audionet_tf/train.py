@@ -242,6 +242,7 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     import tensorflow as tf
 
     from audionet_tf import callbacks as cb
+    from audionet_tf import tb_timeline
     from audionet_tf import data, model as model_lib
 
     t0 = time.time()
@@ -338,6 +339,8 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
         keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), histogram_freq=tc.histogram_every,
                                     write_graph=False, update_freq="epoch"),
         cb.FilterImages(os.path.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
+        *tb_timeline.timeline_callbacks(data_dir, description, os.path.join(write_dir, "logs"), tc.histogram_every,
+                                        config.audio.hop_samples, write=chief),
         *extra_callbacks,
     ]
     if chief:
