@@ -23,9 +23,10 @@ from typing import Callable, Sequence
 
 # A C++ log line (absl/TSL format: severity, date, time, thread, file:line]) and the two
 # start-up lines that come without that prefix.
-CPP_LOG_LINE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]"
+CPP_LOG_LINE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
                           rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-                          rb"|To enable the following instructions: )")
+                          rb"|To enable the following instructions: "
+                          rb"|fully_quantize: \d)")  # the TFLite converter's own line
 QUIET_LEVEL = "3"
 
 _state = {"quiet": False, "filter": None}
@@ -96,6 +97,12 @@ def _filter_stderr() -> None:
         thread.join(timeout=2.0)
 
     atexit.register(restore)
+
+
+def keras_verbosity(quiet: bool, stream=None) -> int:
+    """Keras `fit` verbosity: its progress bar (1) on a terminal, one line per epoch (2) otherwise."""
+    stream = stream or sys.stdout
+    return 2 if quiet or not (hasattr(stream, "isatty") and stream.isatty()) else 1
 
 
 class Progress:

@@ -56,7 +56,7 @@ def plot_history(history_csv: str, out: str) -> str | None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric, title in zip(axes, ("loss", "top1_agreement", "top5_agreement"),
                                  ("distillation loss (KL)", "top-1 agreement", "top-5 agreement")):
-        for prefix, label in (("", "training clips"), ("val_", "held-out clips")):
+        for prefix, label in (("", "training data"), ("val_", "held-out data")):
             if prefix + metric in rows[0]:
                 ax.plot(epochs, [float(r[prefix + metric]) for r in rows], label=label)
         ax.set_title(title)

@@ -349,7 +349,7 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
     if initial_epoch < tc.epochs:
         student.fit(train_ds, epochs=tc.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                    validation_data=val_ds, callbacks=callbacks, verbose=2 if tc.quiet else 1)
+                    validation_data=val_ds, callbacks=callbacks, verbose=console.keras_verbosity(tc.quiet))
     if nan_guard.nan_epoch is not None:
         raise TrainingDiverged(
             f"the loss became NaN or infinite at epoch {nan_guard.nan_epoch} of run {run_dir}; stopped. "
