@@ -12,8 +12,9 @@ shows one of the demo teacher's six colours and plays that colour's sound:
 | yellow  | pure tone, 2500 Hz                        |                                      |
 | green   | noise band, 3600-4400 Hz                  |                                      |
 
-Every scene's loudness varies (±6 dB), and each clip has pink background noise at one of
-three levels. The demo teacher (`teacher.DEMO_TEACHER`) labels frames by colour, so a
+Every scene's loudness varies (±9 dB), and each clip has white background noise at one of
+three levels (SNR about 4, -2 and -6 dB): broad random filters let too much of it through,
+so the filters that separate the scenes best are the ones tuned to their sounds. The demo teacher (`teacher.DEMO_TEACHER`) labels frames by colour, so a
 student that learns from the audio alone which colour is on screen, frame by frame, is
 doing what AudioNet does with ImageNet; with sounds that differ only in frequency content,
 its filters have to tune to them.
@@ -36,7 +37,7 @@ FPS = 25
 # (kind of sound, frequency in Hz) for each demo teacher class.
 DEMO_SOUNDS = {"red": ("harmonic", 400.0), "green": ("band", 4000.0), "blue": ("harmonic", 1500.0),
                "yellow": ("tone", 2500.0), "magenta": ("harmonic", 440.0), "cyan": ("band", 1500.0)}
-NOISE_LEVELS = (0.02, 0.05, 0.1)  # pink background noise, RMS (scenes are about 0.1)
+NOISE_LEVELS = (0.06, 0.12, 0.2)  # white background noise, RMS (scenes are about 0.1)
 LOUDNESS_DB = 9.0  # each scene louder or softer by up to this much
 CLIPS = 12
 CLIP_SECONDS = 6.0
@@ -62,15 +63,6 @@ def scenes(index: int, seconds: float = CLIP_SECONDS) -> list[tuple[str, int]]:
         out.append((kind, min(frames, total - sum(n for _, n in out))))
         previous = kind
     return out
-
-
-def _pink(count: int, rng: np.random.Generator) -> np.ndarray:
-    spectrum = np.fft.rfft(rng.standard_normal(count))
-    freqs = np.fft.rfftfreq(count, 1.0 / SAMPLE_RATE)
-    spectrum[1:] /= np.sqrt(freqs[1:])
-    spectrum[0] = 0.0
-    noise = np.fft.irfft(spectrum, count)
-    return noise / (noise.std() + 1e-12)
 
 
 def sound(kind: str, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,7 +95,7 @@ def clip_media(index: int, seconds: float = CLIP_SECONDS) -> tuple[np.ndarray, n
         gain = 10 ** (rng.uniform(-LOUDNESS_DB, LOUDNESS_DB) / 20)
         parts.append(gain * sound(kind, count * hop, rng))
     audio = np.concatenate(parts)
-    audio = audio + NOISE_LEVELS[index % len(NOISE_LEVELS)] * _pink(len(audio), rng)
+    audio = audio + NOISE_LEVELS[index % len(NOISE_LEVELS)] * rng.standard_normal(len(audio))
     return np.concatenate(frames), np.clip(audio, -1, 1).astype(np.float32)
 
 

@@ -116,6 +116,8 @@ def test_no_audio_sample_of_a_held_out_window_reaches_training_with_80_ms_window
     prepare.prepare(config, weights=None)
     description = records.read_description(str(root / "wide"))
     assert description.spec.window_samples == 1280
+    settings = description.extra["settings"]
+    assert (settings["holdout_part"], settings["holdout_at"], settings["frame_fit"]) == ("0.25", "end", "crop")
     for clip in description.clips:
         assert clip["split"] == "time"
         part = clip["held_out_part"]
