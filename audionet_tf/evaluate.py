@@ -3,12 +3,15 @@
     python -m audionet_tf.evaluate distill --run runs/NAME --data DIR [--folds K --epochs E]
     python -m audionet_tf.evaluate transfer --model runs/NAME --dataset ESC-50-master [--folds 5]
 
-`distill` compares the student with the teacher on the held-out clips only (whole clips the
-student never trained on, as the dataset description records): KL, top-1 and top-5
-agreement per clip and overall, next to a prior baseline that always predicts the
-teacher's mean distribution over the training clips. `--folds K` also trains K fresh
-students, each without one fold of clips, and scores each on its fold (K = number of clips
-is leave-one-clip-out).
+`distill` compares the student with the teacher on the held-out data only (whole held-out
+clips, or each clip's held-out part under the time split, as the dataset description
+records): KL, top-1 and top-5 agreement per clip and overall, next to a prior baseline that
+always predicts the teacher's mean distribution over the training data, and names any
+held-out clip whose teacher class no training window has. `--folds K` also trains K fresh
+students, each without one fold, and scores each on its fold: folds of clips (K = number of
+clips is leave-one-clip-out), or K time segments of every clip when the dataset uses the
+time split or has fewer clips than folds (training windows that share samples with the
+fold's are left out).
 
 `transfer` classifies a labelled sound dataset with a linear classifier (standardisation +
 logistic regression) on file-level features, cross-validated on the dataset's own folds

@@ -6,9 +6,10 @@
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
 with the reason in the summary and in `dataset.json`, and the others go on (`--strict`
-makes any failure fatal). Held-out clips (`--holdout`: a fraction, chosen by a hash of the
-clip id, or a comma-separated list of ids) are whole clips, never windows of a clip used
-in training. A rerun skips clips already written with the same settings (`--overwrite`
+makes any failure fatal). Held-out data (`split.py`): whole clips (`--holdout`: a fraction,
+chosen by a hash of the clip id, or a comma-separated list of ids), and/or a part of every
+clip (`--holdout-part 0.2 --holdout-at end`) with a guard so that no audio sample is in both
+a training and a held-out window. A rerun skips clips already written with the same settings (`--overwrite`
 redoes them); a second prepare on the same directory while one runs is refused.
 
 `--runner NAME [Beam pipeline options]` runs the same stages as an Apache Beam pipeline
@@ -316,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = resolve_config(args)
         if config.prepare.runner:
+            if config.prepare.holdout_part:
+                raise AudioNetError("--runner: the Beam path holds out whole clips only; drop --holdout-part "
+                                    "or prepare without --runner")
             from audionet_tf.beam_prepare import run_beam
 
             summary = run_beam(config, beam_args)

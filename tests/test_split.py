@@ -1,6 +1,7 @@
 """Held-out data: the time split and its guard, read back from real datasets made with ffmpeg, and the
 seed-shaped case (each clip its own class) where only a time split can measure anything."""
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -159,3 +160,40 @@ def test_each_clip_its_own_class_time_split_beats_the_prior_and_a_clip_holdout_s
         assert scores["student"]["windows"] == 20, clip_id
     metrics = json.loads((tmp_path / "runs" / "seedlike" / "metrics.json").read_text())
     assert metrics["validation"]["top1_agreement"] == pytest.approx(result["student"]["top1_agreement"], abs=1e-6)
+    # TensorBoard: the timeline of the first two held-out clips as images, and their audio.
+    tags = timeline_tags(tmp_path / "runs" / "seedlike" / "logs" / "timelines")
+    first_two = [c["id"] for c in records.read_description(str(tmp_path / "time")).clips][:2]
+    assert {f"timeline/{c}" for c in first_two} <= tags and {f"clip/{c}" for c in first_two} <= tags
+
+
+def timeline_tags(directory):
+    import tensorflow as tf
+
+    tags = set()
+    for name in os.listdir(directory):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+@pytest.mark.slow
+def test_k_fold_over_time_segments_keeps_each_folds_test_windows_out_of_its_training(seed_shaped, tmp_path):
+    root, entries = seed_shaped
+    prepare.prepare(pipeline(tmp_path, entries[:3], "time", window_ms=80.0, holdout="0", holdout_part="0.2"),
+                    weights=None)
+    description = records.read_description(str(tmp_path / "time"))
+    arrays = data.load_arrays(str(tmp_path / "time"), "all")
+    by, masks = evaluate.fold_masks(arrays, description, 3)
+    assert by == "time segments" and len(masks) == 3
+    starts = np.round(arrays["time"] / 0.04).astype(int) * 640 + 320 - 640  # 80 ms windows centred on frames
+    covered = np.zeros(len(arrays["time"]), int)
+    for test, train_mask in masks:
+        covered += test
+        assert not (test & train_mask).any()
+        for clip_id in set(arrays["clip_id"]):
+            mine = arrays["clip_id"] == clip_id
+            test_samples = set()
+            for s in starts[mine & test]:
+                test_samples.update(range(s, s + 1280))
+            assert not any(set(range(s, s + 1280)) & test_samples for s in starts[mine & train_mask])
+    assert (covered == 1).all()  # every window is tested in exactly one fold
