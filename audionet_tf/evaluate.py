@@ -355,7 +355,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = sub.add_parser("distill", help="student vs teacher on held-out clips")
     d.add_argument("--run", required=True)
     d.add_argument("--data", help="dataset directory (default: the run's)")
-    d.add_argument("--folds", type=int, default=0, help="also train K students, each without one fold of clips")
+    d.add_argument("--folds", type=int, default=0,
+                   help="also train K students, each without one fold (of clips, or of each clip's time)")
     d.add_argument("--epochs", type=int, help="epochs for each fold's student (default: the run's)")
     t = sub.add_parser("transfer", help="linear classifier on student features vs baselines")
     t.add_argument("--model", required=True, help="run directory, export directory or .keras")
@@ -363,8 +364,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="JSON output (default: <model>/report/transfer.json for a run directory)")
-    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
-    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    for sub_parser in (d, t):
+        sub_parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
+        sub_parser.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     return p.parse_args(argv)
 
 

@@ -2,13 +2,14 @@
 seed-shaped case (each clip its own class) where only a time split can measure anything."""
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
 import pytest
 
 from audionet_tf import config as cfg
-from audionet_tf import data, evaluate, prepare, records, split, train
+from audionet_tf import data, evaluate, prepare, records, report, split, train
 from audionet_tf.config import AudioConfig
 from audionet_tf.errors import AudioNetError
 from audionet_tf.manifest import make_clip
@@ -160,6 +161,13 @@ def test_each_clip_its_own_class_time_split_beats_the_prior_and_a_clip_holdout_s
         assert scores["student"]["windows"] == 20, clip_id
     metrics = json.loads((tmp_path / "runs" / "seedlike" / "metrics.json").read_text())
     assert metrics["validation"]["top1_agreement"] == pytest.approx(result["student"]["top1_agreement"], abs=1e-6)
+    # The report answers the slides' question per clip: teacher's and student's classes on its held-out part.
+    page = open(report.make_report(run_dir, str(tmp_path / "time"))).read()
+    assert "Per clip, on each clip&#x27;s held-out part" in page
+    for clip in records.read_description(str(tmp_path / "time")).clips:
+        assert f"timeline-{clip['id']}.png" in page
+        teacher_class = clip["label"]  # each clip shows its colour: the demo teacher's class of that name
+        assert re.search(rf"<td>{clip['id']}</td><td>{teacher_class}</td><td>{teacher_class} 100%</td>", page)
     # TensorBoard: the timeline of the first two held-out clips as images, and their audio.
     tags = timeline_tags(tmp_path / "runs" / "seedlike" / "logs" / "timelines")
     first_two = [c["id"] for c in records.read_description(str(tmp_path / "time")).clips][:2]
