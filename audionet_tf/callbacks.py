@@ -205,8 +205,9 @@ def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
     fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4.4, rows * 1.9), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.6] * cols})
     freqs = np.fft.rfftfreq(1024, d=1.0 / sample_rate)
-    responses = 20 * np.log10(np.abs(np.fft.rfft(kernel, 1024, axis=0)) + 1e-9)  # [freqs, filters]
-    top = float(responses.max())
+    responses = 20 * np.log10(np.abs(np.fft.rfft(np.nan_to_num(kernel, nan=0.0, posinf=0.0, neginf=0.0), 1024,
+                                                 axis=0)) + 1e-9)  # [freqs, filters]
+    top = float(np.nanmax(responses)) if np.isfinite(responses).any() else 0.0  # a diverged run still plots
     for i in range(rows * cols):
         ax_t, ax_f = axes[i // cols][2 * (i % cols)], axes[i // cols][2 * (i % cols) + 1]
         if i >= filters:
@@ -223,7 +224,8 @@ def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
         ax_f.plot(freqs[peak], response[peak], "v", color="tab:red", markersize=4)
         ax_f.set_title(f"peak {freqs[peak]:.0f} Hz", fontsize=7)
         ax_f.set_xlim(0, sample_rate / 2)
-        ax_f.set_ylim(top - 40, top + 3)  # a common 40 dB range: tuned filters stand out
+        if np.isfinite(top):
+            ax_f.set_ylim(top - 40, top + 3)  # a common 40 dB range: tuned filters stand out
         ax_f.tick_params(labelsize=5, length=2)
         ax_f.set_xticks([0, sample_rate / 4, sample_rate / 2])
         ax_f.set_xticklabels([f"{f / 1000:g}k" for f in (0, sample_rate / 4, sample_rate / 2)])

@@ -237,8 +237,10 @@ def _student_model(path: str):
         meta = os.path.join(path, "metadata.json")
         if os.path.isfile(meta):
             run = json.load(open(meta, encoding="utf-8")).get("run")
-            if run and os.path.isfile(os.path.join(run, "model.keras")):
-                return load_model(os.path.join(run, "model.keras"))
+            # An export names its run (a path, or only its name: then look in ./runs/).
+            for candidate in ([run, os.path.join("runs", os.path.basename(os.path.normpath(run)))] if run else []):
+                if os.path.isfile(os.path.join(candidate, "model.keras")):
+                    return load_model(os.path.join(candidate, "model.keras"))
         raise AudioNetError(f"{path}: no model.keras here or in the run its metadata.json names; "
                             f"give a run directory or a .keras file")
     if path.endswith(".keras") and os.path.isfile(path):

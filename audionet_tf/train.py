@@ -300,8 +300,11 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
                                  deterministic=tc.deterministic, repeat=True, shuffle_buffer=tc.shuffle_buffer,
                                  cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context)
 
+    val_batch = validation_batch(val_count, replicas, tc.batch_size) if tc.strategy != "multiworker" else \
+        tc.batch_size
+
     def val_input(context=None):
-        return data.make_dataset(data_dir, "validation", tc.batch_size, shuffle=False, cache=tc.cache,
+        return data.make_dataset(data_dir, "validation", val_batch, shuffle=False, cache=tc.cache,
                                  deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
                                  input_context=context)
 
@@ -370,6 +373,23 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
     else:
         shutil.rmtree(write_dir, ignore_errors=True)
     return run_dir
+
+
+def validation_batch(count: int, replicas: int, wanted: int) -> int:
+    """A global validation batch near `wanted` that leaves no replica without data at the last step.
+
+    With one input pipeline feeding R replicas, consecutive per-replica batches go to the
+    replicas in turn; when their count is not a multiple of R, the last step hands some
+    replicas an empty batch, which the model cannot take. Held-out examples are not dropped
+    to avoid it: the per-replica batch is chosen so that the count of batches is a multiple of R.
+    """
+    if replicas <= 1 or count <= 0:
+        return wanted
+    target = max(1, wanted // replicas)
+    fits = [b for b in range(1, count + 1) if -(-count // b) % replicas == 0]
+    if not fits:  # fewer held-out examples than replicas
+        return wanted
+    return replicas * min(fits, key=lambda b: (abs(b - target), b))
 
 
 def _prepare_for_multiworker(student, strategy, spec) -> None:

@@ -205,3 +205,15 @@ def test_k_fold_over_time_segments_keeps_each_folds_test_windows_out_of_its_trai
                 test_samples.update(range(s, s + 1280))
             assert not any(set(range(s, s + 1280)) & test_samples for s in starts[mine & train_mask])
     assert (covered == 1).all()  # every window is tested in exactly one fold
+
+
+def test_validation_batches_leave_no_replica_empty():
+    from audionet_tf.train import validation_batch
+
+    for count in (50, 99, 100, 101, 450, 1013):
+        for replicas in (2, 3, 4):
+            batch = validation_batch(count, replicas, 64)
+            per_replica = batch // replicas
+            assert batch % replicas == 0 and per_replica >= 1
+            assert -(-count // per_replica) % replicas == 0, (count, replicas, batch)
+    assert validation_batch(100, 1, 64) == 64
