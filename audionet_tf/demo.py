@@ -3,21 +3,21 @@
 Each clip is a sequence of scenes of varying length (0.32 to 1.2 s, whole frames). A scene
 shows one of the demo teacher's six colours and plays that colour's sound:
 
-| colour  | sound                                     | told apart from                      |
-|---------|-------------------------------------------|--------------------------------------|
-| red     | harmonic tone, 400 Hz fundamental         | magenta: a close pitch               |
-| magenta | harmonic tone, 500 Hz fundamental         | red                                  |
-| blue    | pure tone, 1500 Hz                        | cyan: noise band at the same centre  |
-| cyan    | noise band, 1300-1700 Hz                  | blue                                 |
-| yellow  | pure tone, 2500 Hz                        |                                      |
-| green   | noise band, 3600-4400 Hz                  |                                      |
+| colour  | sound                                  | told apart from                        |
+|---------|----------------------------------------|----------------------------------------|
+| red     | harmonic tone, 400 Hz fundamental      | magenta: a close pitch                 |
+| magenta | harmonic tone, 440 Hz fundamental      | red                                    |
+| blue    | harmonic tone, 1500 Hz fundamental     | cyan: a noise band at the same centre  |
+| cyan    | noise band, 1300-1700 Hz               | blue                                   |
+| yellow  | pure tone, 2500 Hz                     |                                        |
+| green   | noise band, 3600-4400 Hz               |                                        |
 
 Every scene's loudness varies (±9 dB), and each clip has white background noise at one of
 three levels (SNR about 4, -2 and -6 dB): broad random filters let too much of it through,
-so the filters that separate the scenes best are the ones tuned to their sounds. The demo teacher (`teacher.DEMO_TEACHER`) labels frames by colour, so a
-student that learns from the audio alone which colour is on screen, frame by frame, is
-doing what AudioNet does with ImageNet; with sounds that differ only in frequency content,
-its filters have to tune to them.
+so the filters that separate the scenes best are the ones tuned to their sounds. The demo
+teacher (`teacher.DEMO_TEACHER`) labels frames by colour, so a student that learns from the
+audio alone which colour is on screen, frame by frame, is doing what AudioNet does with
+ImageNet.
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def readme_demo_figures() -> dict:
     """The figures the README's demo section states."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## The offline demo", 1)[1].split("\n## ", 1)[0]
-    return {"top1": float(re.search(r"held-out\s+top-1\s+agreement\s+\*\*(\d+(?:\.\d+)?) %\*\*", section).group(1)) / 100}
+    match = re.search(r"held-out\s+top-1\s+agreement\s+\*\*(\d+(?:\.\d+)?) %\*\*", section)
+    return {"top1": float(match.group(1)) / 100}
 
 
 @pytest.mark.slow
