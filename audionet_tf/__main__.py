@@ -2,4 +2,6 @@
 from audionet_tf.train import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

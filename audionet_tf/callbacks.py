@@ -133,7 +133,8 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
-    """An RGB image (uint8 [H, W, 3]) of the conv filters and their frequency responses."""
+    """An RGB image (uint8 [H, W, 3]) of the conv filters: each one's taps and its frequency response
+    (magnitude in dB against frequency in Hz, the peak marked and labelled)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,22 +144,37 @@ def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
     taps, filters = kernel.shape
     cols = 4
     rows = int(math.ceil(filters / cols))
-    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4, rows * 1.6), squeeze=False)
-    freqs = np.fft.rfftfreq(512, d=1.0 / sample_rate)
+    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4.4, rows * 1.9), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.6] * cols})
+    freqs = np.fft.rfftfreq(1024, d=1.0 / sample_rate)
+    responses = 20 * np.log10(np.abs(np.fft.rfft(np.nan_to_num(kernel, nan=0.0, posinf=0.0, neginf=0.0), 1024,
+                                                 axis=0)) + 1e-9)  # [freqs, filters]
+    top = float(np.nanmax(responses)) if np.isfinite(responses).any() else 0.0  # a diverged run still plots
     for i in range(rows * cols):
         ax_t, ax_f = axes[i // cols][2 * (i % cols)], axes[i // cols][2 * (i % cols) + 1]
-        for ax in (ax_t, ax_f):
-            ax.set_xticks([])
-            ax.set_yticks([])
         if i >= filters:
             ax_t.axis("off")
             ax_f.axis("off")
             continue
         ax_t.plot(kernel[:, i], linewidth=0.8)
+        ax_t.set_xticks([])
+        ax_t.set_yticks([])
         ax_t.set_title(f"filter {i}", fontsize=7)
-        response = 20 * np.log10(np.abs(np.fft.rfft(kernel[:, i], 512)) + 1e-9)
+        response = responses[:, i]
+        peak = int(response.argmax())
         ax_f.plot(freqs, response, linewidth=0.8, color="tab:orange")
-        ax_f.set_title("dB vs Hz", fontsize=7)
+        ax_f.plot(freqs[peak], response[peak], "v", color="tab:red", markersize=4)
+        ax_f.set_title(f"peak {freqs[peak]:.0f} Hz", fontsize=7)
+        ax_f.set_xlim(0, sample_rate / 2)
+        if np.isfinite(top):
+            ax_f.set_ylim(top - 40, top + 3)  # a common 40 dB range: tuned filters stand out
+        ax_f.tick_params(labelsize=5, length=2)
+        ax_f.set_xticks([0, sample_rate / 4, sample_rate / 2])
+        ax_f.set_xticklabels([f"{f / 1000:g}k" for f in (0, sample_rate / 4, sample_rate / 2)])
+        if i % cols == 0:
+            ax_f.set_ylabel("dB", fontsize=6)
+        if i // cols == rows - 1:
+            ax_f.set_xlabel("Hz", fontsize=6)
     fig.tight_layout()
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

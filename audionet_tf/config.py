@@ -153,7 +153,10 @@ class PrepareConfig:
     labels: str | None = None  # class names file for a user's teacher
     teacher_batch: int = 32
     cache_dir: str = "cache/clips"
-    holdout: str = "0.2"  # a fraction, or comma-separated clip ids
+    holdout: str = "0.2"  # whole clips: a fraction, or comma-separated clip ids ("0": none)
+    holdout_part: str = ""  # a part of every clip: a fraction ("0.2") or seconds ("2s"); "": none
+    holdout_at: str = "end"  # where in each clip that part lies: end | start | middle
+    frame_fit: str = "crop"  # frames to the teacher's size: crop (keep aspect, centre crop) | squash | letterbox
     shard_size: int = 1024  # examples per shard
     shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
     audio_format: str = "int16"  # int16 | float32
@@ -176,6 +179,10 @@ class PrepareConfig:
                f"must be 'float16' or 'float32', got {self.logits_format!r}")
         _check(self.retries >= 0, "prepare.retries", f"must be 0 or more, got {self.retries}")
         _check(self.margin_s >= 0, "prepare.margin_s", f"must be 0 or more, got {self.margin_s}")
+        _check(self.holdout_at in ("end", "start", "middle"), "prepare.holdout_at",
+               f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")
+        _check(self.frame_fit in ("crop", "squash", "letterbox"), "prepare.frame_fit",
+               f"must be 'crop', 'squash' or 'letterbox', got {self.frame_fit!r}")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from audionet_tf import inference
+from audionet_tf import console, inference
 from audionet_tf.errors import AudioNetError
 from audionet_tf.media import read_audio
 
@@ -86,12 +86,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hop-ms", type=float, help="hop between windows (default: the training hop)")
     p.add_argument("--layer", choices=["pooled", "conv"], default="pooled")
     p.add_argument("--overwrite", action="store_true", help="replace .npz files that already exist in --out")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
+    console.setup(args.verbose)
     try:
         targets = output_paths(args.files, args.out, args.overwrite)
         model = args.model or inference.newest_export()
@@ -120,4 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

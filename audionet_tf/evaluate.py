@@ -3,12 +3,15 @@
     python -m audionet_tf.evaluate distill --run runs/NAME --data DIR [--folds K --epochs E]
     python -m audionet_tf.evaluate transfer --model runs/NAME --dataset ESC-50-master [--folds 5]
 
-`distill` compares the student with the teacher on the held-out clips only (whole clips the
-student never trained on, as the dataset description records): KL, top-1 and top-5
-agreement per clip and overall, next to a prior baseline that always predicts the
-teacher's mean distribution over the training clips. `--folds K` also trains K fresh
-students, each without one fold of clips, and scores each on its fold (K = number of clips
-is leave-one-clip-out).
+`distill` compares the student with the teacher on the held-out data only (whole held-out
+clips, or each clip's held-out part under the time split, as the dataset description
+records): KL, top-1 and top-5 agreement per clip and overall, next to a prior baseline that
+always predicts the teacher's mean distribution over the training data, and names any
+held-out clip whose teacher class no training window has. `--folds K` also trains K fresh
+students, each without one fold, and scores each on its fold: folds of clips (K = number of
+clips is leave-one-clip-out), or K time segments of every clip when the dataset uses the
+time split or has fewer clips than folds (training windows that share samples with the
+fold's are left out).
 
 `transfer` classifies a labelled sound dataset with a linear classifier (standardisation +
 logistic regression) on file-level features, cross-validated on the dataset's own folds
@@ -27,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audionet_tf import data, records
+from audionet_tf import console, data, records
 from audionet_tf.errors import AudioNetError
 from audionet_tf.inference import softmax
 
@@ -60,15 +63,32 @@ def prior_logits(train_logits: np.ndarray, count: int) -> np.ndarray:
     return np.repeat(np.log(mean + 1e-12)[None, :], count, axis=0)
 
 
+def held_out_clip_ids(description: records.Description) -> list[str]:
+    """Clips with held-out examples: whole held-out clips and time-split clips (their held-out part)."""
+    return [c["id"] for c in description.clips if c.get("status") == "ok" and c.get("split") in ("validation", "time")]
+
+
+def unseen_classes(train_logits: np.ndarray, val: dict[str, np.ndarray]) -> dict[str, int]:
+    """Held-out clips whose most frequent teacher class is the top class of no training window."""
+    trained = set(train_logits.argmax(axis=1).tolist())
+    out = {}
+    for cid in np.unique(val["clip_id"]):
+        top = int(np.bincount(val["logits"][val["clip_id"] == cid].argmax(axis=1)).argmax())
+        if top not in trained:
+            out[str(cid)] = top
+    return out
+
+
 def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = None) -> dict[str, Any]:
-    """Student vs teacher on the held-out clips (and optional K-fold over clips); writes report/distill.json."""
+    """Student vs teacher on the held-out data (whole clips, or each clip's held-out part), with an optional
+    K-fold; writes report/distill.json."""
     from audionet_tf.model import load_model
 
     description = records.read_description(data_dir)
-    held_out = [c["id"] for c in description.clips if c.get("split") == "validation" and c.get("status") == "ok"]
-    if not held_out:
-        raise AudioNetError(f"dataset {data_dir} holds no clips out; prepare it with --holdout to evaluate "
-                            f"on unseen clips")
+    held_out = held_out_clip_ids(description)
+    if not held_out or not description.examples("validation"):
+        raise AudioNetError(f"dataset {data_dir} holds nothing out; prepare it with --holdout (whole clips) or "
+                            f"--holdout-part (a part of every clip) to evaluate on unseen audio")
     model_path = os.path.join(run_dir, "model.keras")
     if not os.path.isfile(model_path):
         raise AudioNetError(f"{run_dir} holds no model.keras: not a finished training run")
@@ -77,25 +97,67 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
     train_arrays = data.load_arrays(data_dir, "train")
     student = model.predict(val["audio"][..., None], verbose=0, batch_size=512)
     prior = prior_logits(train_arrays["logits"], len(val["audio"]))
+    names = records.read_class_names(data_dir, description)
+    unseen = unseen_classes(train_arrays["logits"], val)
+    for cid, top in unseen.items():
+        log.warning("held-out clip %s: the teacher's most frequent class on it (%s) is the top class of no "
+                    "training window, so no student can agree with it there; hold out a part of every clip "
+                    "instead (--holdout-part 0.2 --holdout 0)", cid, names[top])
+    splits = {c["id"]: c.get("split") for c in description.clips}
     result: dict[str, Any] = {
-        "run": run_dir, "data": data_dir, "held_out_clips": sorted(held_out),
+        # Names, not machine paths: the report is shared.
+        "run": os.path.basename(os.path.normpath(run_dir)), "data": os.path.basename(os.path.normpath(data_dir)),
+        "held_out_clips": sorted(held_out), "split": sorted({splits[c] for c in held_out}),
         "student": agreement(val["logits"], student), "prior": agreement(val["logits"], prior),
         "per_clip": {cid: {"student": s, "prior": agreement(val["logits"][val["clip_id"] == cid],
                                                            prior[val["clip_id"] == cid])}
                      for cid, s in per_clip(val, student).items()},
+        "unseen_class_clips": sorted(unseen),
     }
     if folds:
-        result["folds"] = cross_validate_clips(run_dir, data_dir, folds, epochs)
+        result["folds"] = cross_validate(run_dir, data_dir, folds, epochs)
     out = os.path.join(run_dir, "report", "distill.json")
     records.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
 
 
-def cross_validate_clips(run_dir: str, data_dir: str, folds: int, epochs: int | None) -> dict[str, Any]:
-    """Train a fresh student without each fold of clips (the run's settings) and score it on that fold."""
+def fold_masks(arrays: dict[str, np.ndarray], description: records.Description, folds: int) -> tuple[str, list]:
+    """Test and train masks of each fold: over clips, or over time segments of every clip (each clip
+    its own class, or fewer clips than folds), with training windows that share samples with the
+    fold's test windows left out."""
+    from audionet_tf import split as split_lib
+    from audionet_tf.config import AudioConfig
+
+    clips = sorted(set(arrays["clip_id"]))
+    time_split = any(c.get("split") == "time" for c in description.clips) or len(clips) < folds
+    if not time_split:
+        masks = []
+        for fold in range(folds):
+            test = np.isin(arrays["clip_id"], clips[fold::folds])
+            masks.append((test, ~test))
+        return "clips", masks
+    spec = description.spec
+    audio = AudioConfig(sample_rate=spec.sample_rate, frame_period_ms=spec.frame_period_ms,
+                        window_ms=1000.0 * spec.window_samples / spec.sample_rate)
+    frame = np.round(arrays["time"] / (spec.frame_period_ms / 1000.0)).astype(int)
+    masks = []
+    for fold in range(folds):
+        test, train_mask = np.zeros(len(frame), bool), np.zeros(len(frame), bool)
+        for cid in clips:
+            mine = np.where(arrays["clip_id"] == cid)[0]
+            labels = split_lib.segment_splits(int(frame[mine].max()) + 1, audio, folds, fold)
+            test[mine] = [labels[k] == "validation" for k in frame[mine]]
+            train_mask[mine] = [labels[k] == "train" for k in frame[mine]]
+        masks.append((test, train_mask))
+    return "time segments", masks
+
+
+def cross_validate(run_dir: str, data_dir: str, folds: int, epochs: int | None) -> dict[str, Any]:
+    """Train a fresh student without each fold (the run's settings) and score it on that fold."""
     import keras
 
     from audionet_tf import config as cfg
+    from audionet_tf.console import Progress
     from audionet_tf.model import build_audionet
     from audionet_tf.train import compile_student
 
@@ -104,28 +166,37 @@ def cross_validate_clips(run_dir: str, data_dir: str, folds: int, epochs: int | 
     train_cfg = cfg.build_section(cfg.TrainConfig, {k: v for k, v in doc["train"].items() if v is not None},
                                   "run config")
     model_cfg = cfg.build_section(cfg.ModelConfig, doc.get("model", {}), "run config")
+    description = records.read_description(data_dir)
     arrays = data.load_arrays(data_dir, "all")
     clips = sorted(set(arrays["clip_id"]))
-    if not 2 <= folds <= len(clips):
-        raise AudioNetError(f"--folds must be between 2 and the number of clips ({len(clips)}), got {folds}")
+    if folds < 2:
+        raise AudioNetError(f"--folds must be at least 2, got {folds}")
+    by, masks = fold_masks(arrays, description, folds)
     scores = []
-    for fold in range(folds):
-        test_ids = clips[fold::folds]
-        test = np.isin(arrays["clip_id"], test_ids)
+    progress = Progress(folds, "folds", log)
+    for fold, (test, train_mask) in enumerate(masks):
         keras.utils.set_random_seed(train_cfg.seed + fold)
         student = build_audionet(None, arrays["logits"].shape[1], input_scale=model_cfg.input_scale)
         compile_student(student, train_cfg)
-        student.fit(arrays["audio"][~test][..., None], arrays["logits"][~test], batch_size=train_cfg.batch_size,
-                    epochs=epochs or train_cfg.epochs, verbose=0, shuffle=True)
+        student.fit(arrays["audio"][train_mask][..., None], arrays["logits"][train_mask],
+                    batch_size=train_cfg.batch_size, epochs=epochs or train_cfg.epochs, verbose=0, shuffle=True)
         predicted = student.predict(arrays["audio"][test][..., None], verbose=0, batch_size=512)
         score = agreement(arrays["logits"][test], predicted)
-        score["prior"] = agreement(arrays["logits"][test], prior_logits(arrays["logits"][~test], int(test.sum())))
-        score["clips"] = list(test_ids)
+        score["prior"] = agreement(arrays["logits"][test],
+                                   prior_logits(arrays["logits"][train_mask], int(test.sum())))
+        score["clips"] = sorted(set(arrays["clip_id"][test].tolist())) if by == "clips" else clips
         scores.append(score)
-        log.info("fold %d/%d (%s): top-1 %.3f", fold + 1, folds, ", ".join(test_ids), score["top1_agreement"])
+        progress.update(fold + 1, f"(over {by}): top-1 {score['top1_agreement']:.3f}, "
+                                  f"prior {score['prior']['top1_agreement']:.3f}")
+    progress.close()
     summary = {m: {"mean": float(np.mean([s[m] for s in scores])), "std": float(np.std([s[m] for s in scores]))}
                for m in ("kl", "top1_agreement", "top5_agreement")}
-    return {"folds": folds, "epochs": epochs or train_cfg.epochs, "per_fold": scores, "summary": summary}
+    summary["prior_top1_agreement"] = {"mean": float(np.mean([s["prior"]["top1_agreement"] for s in scores])),
+                                       "std": float(np.std([s["prior"]["top1_agreement"] for s in scores]))}
+    return {"folds": folds, "by": by, "epochs": epochs or train_cfg.epochs, "per_fold": scores, "summary": summary}
+
+
+cross_validate_clips = cross_validate  # the earlier name
 
 
 def read_sound_dataset(root: str) -> tuple[list[str], list[str], list[int] | None]:
@@ -166,8 +237,10 @@ def _student_model(path: str):
         meta = os.path.join(path, "metadata.json")
         if os.path.isfile(meta):
             run = json.load(open(meta, encoding="utf-8")).get("run")
-            if run and os.path.isfile(os.path.join(run, "model.keras")):
-                return load_model(os.path.join(run, "model.keras"))
+            # An export names its run (a path, or only its name: then look in ./runs/).
+            for candidate in ([run, os.path.join("runs", os.path.basename(os.path.normpath(run)))] if run else []):
+                if os.path.isfile(os.path.join(candidate, "model.keras")):
+                    return load_model(os.path.join(candidate, "model.keras"))
         raise AudioNetError(f"{path}: no model.keras here or in the run its metadata.json names; "
                             f"give a run directory or a .keras file")
     if path.endswith(".keras") and os.path.isfile(path):
@@ -252,6 +325,30 @@ def print_table(title: str, rows: dict[str, dict[str, float]], columns: Sequence
         print(f"  {name:22s}" + "".join(f"{values[c]:16.4f}" for c in columns))
 
 
+def distill_lines(result: dict[str, Any]) -> list[str]:
+    """The distill tables as text: overall, per clip (student and prior), and per fold."""
+    columns = ("kl", "top1_agreement", "top5_agreement")
+    where = "each clip's held-out part" if result.get("split") == ["time"] else "the held-out clips"
+    lines = [f"{result['data']}: {where} ({len(result['held_out_clips'])} clips)",
+             f"  {'':28s}" + "".join(f"{c:>16s}" for c in columns)]
+    for name, values in (("student", result["student"]), ("prior baseline", result["prior"])):
+        lines.append(f"  {name:28s}" + "".join(f"{values[c]:16.4f}" for c in columns))
+    lines.append("per clip: top-1 agreement of the student (prior baseline), windows")
+    for cid, scores in result["per_clip"].items():
+        lines.append(f"  {cid:40s} {scores['student']['top1_agreement']:.3f} ({scores['prior']['top1_agreement']:.3f})"
+                     f"  {scores['student']['windows']}" + ("  class never trained on"
+                                                              if cid in result.get("unseen_class_clips", []) else ""))
+    if "folds" in result:
+        folds = result["folds"]
+        lines.append(f"{folds['folds']} folds over {folds.get('by', 'clips')}, {folds['epochs']} epochs each: "
+                     f"top-1 agreement {folds['summary']['top1_agreement']['mean']:.3f} ± "
+                     f"{folds['summary']['top1_agreement']['std']:.3f}")
+        for number, fold in enumerate(folds["per_fold"], start=1):
+            lines.append(f"  fold {number}: top-1 {fold['top1_agreement']:.3f} (prior "
+                         f"{fold['prior']['top1_agreement']:.3f}), KL {fold['kl']:.3f}, {fold['windows']} windows")
+    return lines
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The evaluate command's flags."""
     p = argparse.ArgumentParser(prog="python -m audionet_tf.evaluate", description=__doc__,
@@ -260,7 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = sub.add_parser("distill", help="student vs teacher on held-out clips")
     d.add_argument("--run", required=True)
     d.add_argument("--data", help="dataset directory (default: the run's)")
-    d.add_argument("--folds", type=int, default=0, help="also train K students, each without one fold of clips")
+    d.add_argument("--folds", type=int, default=0,
+                   help="also train K students, each without one fold (of clips, or of each clip's time)")
     d.add_argument("--epochs", type=int, help="epochs for each fold's student (default: the run's)")
     t = sub.add_parser("transfer", help="linear classifier on student features vs baselines")
     t.add_argument("--model", required=True, help="run directory, export directory or .keras")
@@ -268,13 +366,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="JSON output (default: <model>/report/transfer.json for a run directory)")
+    for sub_parser in (d, t):
+        sub_parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
+        sub_parser.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose, getattr(args, "quiet", False))
     try:
         if args.command == "distill":
             data_dir = args.data
@@ -282,15 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with open(os.path.join(args.run, "config.json"), encoding="utf-8") as handle:
                     data_dir = json.load(handle)["dataset"]["data_dir"]
             result = distill(args.run, data_dir, args.folds, args.epochs)
-            print_table(f"held-out clips of {data_dir} ({len(result['held_out_clips'])} clips)",
-                        {"student": result["student"], "prior baseline": result["prior"]},
-                        ("kl", "top1_agreement", "top5_agreement"))
-            print_table("per clip (student)", {k: v["student"] for k, v in result["per_clip"].items()},
-                        ("kl", "top1_agreement", "top5_agreement"))
-            if "folds" in result:
-                summary = result["folds"]["summary"]
-                print(f"{result['folds']['folds']} folds over clips: top-1 agreement "
-                      f"{summary['top1_agreement']['mean']:.3f} ± {summary['top1_agreement']['std']:.3f}")
+            for line in distill_lines(result):
+                print(line)
         else:
             if args.folds < 2:
                 raise AudioNetError(f"--folds must be at least 2, got {args.folds}")
@@ -310,4 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from audionet_tf import __version__, records
+from audionet_tf import __version__, console, records
 from audionet_tf.errors import AudioNetError
 
 log = logging.getLogger(__name__)
@@ -294,6 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-samples", type=int, default=640, help="for a .keras file")
     p.add_argument("--hop-samples", type=int, default=640, help="for a .keras file")
     p.add_argument("--data", help="dataset to calibrate the int8 model on, for a .keras file")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p.parse_args(argv)
 
 
@@ -324,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose, getattr(args, "quiet", False))
     try:
         doc = run(args)
     except (AudioNetError, OSError) as exc:
@@ -335,4 +336,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

@@ -21,9 +21,11 @@ import numpy as np
 
 from audionet_tf import config as cfg
 from audionet_tf import records, storage
+from audionet_tf import split as split_lib
 from audionet_tf.errors import AudioNetError
 from audionet_tf.lock import DirectoryLock
 from audionet_tf.manifest import Clip, clips_from_entries, read_manifest
+from audionet_tf.split import holdout_ids  # noqa: F401  (re-exported for both runners)
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +36,23 @@ class TeacherError(AudioNetError):
     """The teacher cannot be loaded: fatal for the run, not a property of one clip."""
 
 
-def holdout_ids(clips: Sequence[Clip], holdout: str) -> set[str]:
-    """Clip ids held out for validation: a fraction chosen by a hash of each id, or a list of ids."""
-    text = str(holdout).strip()
-    try:
-        fraction = float(text)
-    except ValueError:
-        wanted = {part.strip() for part in text.split(",") if part.strip()}
-        unknown = sorted(wanted - {c.id for c in clips})
-        if unknown:
-            raise AudioNetError(f"--holdout names clips that are not in the list: {', '.join(unknown[:5])}")
-        return wanted
-    if not 0 <= fraction < 1:
-        raise AudioNetError(f"--holdout fraction must be in [0, 1), got {holdout}")
-    score = {c.id: int(hashlib.sha256(c.id.encode()).hexdigest()[:8], 16) / 2 ** 32 for c in clips}
-    chosen = {i for i, s in score.items() if s < fraction}
-    if fraction > 0 and len(clips) >= 2 and not chosen:
-        chosen = {min(score, key=score.get)}
-    if len(chosen) == len(clips) and clips:
-        chosen.discard(max(chosen, key=score.get))
-    return chosen
-
-
 def clip_key(clip: Clip, config: cfg.PipelineConfig, held_out: bool = False) -> str:
     """What makes a clip's examples: its entry, whether it is held out, and the settings that shape them."""
     pc, ac = config.prepare, config.audio
     doc = {"clip": {k: v for k, v in clip.to_dict().items() if k != "row"}, "audio": dataclasses.asdict(ac),
            "held_out": held_out,
            "teacher": pc.teacher, "labels": pc.labels, "audio_format": pc.audio_format,
-           "logits_format": pc.logits_format}
+           "logits_format": pc.logits_format, "frame_fit": pc.frame_fit,
+           "time_split": [pc.holdout_part, pc.holdout_at] if pc.holdout_part else None}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def assign_splits(clip: Clip, times: np.ndarray, held_out: set[str]) -> np.ndarray:
-    """The split of each of a clip's examples (by frame time); today whole clips are held out."""
-    return np.full(len(times), "validation" if clip.id in held_out else "train", dtype=object)
+def assign_splits(clip: Clip, times: np.ndarray, held_out: set[str], audio: cfg.AudioConfig,
+                  time_split: "split_lib.TimeSplit | None") -> tuple[np.ndarray, dict | None]:
+    """The split of each of a clip's examples ("train", "validation", or None for a guard frame, not
+    written) and the record of its held-out part (see `split.frame_splits`)."""
+    labels, held_part = split_lib.frame_splits(len(times), audio, time_split, clip.id in held_out, clip.id)
+    return np.array(labels, dtype=object), held_part
 
 
 def dataset_spec(config: cfg.PipelineConfig, teacher) -> records.DatasetSpec:
@@ -83,6 +67,7 @@ def settings(config: cfg.PipelineConfig) -> dict[str, Any]:
     """The settings recorded in the dataset's header."""
     pc = config.prepare
     return {"settings": {"teacher": pc.teacher, "labels": pc.labels, "holdout": pc.holdout,
+                         "holdout_part": pc.holdout_part, "holdout_at": pc.holdout_at, "frame_fit": pc.frame_fit,
                          "audio": dataclasses.asdict(config.audio)}}
 
 
@@ -114,6 +99,7 @@ class Labeller:
         self.held_out = held_out
         self.keys = keys
         self.weights = weights
+        self.time_split = split_lib.parse_time_split(pc.holdout_part, pc.holdout_at)
         self.downloader = download.Downloader(pc.cache_dir, retries=pc.retries, margin_s=pc.margin_s)
         self._teacher = None
         self._lock = threading.Lock()
@@ -148,11 +134,12 @@ class Labeller:
         from audionet_tf import media
 
         got = self.downloader.fetch(clip)
-        return media.decode_clip(got.path, got.offset, clip.duration, self.config.audio, self.teacher.input_size)
+        return media.decode_clip(got.path, got.offset, clip.duration, self.config.audio, self.teacher.input_size,
+                                 self.config.prepare.frame_fit)
 
     def doc(self, clip: Clip) -> dict[str, Any]:
         """A clip's record before its outcome is known."""
-        split = "validation" if clip.id in self.held_out else "train"
+        split = "validation" if clip.id in self.held_out else "time" if self.time_split else "train"
         return {**clip.to_dict(), "split": split, "key": self.keys[clip.id]}
 
     def label(self, clip: Clip, decoded) -> Labelled:
@@ -163,9 +150,13 @@ class Labeller:
         logits = self.teacher.logits(decoded.frames)
         windows = media.frame_windows(decoded.audio, len(decoded.frames), ac)
         times = np.asarray(decoded.times)
-        splits = assign_splits(clip, times, self.held_out)
-        doc = {**self.doc(clip), "status": "ok", "error": None, "examples": int(len(windows))}
-        return Labelled(doc, windows, logits, times, splits)
+        splits, held_part = assign_splits(clip, times, self.held_out, ac, self.time_split)
+        kept = splits != None  # noqa: E711  (guard frames: no split, not written)
+        doc = {**self.doc(clip), "status": "ok", "error": None, "examples": int(kept.sum()),
+               "teacher_top": split_lib.top_classes(logits, list(splits))}
+        if held_part is not None:
+            doc["held_out_part"] = held_part
+        return Labelled(doc, windows[kept], logits[kept], times[kept], splits[kept])
 
     def failed(self, clip: Clip, error: BaseException) -> Labelled:
         """The record of a clip that could not be labelled."""
@@ -193,6 +184,7 @@ class Summary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     examples: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def list_clips(config: cfg.PipelineConfig) -> list[Clip]:

@@ -63,9 +63,29 @@ def read_audio(path: str, sample_rate: int = 16000, start: float = 0.0, duration
     return np.frombuffer(out, dtype="<f4").astype(np.float32)
 
 
+FRAME_FITS = ("crop", "squash", "letterbox")
+
+
+def fit_filters(stream, size: tuple[int, int], fit: str = "crop"):
+    """Bring frames to `size` (H, W): `crop` scales the shorter side to fit and cuts the centre (the
+    ImageNet evaluation transform), `squash` scales both sides, `letterbox` fits the whole frame on black."""
+    height, width = size
+    if fit == "squash":
+        return stream.filter("scale", width, height)
+    if fit == "crop":
+        stream = stream.filter("scale", width, height, force_original_aspect_ratio="increase")
+        return stream.filter("crop", width, height)  # centred by default
+    if fit == "letterbox":
+        stream = stream.filter("scale", width, height, force_original_aspect_ratio="decrease")
+        return stream.filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2", color="black")
+    raise MediaError(f"frame fit must be one of {', '.join(FRAME_FITS)}, got {fit!r}")
+
+
 def read_frames(path: str, start: float, duration: float, fps: float = 25.0,
-                size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB frames uint8 `[N, H, W, 3]`, N = round(duration * fps): frame k is the source frame nearest start + k/fps."""
+                size: tuple[int, int] | None = None, fit: str = "crop") -> np.ndarray:
+    """RGB frames uint8 `[N, H, W, 3]`, N = round(duration * fps): frame k is the source frame nearest start + k/fps.
+
+    With a `size`, frames are brought to it as `fit` says (see `fit_filters`)."""
     import ffmpeg
 
     if not os.path.isfile(path):
@@ -76,7 +96,7 @@ def read_frames(path: str, start: float, duration: float, fps: float = 25.0,
     # so output frame k is the source frame nearest k/fps, whatever the source frame rate.
     stream = stream.filter("fps", fps=fps, start_time=0, round="near")
     if size is not None:
-        stream = stream.filter("scale", size[1], size[0])
+        stream = fit_filters(stream, size, fit)
     try:
         out, err = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=count).run(
             cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
@@ -106,8 +126,8 @@ class DecodedClip:
 
 
 def decode_clip(path: str, start: float, duration: float, audio: AudioConfig,
-                frame_size: tuple[int, int] | None) -> DecodedClip:
-    """Decode exactly [start, start + duration): 16 kHz mono audio and one RGB frame per period."""
+                frame_size: tuple[int, int] | None, fit: str = "crop") -> DecodedClip:
+    """Decode exactly [start, start + duration): 16 kHz mono audio and one RGB frame per period (fitted as `fit`)."""
     samples = int(round(duration * audio.sample_rate))
     count = int(round(duration * audio.frames_per_second))
     wave = read_audio(path, audio.sample_rate, start, duration)
@@ -117,7 +137,7 @@ def decode_clip(path: str, start: float, duration: float, audio: AudioConfig,
         raise MediaError(f"{path}: audio is {len(wave) / audio.sample_rate:.2f} s from {start:.2f} s, "
                          f"shorter than the {duration:.2f} s asked")
     wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
-    frames = read_frames(path, start, duration, audio.frames_per_second, frame_size)
+    frames = read_frames(path, start, duration, audio.frames_per_second, frame_size, fit)
     if len(frames) < count - 1:
         raise MediaError(f"{path}: video has {len(frames)} frames from {start:.2f} s, "
                          f"fewer than the {count} of {duration:.2f} s")
@@ -135,9 +155,10 @@ def frame_windows(wave: np.ndarray, num_frames: int, config: AudioConfig) -> np.
     the default W = P (640 samples) it is exactly [k P, (k + 1) P). Samples outside the clip
     are zeros.
     """
+    from audionet_tf.split import window_starts
+
     width = config.window_samples
-    period = config.frame_period_ms / 1000.0
-    starts = np.round((np.arange(num_frames) + 0.5) * period * config.sample_rate).astype(int) - width // 2
+    starts = window_starts(num_frames, config)
     pad = width + config.hop_samples
     padded = np.pad(np.asarray(wave, np.float32), (pad, pad))
     return np.stack([padded[s + pad: s + pad + width] for s in starts]) if num_frames else \

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audionet_tf import inference
+from audionet_tf import console, inference
 from audionet_tf.errors import AudioNetError
 from audionet_tf.media import read_audio
 from audionet_tf.records import atomic_write_text
@@ -71,12 +71,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     out.add_argument("--json", help="write the results as JSON")
     out.add_argument("--csv", help="write the per-window results as CSV")
     p.add_argument("--quiet", action="store_true", help="no timeline on the terminal")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
+    console.setup(args.verbose)
     if args.top_k < 1:
         print("error: --top-k must be at least 1", file=sys.stderr)
         return 2
@@ -107,4 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

@@ -6,9 +6,10 @@
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
 with the reason in the summary and in the dataset's commit records, and the others go on (`--strict`
-makes any failure fatal). Held-out clips (`--holdout`: a fraction, chosen by a hash of the
-clip id, or a comma-separated list of ids) are whole clips, never windows of a clip used
-in training. Clips are committed in small groups as they are labelled (see `commits`): a
+makes any failure fatal). Held-out data (`split.py`): whole clips (`--holdout`: a fraction,
+chosen by a hash of the clip id, or a comma-separated list of ids), and/or a part of every
+clip (`--holdout-part 0.2 --holdout-at end`) with a guard so that no audio sample is in both
+a training and a held-out window. Clips are committed in small groups as they are labelled (see `commits`): a
 killed run loses only the open group, and the same command again labels only the clips that
 are not committed (or whose entry or settings changed; `--overwrite` redoes them all). A
 second prepare on the same local directory while one runs is refused.
@@ -26,7 +27,7 @@ import sys
 import time
 from typing import Sequence
 
-from audionet_tf import commits, labelling, records, storage
+from audionet_tf import commits, console, labelling, records, split, storage
 from audionet_tf import config as cfg
 from audionet_tf.errors import AudioNetError
 from audionet_tf.labelling import (NothingPrepared, Summary, clip_key, dataset_spec, holdout_ids,  # noqa: F401
@@ -57,8 +58,12 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
             writer.abort()  # the open shards only: every committed clip stays
             raise
         state = commits.finalise(pc.out, len(clips), clean=not storage.is_remote(pc.out))
-        if not any(d.get("status") == "ok" for d in state.clip_docs()):
+        docs = state.clip_docs()
+        if not any(d.get("status") == "ok" for d in docs):
             raise nothing_prepared(summary)
+        for warning in split.unseen_class_warnings(docs, records.read_class_names(pc.out)):
+            log.warning("%s", warning)
+            summary.warnings.append(warning)
         description = records.read_description(pc.out)
         summary.examples = {split: description.examples(split) for split in records.SPLITS}
     return summary
@@ -68,6 +73,7 @@ def _label_all(todo: list[Clip], labeller: labelling.Labeller, writer: commits.C
                config: cfg.PipelineConfig) -> None:
     pc = config.prepare
     started, frames_done, header = time.time(), 0, False
+    progress = console.Progress(len(todo), "prepare", log)
     # Two clips are downloaded and decoded ahead while the teacher labels the current one.
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(labeller.fetch, clip) for clip in todo[:2]]
@@ -100,8 +106,9 @@ def _label_all(todo: list[Clip], labeller: labelling.Labeller, writer: commits.C
             frames_done += len(outcome.windows)
             summary.written.append(clip.id)
             rate = frames_done / max(time.time() - started, 1e-6)
-            log.info("[%d/%d] %s: %d frames (%s), %.0f frames/s", index + 1, len(todo), clip.id,
-                     len(outcome.windows), outcome.doc["split"], rate)
+            progress.update(index + 1, f"clips; {clip.id}: {len(outcome.windows)} frames ({outcome.doc['split']}), "
+                                       f"{rate:.0f} frames/s")
+    progress.close()
 
 
 def tf_errors() -> type:
@@ -119,11 +126,13 @@ def print_summary(summary: Summary) -> None:
           f"failed: {len(summary.failed)}")
     for clip_id, why in summary.failed.items():
         print(f"  failed {clip_id}: {why}")
+    for warning in summary.warnings:
+        print(f"  note: {warning}")
 
 
 PREPARE_FLAGS = {
     "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
-    "holdout": str, "shard_size": int, "shard_clips": int, "audio_format": str, "logits_format": str,
+    "holdout": str, "holdout_part": str, "holdout_at": str, "frame_fit": str, "shard_size": int, "shard_clips": int, "audio_format": str, "logits_format": str,
     "retries": int, "margin_s": float,
     "runner": str,
 }
@@ -142,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", default=None, help="make and use the offline demo's clips")
     p.add_argument("--strict", action="store_true", default=None, help="any clip that fails is fatal")
     p.add_argument("--overwrite", action="store_true", default=None, help="redo clips already written")
+    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p
 
 
@@ -159,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # With --runner, flags this command does not know are Beam pipeline options.
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose, args.quiet)
     try:
         config = resolve_config(args)
         if config.prepare.runner:
@@ -178,4 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

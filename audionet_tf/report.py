@@ -1,11 +1,15 @@
 """A run's report: PNG plots and one `index.html` in `runs/NAME/report/`.
 
-    python -m audionet_tf.report runs/NAME [--data DIR] [--clips 4]
+    python -m audionet_tf.report runs/NAME [--data DIR] [--clips 10]
 
 Training curves (loss, KL, top-1/top-5 agreement, training and held-out), the 16 learned
 filters and their frequency responses, per-clip timelines (the teacher's top class against
-the student's over time, over the clip's spectrogram; held-out clips first), and the
-evaluation tables when `evaluate` has written them. matplotlib with no display.
+the student's over time, over the clip's spectrogram, the held-out part shaded; held-out
+clips first), and the tables that answer the slides' question: agreement overall and per
+clip on held-out data next to the prior baseline, the teacher's and the student's top
+classes there, and the K-fold table when `evaluate distill --folds` has written one. The
+page names the run and dataset, never a path on the machine that made it. matplotlib with
+no display.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from audionet_tf import data, records
+from audionet_tf import console, data, records
 from audionet_tf.errors import AudioNetError
 
 
@@ -52,7 +56,7 @@ def plot_history(history_csv: str, out: str) -> str | None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric, title in zip(axes, ("loss", "top1_agreement", "top5_agreement"),
                                  ("distillation loss (KL)", "top-1 agreement", "top-5 agreement")):
-        for prefix, label in (("", "training clips"), ("val_", "held-out clips")):
+        for prefix, label in (("", "training data"), ("val_", "held-out data")):
             if prefix + metric in rows[0]:
                 ax.plot(epochs, [float(r[prefix + metric]) for r in rows], label=label)
         ax.set_title(title)
@@ -67,7 +71,7 @@ def plot_history(history_csv: str, out: str) -> str | None:
 
 
 def plot_filters(model, sample_rate: int, out: str) -> str:
-    """The conv filters and their frequency responses."""
+    """The conv filters and their frequency responses (Hz, dB, each filter's peak marked)."""
     from audionet_tf.callbacks import filter_figure
 
     plt = _plt()
@@ -79,32 +83,74 @@ def plot_filters(model, sample_rate: int, out: str) -> str:
     return path
 
 
-def plot_timeline(model, arrays: dict[str, np.ndarray], clip_id: str, class_names: list[str], sample_rate: int,
-                  out: str) -> str:
-    """Teacher's top class vs the student's over a clip, over its spectrogram."""
+def clip_audio(windows: np.ndarray, times: np.ndarray, hop: int, sample_rate: int) -> np.ndarray:
+    """A clip's audio rebuilt from its windows: each frame's own period from the middle of its window
+    (zeros where a frame is missing, such as the guard frames of a time split)."""
+    width = windows.shape[1]
+    frames = np.round(np.asarray(times) * sample_rate / hop).astype(int)
+    wave = np.zeros((int(frames.max()) + 1) * hop if len(frames) else 0, np.float32)
+    offset = width // 2 - hop // 2
+    for k, window in zip(frames, windows):
+        part = window[max(0, offset): max(0, offset) + hop]
+        wave[k * hop: k * hop + len(part)] = part
+    return wave
+
+
+def timeline_figure(teacher: np.ndarray, student: np.ndarray, times: np.ndarray, wave: np.ndarray,
+                    class_names: Sequence[str], sample_rate: int, title: str,
+                    held_out: tuple[float, float] | None = None):
+    """The teacher's top class against the student's over a clip (held-out part shaded), over its spectrogram."""
     plt = _plt()
+    shown = sorted(set(teacher.argmax(1)) | set(student.argmax(1)))
+    rank = {c: i for i, c in enumerate(shown)}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 2.6 + 0.22 * len(shown)), sharex=True,
+                                      gridspec_kw={"height_ratios": [1 + 0.15 * len(shown), 1.3]})
+    period = float(np.median(np.diff(times))) if len(times) > 1 else 0.04
+    end = float(times[-1]) + period if len(times) else 0.0
+    if held_out is not None:
+        for ax in (top, bottom):
+            ax.axvspan(held_out[0], held_out[1], color="0.85" if ax is top else "white", alpha=0.5 if ax is top
+                       else 0.15, zorder=0, label="held out" if ax is top else None)
+    top.step(times, [rank[c] for c in teacher.argmax(1)], where="post", label="teacher (frames)", linewidth=2.2)
+    top.step(times, [rank[c] for c in student.argmax(1)], where="post", label="student (audio)", linestyle="--",
+             linewidth=1.4)
+    top.set_yticks(range(len(shown)))
+    top.set_yticklabels([class_names[c][:28] for c in shown], fontsize=7)
+    top.set_ylim(-0.5, len(shown) - 0.5)
+    top.set_title(title, fontsize=9)
+    top.legend(fontsize=7, loc="upper right", ncol=3)
+    if len(wave) >= 512:
+        bottom.specgram(wave, NFFT=512, Fs=sample_rate, noverlap=384, xextent=(0.0, len(wave) / sample_rate),
+                        cmap="magma")
+    bottom.set_ylabel("Hz")
+    bottom.set_xlabel("seconds")
+    bottom.set_xlim(0.0, end)
+    fig.tight_layout()
+    return fig
+
+
+def plot_timeline(model, arrays: dict[str, np.ndarray], clip_id: str, class_names: list[str], sample_rate: int,
+                  out: str, hop: int | None = None, held_out: tuple[float, float] | None = None,
+                  title: str | None = None) -> str:
+    """Teacher's top class vs the student's over a clip, over its spectrogram; written to timeline-<clip>.png."""
     mine = arrays["clip_id"] == clip_id
     windows, teacher, times = arrays["audio"][mine], arrays["logits"][mine], arrays["time"][mine]
     student = model.predict(windows[..., None], verbose=0, batch_size=512)
-    shown = sorted(set(teacher.argmax(1)) | set(student.argmax(1)))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5), sharex=True,
-                                      gridspec_kw={"height_ratios": [1, 1.3]})
-    rank = {c: i for i, c in enumerate(shown)}
-    top.step(times, [rank[c] for c in teacher.argmax(1)], where="post", label="teacher (frames)", linewidth=2)
-    top.step(times, [rank[c] for c in student.argmax(1)], where="post", label="student (audio)", linestyle="--")
-    top.set_yticks(range(len(shown)))
-    top.set_yticklabels([class_names[c][:24] for c in shown], fontsize=7)
-    top.set_title(f"{clip_id}: top class over time")
-    top.legend(fontsize=7, loc="upper right")
-    wave = windows.reshape(-1)  # consecutive windows of one period rebuild the clip's audio
-    bottom.specgram(wave, NFFT=512, Fs=sample_rate, noverlap=384, xextent=(times[0], times[-1] + len(windows[0]) /
-                                                                           sample_rate), cmap="magma")
-    bottom.set_ylabel("Hz")
-    bottom.set_xlabel("seconds")
-    fig.tight_layout()
+    hop = hop or windows.shape[1]
+    fig = timeline_figure(teacher, student, times, clip_audio(windows, times, hop, sample_rate), class_names,
+                          sample_rate, title or f"{clip_id}: top class over time", held_out)
     path = os.path.join(out, f"timeline-{clip_id}.png")
     _save(fig, path)
     return path
+
+
+def top_names(logits: np.ndarray, class_names: Sequence[str], count: int = 3) -> str:
+    """The most frequent top classes of some windows, with their shares: "rooster 80%, hen 20%"."""
+    if not len(logits):
+        return ""
+    classes, counts = np.unique(logits.argmax(1), return_counts=True)
+    order = np.argsort(-counts)[:count]
+    return ", ".join(f"{class_names[classes[i]]} {counts[i] / counts.sum():.0%}" for i in order)
 
 
 def _table(title: str, rows: dict[str, dict], columns: Sequence[str]) -> str:
@@ -115,8 +161,48 @@ def _table(title: str, rows: dict[str, dict], columns: Sequence[str]) -> str:
     return f"<h2>{html.escape(title)}</h2><table><tr><th></th>{head}</tr>{body}</table>"
 
 
-def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 4) -> str:
+def _rows_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    note = f"<p>{html.escape(note)}</p>" if note else ""
+    return f"<h2>{html.escape(title)}</h2>{note}<table><tr>{head}</tr>{body}</table>"
+
+
+def clip_table(result: dict, description: records.Description, arrays: dict[str, np.ndarray] | None,
+               student: dict[str, np.ndarray], class_names: Sequence[str]) -> str:
+    """Per clip: its label, the teacher's and the student's top classes on its held-out part, agreement, prior."""
+    labels = {c["id"]: c.get("label", "") for c in description.clips}
+    rows = []
+    for cid, scores in result["per_clip"].items():
+        teacher_part = student_part = ""
+        if arrays is not None and cid in student:
+            mine = (arrays["clip_id"] == cid) & arrays["held"]
+            teacher_part = top_names(arrays["logits"][mine], class_names)
+            student_part = top_names(student[cid][mine[arrays["clip_id"] == cid]], class_names)
+        rows.append((cid, labels.get(cid, ""), teacher_part, student_part,
+                     f"{scores['student']['top1_agreement']:.1%}", f"{scores['prior']['top1_agreement']:.1%}",
+                     scores["student"]["windows"]))
+    where = "each clip's held-out part" if result.get("split") == ["time"] else "the held-out clips"
+    return _rows_table(f"Per clip, on {where}",
+                       ("clip", "label", "teacher's top classes", "student's top classes", "top-1 agreement",
+                        "prior baseline", "windows"), rows,
+                       "The prior baseline always answers the teacher's mean distribution over the training data.")
+
+
+def folds_table(folds: dict) -> str:
+    """The K-fold evaluation: each fold's agreement next to its prior."""
+    rows = [(number, f"{fold['top1_agreement']:.1%}", f"{fold['prior']['top1_agreement']:.1%}", f"{fold['kl']:.4f}",
+             fold["windows"], ", ".join(fold["clips"]) if folds.get("by", "clips") == "clips" else "every clip")
+            for number, fold in enumerate(folds["per_fold"], start=1)]
+    summary = folds["summary"]["top1_agreement"]
+    return _rows_table(f"{folds['folds']} folds over {folds.get('by', 'clips')} ({folds['epochs']} epochs each): "
+                       f"top-1 {summary['mean']:.1%} ± {summary['std']:.1%}",
+                       ("fold", "top-1 agreement", "prior baseline", "KL", "windows", "held out"), rows)
+
+
+def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) -> str:
     """Write `run_dir/report/` (PNGs and index.html); returns the index path."""
+    from audionet_tf import evaluate
     from audionet_tf.model import load_model
 
     model_path = os.path.join(run_dir, "model.keras")
@@ -128,32 +214,62 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 4) -
     out = os.path.join(run_dir, "report")
     os.makedirs(out, exist_ok=True)
     model = load_model(model_path)
-    sample_rate = int(config.get("dataset", {}).get("sample_rate", 16000))
-    images = []
+    dataset = config.get("dataset", {})
+    sample_rate = int(dataset.get("sample_rate", 16000))
+    images, tables = [], []
     curves = plot_history(os.path.join(run_dir, "history.csv"), out)
     if curves:
         images.append(("Training curves", curves))
-    images.append(("The 16 learned filters and their frequency responses", plot_filters(model, sample_rate, out)))
+    images.append(("The 16 learned filters and their frequency responses (peak marked)",
+                   plot_filters(model, sample_rate, out)))
+    distill_path, transfer_path = os.path.join(out, "distill.json"), os.path.join(out, "transfer.json")
     if data_dir and os.path.isfile(os.path.join(data_dir, records.DESCRIPTION_FILE)):
         description = records.read_description(data_dir)
         names = records.read_class_names(data_dir, description)
         ok = [c for c in description.clips if c.get("status") == "ok"]
-        ordered = [c["id"] for c in ok if c.get("split") == "validation"] + \
-                  [c["id"] for c in ok if c.get("split") != "validation"]
+        held = set(evaluate.held_out_clip_ids(description))
+        result = None
+        if held and description.examples("validation"):
+            # The agreement tables come from evaluate's own computation (reused when evaluate wrote it).
+            result = json.load(open(distill_path, encoding="utf-8")) if os.path.isfile(distill_path) else \
+                evaluate.distill(run_dir, data_dir)
+        ordered = [c["id"] for c in ok if c["id"] in held] + [c["id"] for c in ok if c["id"] not in held]
         chosen = ordered[:max_clips]
+        arrays = None
         if chosen:
             arrays = data.load_arrays(data_dir, "all", clip_ids=chosen)
-            for clip_id in chosen:
-                split = next(c.get("split") for c in ok if c["id"] == clip_id)
-                images.append((f"{clip_id} ({'held out' if split == 'validation' else 'training'})",
-                               plot_timeline(model, arrays, clip_id, names, sample_rate, out)))
-    tables = []
-    distill_path, transfer_path = os.path.join(out, "distill.json"), os.path.join(out, "transfer.json")
-    if os.path.isfile(distill_path):
+            val = data.load_arrays(data_dir, "validation", clip_ids=[c for c in chosen if c in held]) \
+                if held & set(chosen) else None
+            held_keys = set() if val is None else set(zip(val["clip_id"].tolist(), np.round(val["time"], 4).tolist()))
+            arrays["held"] = np.array([(c, t) in held_keys for c, t in
+                                       zip(arrays["clip_id"].tolist(), np.round(arrays["time"], 4).tolist())], bool)
+        student = {}
+        hop = int(dataset.get("hop_samples") or description.spec.window_samples)
+        for clip_id in chosen:
+            doc = next(c for c in ok if c["id"] == clip_id)
+            mine = arrays["clip_id"] == clip_id
+            student[clip_id] = model.predict(arrays["audio"][mine][..., None], verbose=0, batch_size=512)
+            part = doc.get("held_out_part")
+            span = (part["start_s"], part["end_s"]) if part else None
+            kind = {"validation": "held out", "time": "held-out part shaded"}.get(doc.get("split"), "training")
+            label = f" [{doc['label']}]" if doc.get("label") else ""
+            title = f"{clip_id}{label} ({kind}): teacher's top class vs the student's"
+            images.append((f"{clip_id}{label} ({kind})",
+                           plot_timeline(model, arrays, clip_id, names, sample_rate, out, hop, span, title)))
+        if result is not None:
+            tables.append(_table("Agreement with the teacher on held-out data",
+                                 {"student": result["student"], "prior baseline": result["prior"]},
+                                 ("kl", "top1_agreement", "top5_agreement")))
+            tables.append(clip_table(result, description, arrays, student, names))
+            if "folds" in result:
+                tables.append(folds_table(result["folds"]))
+    elif os.path.isfile(distill_path):
         result = json.load(open(distill_path, encoding="utf-8"))
-        tables.append(_table("Agreement with the teacher on held-out clips",
+        tables.append(_table("Agreement with the teacher on held-out data",
                              {"student": result["student"], "prior baseline": result["prior"]},
                              ("kl", "top1_agreement", "top5_agreement")))
+        if "folds" in result:
+            tables.append(folds_table(result["folds"]))
     if os.path.isfile(transfer_path):
         result = json.load(open(transfer_path, encoding="utf-8"))
         tables.append(_table(f"Transfer: linear classifier accuracy ({result['cv']})", result["accuracy"],
@@ -165,12 +281,15 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 4) -
                                 ("kl", "top1_agreement", "top5_agreement")))
     figures = "".join(f"<h2>{html.escape(title)}</h2><img src='{html.escape(os.path.basename(path))}'>"
                       for title, path in images)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>AudioNet run {html.escape(run_dir)}</title>"
+    # Names only, never machine paths: reports are shared.
+    name = os.path.basename(os.path.normpath(run_dir))
+    data_name = os.path.basename(os.path.normpath(data_dir)) if data_dir else "none"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>AudioNet run {html.escape(name)}</title>"
             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}"
             "td,th{padding:2px 10px;text-align:right}</style></head><body>"
-            f"<h1>AudioNet run {html.escape(os.path.basename(os.path.normpath(run_dir)))}</h1>"
-            f"<p>teacher: {html.escape(str(config.get('dataset', {}).get('teacher')))}; data: "
-            f"{html.escape(str(data_dir))}</p>{''.join(tables)}{figures}</body></html>")
+            f"<h1>AudioNet run {html.escape(name)}</h1>"
+            f"<p>teacher: {html.escape(str(dataset.get('teacher')))}; dataset: "
+            f"{html.escape(data_name)}</p>{''.join(tables)}{figures}</body></html>")
     index = os.path.join(out, "index.html")
     records.atomic_write_text(index, page)
     return index
@@ -182,8 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
     p.add_argument("--data", help="dataset directory (default: the run's)")
-    p.add_argument("--clips", type=int, default=4, help="clips to draw timelines for")
+    p.add_argument("--clips", type=int, default=10, help="clips to draw timelines for (held-out ones first)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     args = p.parse_args(argv)
+    console.setup(args.verbose)
     try:
         print(make_report(args.run, args.data, args.clips))
     except AudioNetError as exc:
@@ -193,4 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

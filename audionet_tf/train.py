@@ -29,6 +29,7 @@ import warnings
 from typing import Any, Sequence
 
 from audionet_tf import config as cfg
+from audionet_tf import console
 from audionet_tf import records
 from audionet_tf.config import PipelineConfig
 from audionet_tf.errors import AudioNetError, ConfigError
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-dir")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", default=None, help="log lines instead of progress bars")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     p.add_argument("--deterministic", action="store_true", default=None, help="reproducible data order and ops")
     p.add_argument("--cache", choices=["auto", "memory", "none"])
     p.add_argument("--steps-per-execution", type=_nonnegative_int, help="0: a whole epoch per call")
@@ -314,7 +316,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     import tensorflow as tf
 
     from audionet_tf import callbacks as cb
-    from audionet_tf import data, model as model_lib
+    from audionet_tf import data, model as model_lib, tb_timeline
     from audionet_tf.backup import Backup, RunDirGuard
 
     tc = config.train
@@ -365,8 +367,11 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
             return strategy.distribute_datasets_from_function(lambda context: train_input(context, skip))
         return train_input(None, skip)
 
+    val_batch = validation_batch(val_count, replicas, tc.batch_size) if tc.strategy != "multiworker" else \
+        tc.batch_size
+
     def val_input(context=None):
-        return data.make_dataset(data_dir, "validation", tc.batch_size, shuffle=False, cache=tc.cache,
+        return data.make_dataset(data_dir, "validation", val_batch, shuffle=False, cache=tc.cache,
                                  deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
                                  input_context=context)
 
@@ -420,6 +425,8 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), histogram_freq=tc.histogram_every,
                                     write_graph=False, update_freq="epoch"),
         cb.FilterImages(os.path.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
+        *tb_timeline.timeline_callbacks(data_dir, description, os.path.join(write_dir, "logs"), tc.histogram_every,
+                                        config.audio.hop_samples, write=chief),
         backup,  # after the others: a stop request ends `fit` here, once they have seen the epoch
         *extra_callbacks,
     ]
@@ -434,13 +441,13 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
             backup.begin(steps_per_epoch - initial_step, offset=initial_step)
             student.fit(resumed_input(), epochs=initial_epoch + 1,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch - initial_step,
-                        validation_data=val_ds, callbacks=callbacks, verbose=2 if tc.quiet else 1)
+                        validation_data=val_ds, callbacks=callbacks, verbose=console.keras_verbosity(tc.quiet))
             initial_epoch += 1
         if initial_epoch < tc.epochs and nan_guard.nan_epoch is None:
             backup.begin(steps_per_epoch)
             student.fit(resumed_input(), epochs=tc.epochs, initial_epoch=initial_epoch,
                         steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=callbacks,
-                        verbose=2 if tc.quiet else 1)
+                        verbose=console.keras_verbosity(tc.quiet))
     stop.restore()  # from here on (evaluation, export) a signal ends the process as usual
     if nan_guard.nan_epoch is not None:
         raise TrainingDiverged(
@@ -510,6 +517,23 @@ def _faults_as_messages(run_dir: str, backup: "Backup", multiworker: bool):
         raise _write_failure(OSError(0, reason, path), run_dir, backup) from None
 
 
+def validation_batch(count: int, replicas: int, wanted: int) -> int:
+    """A global validation batch near `wanted` that leaves no replica without data at the last step.
+
+    With one input pipeline feeding R replicas, consecutive per-replica batches go to the
+    replicas in turn; when their count is not a multiple of R, the last step hands some
+    replicas an empty batch, which the model cannot take. Held-out examples are not dropped
+    to avoid it: the per-replica batch is chosen so that the count of batches is a multiple of R.
+    """
+    if replicas <= 1 or count <= 0:
+        return wanted
+    target = max(1, wanted // replicas)
+    fits = [b for b in range(1, count + 1) if -(-count // b) % replicas == 0]
+    if not fits:  # fewer held-out examples than replicas
+        return wanted
+    return replicas * min(fits, key=lambda b: (abs(b - target), b))
+
+
 def _prepare_for_multiworker(student, strategy, spec) -> None:
     """Work around two Keras 3.15 failures of `fit` under MultiWorkerMirroredStrategy with 2+ workers.
 
@@ -525,7 +549,10 @@ def _prepare_for_multiworker(student, strategy, spec) -> None:
                                             tf.zeros([1, spec.num_classes])))
     student._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     metrics_result = student.get_metrics_result
-    student.get_metrics_result = lambda: {k: tf.reshape(v, [1]) for k, v in metrics_result().items()}
+    # Only inside the step functions: the results read eagerly at the end of an epoch or an
+    # evaluation reach the callbacks (TensorBoard's scalar summaries of val_* logs) as they are.
+    student.get_metrics_result = lambda: {k: tf.reshape(v, [1]) if tf.inside_function() else v
+                                          for k, v in metrics_result().items()}
 
 
 def _is_chief(strategy) -> bool:
@@ -593,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from audionet_tf.backup import EXIT_STOPPED, Stopped
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose, bool(args.quiet))
     try:
         config = resolve_config(args)
         if args.pipeline is None and args.data is None:
@@ -613,4 +640,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from audionet_tf.console import run_command
+
+    raise SystemExit(run_command(main))

@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+import re
+import shutil
 import wave
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from audionet_tf import config as cfg
 from audionet_tf import data, evaluate, report, train
 from audionet_tf.errors import AudioNetError
+from audionet_tf.model import load_model
 from audionet_tf.synthetic import write_synthetic_dataset
 
 
@@ -98,6 +101,20 @@ def test_transfer_table_is_repeatable_and_lists_unreadable_files(run, esc50):
     assert first["files"] == 24 and list(first["skipped"]) == [str(esc50 / "audio" / "broken.wav")]
     assert first["cv"] == "the dataset's folds" and len(first["accuracy"]["student"]["folds"]) == 4
     assert first["accuracy"]["log-mel/MFCC"]["mean"] > 0.8  # tones, noise and chirps are easy for log-mel
+    # Every row: 64 student-shaped features for both networks, fold accuracies that are whole counts of the
+    # fold's files, their mean; and the random network is a different network from the trained student.
+    sizes = [6, 6, 6, 6]  # 24 readable files over ESC-50's folds 1-4
+    for name in ("student", "random network"):
+        row = first["accuracy"][name]
+        assert row["dimensions"] == 64
+        assert all(abs(a * n - round(a * n)) < 1e-9 for a, n in zip(row["folds"], sizes))
+        assert row["mean"] == pytest.approx(np.mean(row["folds"]))
+    from audionet_tf.features import student_features
+    from audionet_tf.media import read_audio
+
+    wave = read_audio(str(esc50 / "audio" / "1-tone-0.wav"), 16000)
+    trained = load_model(str(run_dir / "model.keras"))
+    assert np.abs(student_features(trained, wave, 640, 640, "x")).max() > 0
 
 
 def test_transfer_on_class_folders_and_its_refusals(run, tmp_path, capsys):
@@ -116,16 +133,35 @@ def test_transfer_on_class_folders_and_its_refusals(run, tmp_path, capsys):
     assert "a classifier needs two" in capsys.readouterr().err
 
 
-def test_report_page_shows_valid_pngs(run):
-    _, run_dir = run
-    index = run_dir / "report" / "index.html"
-    assert index.is_file()  # training made it at its end
+def test_report_page_shows_valid_pngs_per_clip_and_fold_tables_and_no_machine_paths(run, tmp_path):
+    work, trained = run
+    # A copy of the run: this test depends on no file another test writes into it.
+    run_dir = tmp_path / "copy" / "ev"
+    shutil.copytree(trained, run_dir)
+    shutil.rmtree(run_dir / "report", ignore_errors=True)
+    index = Path(report.make_report(str(run_dir), str(work / "data")))
     page = index.read_text()
     images = [part.split("'")[0] for part in page.split("<img src='")[1:]]
     assert "curves.png" in images and "filters.png" in images
-    assert any(name.startswith("timeline-synthetic_0004") for name in images)
+    assert images.index("timeline-synthetic_0004.png") < images.index("timeline-synthetic_0000.png")
     for name in images:
         assert (run_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Evaluation tables appear once evaluate has written them.
-    report.make_report(str(run_dir))
-    assert "held-out clips" in index.read_text()
+    # The per-clip table: each held-out clip with its agreement, computed here independently.
+    model = load_model(str(run_dir / "model.keras"))
+    held = data.load_arrays(str(work / "data"), "validation")
+    for clip_id in ("synthetic_0004", "synthetic_0005"):
+        mine = held["clip_id"] == clip_id
+        agree = np.mean(model.predict(held["audio"][mine][..., None], verbose=0).argmax(1)
+                        == held["logits"][mine].argmax(1))
+        assert re.search(rf"<td>{clip_id}</td>.*?<td>{agree:.1%}</td>", page)
+    assert "Per clip" in page and "folds over" not in page
+    # With a K-fold result written by evaluate, the fold table appears too.
+    evaluate.distill(str(run_dir), str(work / "data"), folds=2, epochs=1)
+    page = Path(report.make_report(str(run_dir), str(work / "data"))).read_text()
+    assert "2 folds over clips" in page and page.count("<td>1</td>") >= 1 and "<td>2</td>" in page
+    # Names, never the paths of the machine that made the run and the report.
+    for written in (run_dir / "report").iterdir():
+        if written.suffix in (".html", ".json"):
+            text = written.read_text()
+            for path in (str(tmp_path), str(work), os.path.abspath(str(work / "data"))):
+                assert path not in text, (written.name, path)
