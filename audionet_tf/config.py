@@ -99,6 +99,10 @@ class TrainConfig:
     steps_per_execution: int = 0  # 0: every step of an epoch in one call
     shuffle_buffer: int = 10000
     checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
+    # Epochs between evaluations of the held-out clips. Checkpoint epochs and the last epoch are
+    # always evaluated (best.keras is picked on fresh val_kl). Every epoch cost the slides'
+    # 5000-epoch recipe about a fifth of its time on the seed set: README, "Speed".
+    validate_every: int = 10
     histogram_every: int = 50  # epochs between weight histograms and filter images
     export: bool = True
     report: bool = True
@@ -124,6 +128,8 @@ class TrainConfig:
         _check(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every",
                f"must be at least 1, got {self.checkpoint_every}")
+        _check(self.validate_every >= 1, "train.validate_every",
+               f"must be at least 1, got {self.validate_every}")
         _check(self.histogram_every >= 1, "train.histogram_every",
                f"must be at least 1, got {self.histogram_every}")
         if self.name is not None:

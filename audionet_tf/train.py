@@ -43,7 +43,8 @@ def default_pipeline(name: str) -> str:
     beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
     return beside if os.path.isfile(beside) else name
 # Settings that may differ when the same run is started again (everything else must match).
-RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every", "checkpoint_every", "devices"}
+RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every", "checkpoint_every", "devices",
+                     "validate_every"}
 
 
 class TrainingDiverged(AudioNetError):
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-execution", type=_nonnegative_int, help="0: a whole epoch per call")
     p.add_argument("--checkpoint-every", type=_positive_int)
     p.add_argument("--histogram-every", type=_positive_int)
+    p.add_argument("--validate-every", type=_positive_int,
+                   help="epochs between evaluations of the held-out clips (checkpoint and last epochs always)")
     p.add_argument("--input-scale", type=_positive_float, help="waveform gain inside the model")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
@@ -229,6 +232,12 @@ def compile_student(model, train: cfg.TrainConfig, steps_per_execution: int = 1)
                   steps_per_execution=max(1, steps_per_execution), jit_compile=False)
 
 
+def validation_epochs(train: cfg.TrainConfig, initial_epoch: int = 0) -> list[int]:
+    """The 1-based epochs after which the held-out clips are evaluated (Keras's `validation_freq`)."""
+    return [e for e in range(initial_epoch + 1, train.epochs + 1)
+            if e % train.validate_every == 0 or e % train.checkpoint_every == 0 or e == train.epochs]
+
+
 def _write_json(path: str, doc: dict[str, Any]) -> None:
     records.atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
 
@@ -344,7 +353,8 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
     if initial_epoch < tc.epochs:
         student.fit(train_ds, epochs=tc.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                    validation_data=val_ds, callbacks=callbacks, verbose=2 if tc.quiet else 1)
+                    validation_data=val_ds, validation_freq=validation_epochs(tc, initial_epoch),
+                    callbacks=callbacks, verbose=2 if tc.quiet else 1)
     if nan_guard.nan_epoch is not None:
         raise TrainingDiverged(
             f"the loss became NaN or infinite at epoch {nan_guard.nan_epoch} of run {run_dir}; stopped. "
