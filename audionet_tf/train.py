@@ -232,6 +232,14 @@ def compile_student(model, train: cfg.TrainConfig, steps_per_execution: int = 1)
                   steps_per_execution=max(1, steps_per_execution), jit_compile=False)
 
 
+def replica_batches(count: int, batch_size: int, replicas: int) -> list[int]:
+    """Per-replica batch sizes for one pass over `count` examples: as few global steps as
+    `batch_size` allows, each replica's share as even as possible (no replica left empty
+    while another has examples, when `count` allows)."""
+    parts = max(1, math.ceil(count / batch_size)) * replicas
+    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
+
+
 def validation_epochs(train: cfg.TrainConfig, initial_epoch: int = 0) -> list[int]:
     """The 1-based epochs after which the held-out clips are evaluated (Keras's `validation_freq`)."""
     return [e for e in range(initial_epoch + 1, train.epochs + 1)
@@ -307,9 +315,16 @@ def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbac
                                  cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context)
 
     def val_input(context=None):
-        return data.make_dataset(data_dir, "validation", tc.batch_size, shuffle=False, cache=tc.cache,
-                                 deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
-                                 input_context=context)
+        ds = data.make_dataset(data_dir, "validation", tc.batch_size, shuffle=False, cache=tc.cache,
+                               deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
+                               input_context=context)
+        sizes = replica_batches(val_count, tc.batch_size, replicas)
+        if context is not None and context.num_input_pipelines == 1 and replicas > 1 and min(sizes) > 0:
+            # A last partial batch would leave some replicas an empty batch, which TensorFlow's
+            # CPU convolution returns with its input's shape ([0, L, 1]) and the model then
+            # fails on; spread the held-out windows so that every replica gets some each step.
+            ds = ds.rebatch(sizes).prefetch(tf.data.AUTOTUNE)
+        return ds
 
     if replicas > 1 or tc.strategy == "multiworker":
         # Each input pipeline is built per replica group from the same seed, so the example

@@ -1,5 +1,6 @@
 """Held-out clips are evaluated every `validate_every` epochs, at every checkpoint and at the last epoch."""
 import csv
+import os
 import json
 
 import pytest
@@ -59,3 +60,43 @@ def test_a_run_logs_held_out_metrics_on_the_scheduled_epochs_and_its_report_plot
     out = tmp_path / "report"
     out.mkdir()
     assert report.plot_history(str(run / "history.csv"), str(out)) == str(out / "curves.png")
+
+
+@pytest.mark.parametrize("count,batch,replicas", [(100, 32, 4), (500, 512, 4), (7, 4, 2), (1000, 512, 1), (3, 8, 4)])
+def test_replica_batches_cover_the_set_once_and_evenly(count, batch, replicas):
+    sizes = train.replica_batches(count, batch, replicas)
+    assert sum(sizes) == count and len(sizes) % replicas == 0
+    assert max(sizes) <= batch // replicas and max(sizes) - min(sizes) <= 1
+    assert len(sizes) // replicas == -(-count // batch)  # as many global steps as plain batching
+
+
+REPLICA_VALIDATION = """
+import json, sys
+from audionet_tf import config as cfg, train
+data, runs = sys.argv[1], sys.argv[2]
+result = {}
+for devices in (4, 1):
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=data, epochs=1, batch_size=32, learning_rate=0.01, devices=devices, name=f"v{devices}",
+        runs_dir=runs, export=False, report=False, quiet=True, seed=3))
+    run_dir = train.train(config)
+    result[devices] = json.load(open(run_dir + "/metrics.json"))["validation"]
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_four_replicas_measure_the_held_out_clips_as_one_does(tmp_path):
+    """100 held-out windows in global batches of 32: the last step has 4, one for each replica."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "tones"
+    write_synthetic_dataset(str(data), clips=6, seconds=2.0, num_classes=12, kinds=3, holdout=2, shard_size=60)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", REPLICA_VALIDATION, str(data), str(tmp_path / "runs")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for metric, value in result["1"].items():
+        assert result["4"][metric] == pytest.approx(value, rel=1e-3, abs=1e-4), metric
