@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40, help="timed epochs")
     parser.add_argument("--warmup", type=int, default=10, help="untimed epochs first")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0: torch's default (the cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     arrays = np.load(args.arrays)
     torch.manual_seed(0)
     x = torch.from_numpy(arrays["audio"][:, None, :].astype(np.float32))
