@@ -101,7 +101,7 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
     # Epochs between evaluations of the held-out clips. Checkpoint epochs and the last epoch are
     # always evaluated (best.keras is picked on fresh val_kl). On the seed set one evaluation
-    # costs about half of an epoch's training steps: README, "Speed".
+    # takes half to all of the time of an epoch's training steps: README, "Speed".
     validate_every: int = 10
     histogram_every: int = 50  # epochs between weight histograms and filter images
     export: bool = True

@@ -4,10 +4,10 @@
 
 The set has the seed experiment's shape: 10 synthetic clips of 10 s, 2,500 windows of 640
 samples with 1000 teacher logits, two clips (500 windows) held out, batch 512 (4 steps per
-epoch). Three ways to train the same student on it, measured in one run, each repeat running
-all three in turn so the machine's load hits them alike:
+epoch). Three ways to train the same student on it (PyTorch with two thread settings), measured
+in one run, each repeat running all of them in turn so the machine's load hits them alike:
 
-- train command: `audionet_tf.train.train()` with the project's defaults as a user runs it
+- train command: `audionet_tf.train.train()` with the project's defaults, as a user runs it with `--quiet`
   (TFRecord input, callbacks, TensorBoard, checkpoints and backups every 10 epochs, held-out
   clips evaluated every `validate_every` epochs), minus export and report;
 - Keras fit: `model.fit(x, y, batch_size=512)` on NumPy arrays, Keras defaults, no validation;
