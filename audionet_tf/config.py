@@ -100,8 +100,8 @@ class TrainConfig:
     shuffle_buffer: int = 10000
     checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
     # Epochs between evaluations of the held-out clips. Checkpoint epochs and the last epoch are
-    # always evaluated (best.keras is picked on fresh val_kl). Evaluating every epoch made the
-    # seed set's training about a third slower: README, "Speed".
+    # always evaluated (best.keras is picked on fresh val_kl). Evaluating every epoch made an
+    # epoch on the seed set about 1.5 times as long: README, "Speed".
     validate_every: int = 10
     histogram_every: int = 50  # epochs between weight histograms and filter images
     export: bool = True
