@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from audionet_tf.config import ModelConfig
+
 # (name, kernel, padding each side, stride): the slides' table, in order.
 CONV = ("conv", 64, 32, 2)
 POOL = ("maxpool", 8, 4, 1)
@@ -73,8 +75,15 @@ class EdgeMaxPooling1D(keras.layers.Layer):
 
 
 def build_audionet(input_length: int | None = None, num_classes: int = 1000, *,
-                   conv_filters: int = 16, input_scale: float = 1.0, name: str = "audionet") -> keras.Model:
-    """The student: waveform windows `(L, 1)` at 16 kHz in, `num_classes` logits out."""
+                   conv_filters: int | None = None, input_scale: float | None = None,
+                   name: str = "audionet") -> keras.Model:
+    """The student: waveform windows `(L, 1)` at 16 kHz in, `num_classes` logits out.
+
+    `conv_filters` and `input_scale` default to `config.ModelConfig`'s values, as in the train command.
+    """
+    defaults = ModelConfig()
+    conv_filters = defaults.conv_filters if conv_filters is None else conv_filters
+    input_scale = defaults.input_scale if input_scale is None else input_scale
     waveform = keras.Input(shape=(input_length, 1), name="waveform")
     x = waveform
     if input_scale != 1.0:

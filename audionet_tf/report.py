@@ -57,8 +57,10 @@ def plot_history(history_csv: str, out: str) -> str | None:
     for ax, metric, title in zip(axes, ("loss", "top1_agreement", "top5_agreement"),
                                  ("distillation loss (KL)", "top-1 agreement", "top-5 agreement")):
         for prefix, label in (("", "training data"), ("val_", "held-out data")):
-            if prefix + metric in rows[0]:
-                ax.plot(epochs, [float(r[prefix + metric]) for r in rows], label=label)
+            # Held-out metrics exist only on the epochs that were validated (train.validate_every).
+            points = [(e, float(r[prefix + metric])) for e, r in zip(epochs, rows) if r.get(prefix + metric)]
+            if points:
+                ax.plot(*zip(*points), label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if metric == "loss":

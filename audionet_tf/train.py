@@ -50,7 +50,7 @@ def default_pipeline(name: str) -> str:
 # Settings that may differ when the same run is started again (everything else must match).
 RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every",
                      "checkpoint_every", "devices", "backup_every_steps", "backup_every_minutes", "keep_backups",
-                     "dataset_wait_s"}
+                     "dataset_wait_s", "validate_every"}
 
 
 class TrainingDiverged(AudioNetError):
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backup-every-steps", type=_nonnegative_int, help="also back up every N steps (0: off)")
     p.add_argument("--backup-every-minutes", type=_nonnegative_float, help="also back up every N minutes (0: off)")
     p.add_argument("--histogram-every", type=_positive_int)
+    p.add_argument("--validate-every", type=_positive_int,
+                   help="epochs between evaluations of the held-out clips (checkpoint and last epochs always)")
     p.add_argument("--input-scale", type=_positive_float, help="waveform gain inside the model")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
@@ -267,6 +269,12 @@ def compile_student(model, train: cfg.TrainConfig, steps_per_execution: int = 1)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=train.learning_rate),
                   loss=losses.DistillationLoss(train.temperature), metrics=losses.distillation_metrics(),
                   steps_per_execution=max(1, steps_per_execution), jit_compile=False)
+
+
+def validation_epochs(train: cfg.TrainConfig, initial_epoch: int = 0) -> list[int]:
+    """The 1-based epochs after which the held-out clips are evaluated (Keras's `validation_freq`)."""
+    return [e for e in range(initial_epoch + 1, train.epochs + 1)
+            if e % train.validate_every == 0 or e % train.checkpoint_every == 0 or e == train.epochs]
 
 
 def _write_json(path: str, doc: dict[str, Any]) -> None:
@@ -441,12 +449,14 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
             backup.begin(steps_per_epoch - initial_step, offset=initial_step)
             student.fit(resumed_input(), epochs=initial_epoch + 1,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch - initial_step,
-                        validation_data=val_ds, callbacks=callbacks, verbose=console.keras_verbosity(tc.quiet))
+                        validation_data=val_ds, validation_freq=validation_epochs(tc, initial_epoch),
+                        callbacks=callbacks, verbose=console.keras_verbosity(tc.quiet))
             initial_epoch += 1
         if initial_epoch < tc.epochs and nan_guard.nan_epoch is None:
             backup.begin(steps_per_epoch)
             student.fit(resumed_input(), epochs=tc.epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=callbacks,
+                        steps_per_epoch=steps_per_epoch, validation_data=val_ds, validation_freq=validation_epochs(tc, initial_epoch),
+                        callbacks=callbacks,
                         verbose=console.keras_verbosity(tc.quiet))
     stop.restore()  # from here on (evaluation, export) a signal ends the process as usual
     if nan_guard.nan_epoch is not None:

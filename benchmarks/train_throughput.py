@@ -1,25 +1,35 @@
-"""Training throughput on the seed-shaped problem, against a plain `model.fit` baseline in the same run.
+"""Training time per epoch on the seed-shaped set: the train command, plain Keras `fit`, PyTorch eager.
 
-    python benchmarks/train_throughput.py [--epochs 40] [--repeats 3]
+    python benchmarks/train_throughput.py [--epochs 30] [--repeats 3] [--torch-requirement torch]
 
-The problem has the seed set's shape: 2,475 windows of 640 samples with 1000 teacher
-logits, batch 512 (about 5 steps per epoch). Three ways to train the same student:
+The set has the seed experiment's shape: 10 synthetic clips of 10 s, 2,500 windows of 640
+samples with 1000 teacher logits, two clips (500 windows) held out, batch 512 (4 steps per
+epoch). Three ways to train the same student on it (PyTorch with two thread settings), measured
+in one run, each repeat running all of them in turn so the machine's load hits them alike:
 
-- baseline: `model.fit(x, y, batch_size=512)` on NumPy arrays, Keras defaults;
-- pipeline: the project's TFRecord input pipeline (cached, stateless shuffle, repeated)
-  with one `fit` call per epoch's worth of steps (`steps_per_execution`), no callbacks;
-- train: `audionet_tf.train.train()` as a user runs it (callbacks, backups, checkpoints,
-  TensorBoard), minus export and report.
+- train command: `audionet_tf.train.train()` with the project's defaults, as a user runs it with `--quiet`
+  (TFRecord input, callbacks, TensorBoard, checkpoints and backups every 10 epochs, held-out
+  clips evaluated every `validate_every` epochs), minus export and report;
+- Keras fit: `model.fit(x, y, batch_size=512)` on NumPy arrays, Keras defaults, no validation;
+- PyTorch eager: the same layers, loss (KL), optimizer (Adam 1e-4) and data in memory, no
+  validation, with torch's default threads and with one thread; the ratio column is relative
+  to the faster of the two. It runs `benchmarks/torch_baseline.py` in `benchmarks/.venv-torch`,
+  which this script creates with `pip install <--torch-requirement> numpy` when it is missing
+  (torch is never a dependency of the package or its tests), and first checks that its
+  network gives the Keras student's logits on the same weights.
 
-Each is timed over the same number of epochs after one warm-up epoch; the best of
-`--repeats` is kept (the machine is shared) and printed as samples/s and as a ratio to the
-baseline measured in this run.
+Each measurement skips `--warmup` epochs (tracing, the first validation and checkpoint) and
+times the next `--epochs`, so periodic work (validation, checkpoints) is counted at its
+share; the train command's last epoch (final checkpoint, filter images) is not timed. The
+"steps" column is the time inside the training steps; "overhead" is the rest of the epoch.
 """
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,87 +45,154 @@ from audionet_tf.model import build_audionet  # noqa: E402
 from audionet_tf.synthetic import write_synthetic_dataset  # noqa: E402
 
 BATCH = 512
+HERE = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(HERE, ".venv-torch")
+TORCH_SCRIPT = os.path.join(HERE, "torch_baseline.py")
+COMMAND = "python benchmarks/train_throughput.py"
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of the epochs after the first (which includes tracing)."""
+class EpochClock(keras.callbacks.Callback):
+    """Wall time of epochs [warmup, warmup + epochs) and the part of it inside the training steps."""
 
-    def __init__(self):
+    def __init__(self, warmup: int, epochs: int):
         super().__init__()
-        self.start = None
-        self.seconds = 0.0
+        self.warmup, self.epochs = warmup, epochs
+        self.start = self.end = None
+        self.steps = 0.0
+        self._batch_start = 0.0
+        self._timing = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
+        if epoch == self.warmup:
             self.start = time.perf_counter()
+        if epoch == self.warmup + self.epochs:
+            self.end = time.perf_counter()
+        self._timing = self.warmup <= epoch < self.warmup + self.epochs
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._timing:
+            self.steps += time.perf_counter() - self._batch_start
 
     def on_train_end(self, logs=None):
-        self.seconds = time.perf_counter() - self.start
+        if self.end is None:
+            self.end = time.perf_counter()
+
+    def result(self) -> dict[str, float]:
+        """Mean seconds per timed epoch, whole and in the steps."""
+        return {"epoch_s": (self.end - self.start) / self.epochs, "steps_s": self.steps / self.epochs}
 
 
-def baseline(data_dir: str, epochs: int) -> float:
-    """samples/s of plain model.fit on NumPy arrays."""
-    arrays = data.load_arrays(data_dir, "train")
-    x, y = arrays["audio"][..., None], arrays["logits"]
+def train_command(data_dir: str, runs_dir: str, warmup: int, epochs: int,
+                  validate_every: int = cfg.TrainConfig.validate_every) -> dict[str, float]:
+    """`train.train()` with the defaults, one epoch more than timed (its final work is not timed)."""
+    clock = EpochClock(warmup, epochs)
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=data_dir, epochs=warmup + epochs + 1, runs_dir=runs_dir, name=f"bench-{time.time_ns()}",
+        export=False, report=False, quiet=True, validate_every=validate_every))
+    train.train(config, extra_callbacks=[clock])
+    return clock.result()
+
+
+def keras_fit(x: np.ndarray, y: np.ndarray, warmup: int, epochs: int) -> dict[str, float]:
+    """Plain `model.fit` on NumPy arrays with Keras's defaults."""
     keras.utils.set_random_seed(0)
     model = build_audionet(None, y.shape[1])
-    train.compile_student(model, cfg.TrainConfig())
-    timer = EpochTimer()
-    model.fit(x, y, batch_size=BATCH, epochs=epochs + 1, verbose=0, callbacks=[timer], shuffle=True)
-    return len(x) * epochs / timer.seconds
+    train.compile_student(model, cfg.TrainConfig(), steps_per_execution=1)
+    clock = EpochClock(warmup, epochs)
+    model.fit(x, y, batch_size=BATCH, epochs=warmup + epochs, verbose=0, callbacks=[clock])
+    return clock.result()
 
 
-def pipeline(data_dir: str, epochs: int) -> float:
-    """samples/s of the project's input pipeline and fit settings, without callbacks."""
-    count = data.records.read_description(data_dir).examples("train")
-    steps = math.ceil(count / BATCH)
+def pytorch(arrays: str, warmup: int, epochs: int, threads: int = 0) -> dict[str, float]:
+    """The PyTorch eager loop, in its own virtual environment (`threads` 0: torch's default)."""
+    python = os.path.join(VENV, "bin", "python")
+    out = subprocess.run([python, TORCH_SCRIPT, arrays, "--epochs", str(epochs), "--warmup", str(warmup),
+                          "--threads", str(threads)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"torch baseline failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ensure_torch(requirement: str) -> str:
+    """The torch virtual environment, created with `pip install <requirement> numpy` if missing."""
+    python = os.path.join(VENV, "bin", "python")
+    check = [python, "-c", "import torch; print(torch.__version__)"]
+    if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
+        return subprocess.run(check, capture_output=True, text=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    print(f"installing {requirement} into {VENV} (PyPI's default torch is the CUDA build, about 3 GB "
+          f"with its nvidia packages; a CPU build is smaller)", file=sys.stderr)
+    subprocess.run([python, "-m", "pip", "install", "-q", requirement, "numpy"], check=True)
+    return subprocess.run(check, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def write_arrays(data_dir: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The train split and a Keras student's initial weights and logits, for the torch process."""
+    arrays = data.load_arrays(data_dir, "train")
+    x, y = arrays["audio"].astype(np.float32), arrays["logits"].astype(np.float32)
     keras.utils.set_random_seed(0)
-    model = build_audionet(None, 1000)
-    train.compile_student(model, cfg.TrainConfig(), steps_per_execution=steps)
-    ds = data.make_dataset(data_dir, "train", BATCH, repeat=True)
-    timer = EpochTimer()
-    model.fit(ds, epochs=epochs + 1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
-    return steps * BATCH * epochs / timer.seconds
-
-
-def full_train(data_dir: str, epochs: int, runs_dir: str, checkpoint_every: int) -> float:
-    """samples/s of `train.train()` with its callbacks, as a user runs it."""
-    count = data.records.read_description(data_dir).examples("train")
-    steps = math.ceil(count / BATCH)
-    timer = EpochTimer()
-    config = cfg.PipelineConfig(train=cfg.TrainConfig(
-        data=data_dir, epochs=epochs + 1, runs_dir=runs_dir, name=f"bench-{time.time_ns()}", export=False,
-        report=False, quiet=True, checkpoint_every=checkpoint_every))
-    train.train(config, extra_callbacks=[timer])
-    return steps * BATCH * epochs / timer.seconds
+    model = build_audionet(None, y.shape[1])
+    probe = model.predict(x[:8, :, None], verbose=0)
+    kernel, bias = model.get_layer("conv").get_weights()
+    dense_kernel, dense_bias = model.get_layer("logits").get_weights()
+    np.savez(path, audio=x, logits=y, conv_kernel=kernel, conv_bias=bias, dense_kernel=dense_kernel,
+             dense_bias=dense_bias, keras_logits=probe, input_scale=np.float32(cfg.ModelConfig().input_scale))
+    return x[..., None], y
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40, help="timed epochs per measurement")
+    parser.add_argument("--epochs", type=int, default=30, help="timed epochs per measurement")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed epochs first (one validation + checkpoint)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--validate-every", type=int, default=cfg.TrainConfig.validate_every,
+                        help="the train command's validation frequency")
+    parser.add_argument("--torch-requirement", default="torch", help="what pip installs into the torch venv")
     args = parser.parse_args(argv)
-    import logging
-
     logging.disable(logging.INFO)
+    torch_version = ensure_torch(args.torch_requirement)
+    results: dict[str, list[dict[str, float]]] = {"train command": [], "Keras fit (NumPy)": [], "PyTorch eager": [],
+                                                  "PyTorch eager, 1 thread": []}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = os.path.join(tmp, "seed-shaped")
-        # 9 clips of 10 s and one of 9 s: the seed set's 2,475 windows.
-        write_synthetic_dataset(data_dir, clips=10, seconds=[10.0] * 9 + [9.0], num_classes=1000,
-                                shard_size=256)
-        runs = os.path.join(tmp, "runs")
-        best = {"baseline": 0.0, "pipeline": 0.0, "train (checkpoint every 10)": 0.0}
+        description = write_synthetic_dataset(data_dir, clips=10, seconds=10.0, num_classes=1000, holdout=2,
+                                              shard_size=256)
+        arrays = os.path.join(tmp, "train.npz")
+        x, y = write_arrays(data_dir, arrays)
         for _ in range(args.repeats):
-            best["baseline"] = max(best["baseline"], baseline(data_dir, args.epochs))
-            best["pipeline"] = max(best["pipeline"], pipeline(data_dir, args.epochs))
-            best["train (checkpoint every 10)"] = max(best["train (checkpoint every 10)"],
-                                                      full_train(data_dir, args.epochs, runs, 10))
-    base = best["baseline"]
-    print(f"seed-shaped problem: 2,475 windows x 640 samples, 1000 classes, batch {BATCH}, "
-          f"{args.epochs} timed epochs, best of {args.repeats}")
-    print(f"{'method':32s} {'samples/s':>10s} {'ratio':>7s}")
-    for name, value in best.items():
-        print(f"{name:32s} {value:10.0f} {value / base:6.2f}x")
+            results["train command"].append(train_command(data_dir, os.path.join(tmp, "runs"), args.warmup,
+                                                          args.epochs, args.validate_every))
+            results["Keras fit (NumPy)"].append(keras_fit(x, y, args.warmup, args.epochs))
+            results["PyTorch eager"].append(pytorch(arrays, args.warmup, args.epochs))
+            results["PyTorch eager, 1 thread"].append(pytorch(arrays, args.warmup, args.epochs, threads=1))
+    check = results["PyTorch eager"][0]["relative_logits_difference"]
+    print(f"seed-shaped set: {description.examples('train')} training windows x 640 samples (+"
+          f"{description.examples('validation')} held out), 1000 classes, batch {BATCH}; "
+          f"{args.epochs} timed epochs after {args.warmup}, {args.repeats} interleaved repeats; "
+          f"torch {torch_version} (same logits as Keras on the same weights: relative difference {check:.1e})")
+    # The ratio is to the faster PyTorch variant of this run (one thread can win on a loaded machine).
+    torch_epoch = min(float(np.median([r["epoch_s"] for r in results[name]]))
+                      for name in ("PyTorch eager", "PyTorch eager, 1 thread"))
+    print(f"{'method':24s} {'ms/epoch (median, range)':>26s} {'steps':>6s} {'overhead':>13s} {'vs PyTorch':>10s}")
+    rows = []
+    for name, runs in results.items():
+        epoch = np.array([r["epoch_s"] for r in runs]) * 1000
+        steps = np.array([r["steps_s"] for r in runs]) * 1000
+        med, over = float(np.median(epoch)), float(np.median(epoch - steps))
+        speed = torch_epoch * 1000 / med
+        print(f"{name:24s} {med:8.0f} ({epoch.min():.0f}-{epoch.max():.0f}){'':8s} {np.median(steps):6.0f} "
+              f"{over:6.0f} ({over / med:4.0%}) {speed:9.2f}x")
+        rows.append(f"| {name} | {med:.0f} ms ({epoch.min():.0f}–{epoch.max():.0f}) | {np.median(steps):.0f} ms | "
+                    f"{over:.0f} ms ({over / med:.0%}) | {speed:.2f}× |")
+    flags = f" --validate-every {args.validate_every}" if args.validate_every != cfg.TrainConfig.validate_every else ""
+    print(f"\nREADME rows ({COMMAND} --epochs {args.epochs} --repeats {args.repeats}{flags}):")
+    print("| way to train | time per epoch (median, range) | in the steps | overhead | speed vs the faster PyTorch |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
     return 0
 
 

@@ -1,25 +1,62 @@
-"""The student implements the slides' layer table: shapes, numerics against NumPy, and a .keras round trip."""
+"""The student implements the slides' layer table: shapes, numerics and gradients against NumPy, a .keras round trip."""
 import numpy as np
 import pytest
 
+from audionet_tf import config as cfg
+from audionet_tf import losses
 from audionet_tf.model import build_audionet, conv_length, embedding_model, load_model, pool_length
 
 
-def numpy_audionet(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, dense_w: np.ndarray,
-                   dense_b: np.ndarray) -> np.ndarray:
-    """The slides' table written directly: x [N, L] → logits [N, C]."""
+def numpy_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, dense_w: np.ndarray,
+                  dense_b: np.ndarray, scale: float = 1.0) -> dict:
+    """The slides' table written directly: x [N, L] → every intermediate, logits [N, C] last."""
     n, length = x.shape
     taps, _, filters = kernel.shape
-    padded = np.concatenate([np.zeros((n, 32)), x, np.zeros((n, 32))], axis=1)
+    padded = np.concatenate([np.zeros((n, 32)), x * scale, np.zeros((n, 32))], axis=1)
     l_conv = (length + 64 - taps) // 2 + 1
-    conv = np.empty((n, l_conv, filters))
-    for t in range(l_conv):
-        conv[:, t, :] = padded[:, 2 * t: 2 * t + taps] @ kernel[:, 0, :] + bias
+    frames = np.stack([padded[:, 2 * t: 2 * t + taps] for t in range(l_conv)], axis=1)  # [N, L_conv, taps]
+    conv = frames @ kernel[:, 0, :] + bias
     pooled_in = np.concatenate([np.full((n, 4, filters), -np.inf), conv, np.full((n, 4, filters), -np.inf)], axis=1)
     l_pool = l_conv + 8 - 8 + 1
-    pool = np.stack([pooled_in[:, t: t + 8, :].max(axis=1) for t in range(l_pool)], axis=1)
+    windows = np.stack([pooled_in[:, t: t + 8, :] for t in range(l_pool)], axis=1)  # [N, L_pool, 8, F]
+    pool = windows.max(axis=2)
     features = pool.mean(axis=1)
-    return features @ dense_w + dense_b
+    return {"frames": frames, "conv": conv, "windows": windows, "pool": pool, "features": features,
+            "logits": features @ dense_w + dense_b}
+
+
+def numpy_audionet(x, kernel, bias, dense_w, dense_b, scale: float = 1.0) -> np.ndarray:
+    """Logits [N, C] of the layer table."""
+    return numpy_forward(x, kernel, bias, dense_w, dense_b, scale)["logits"]
+
+
+def numpy_gradients(x, teacher, kernel, bias, dense_w, dense_b, scale: float, temperature: float) -> dict:
+    """Gradients of the batch-mean distillation loss T^2 KL(softmax(t/T) || softmax(s/T)), derived by hand."""
+    f = numpy_forward(x, kernel, bias, dense_w, dense_b, scale)
+    n = x.shape[0]
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    # d/ds of T^2 KL = T (softmax(s/T) - softmax(t/T)), averaged over the batch.
+    g_logits = temperature * (softmax(f["logits"] / temperature) - softmax(teacher / temperature)) / n
+    g_features = g_logits @ dense_w.T
+    l_pool = f["pool"].shape[1]
+    g_pool = np.repeat(g_features[:, None, :], l_pool, axis=1) / l_pool
+    # Each window's gradient goes to the one conv output that is its maximum.
+    winner = f["windows"].argmax(axis=2) + np.arange(l_pool)[None, :, None] - 4  # conv index
+    g_conv = np.zeros_like(f["conv"])
+    nn, _, ff = np.meshgrid(np.arange(n), np.arange(l_pool), np.arange(g_conv.shape[2]), indexing="ij")
+    np.add.at(g_conv, (nn, winner, ff), g_pool)
+    return {"kernel": np.einsum("ntk,ntf->kf", f["frames"], g_conv)[:, None, :], "bias": g_conv.sum(axis=(0, 1)),
+            "dense_w": f["features"].T @ g_logits, "dense_b": g_logits.sum(axis=0)}
+
+
+def random_weights(rng, classes: int):
+    """Weights with negative conv activations, so the max pool's padding would win if it could."""
+    return (rng.normal(size=(64, 1, 16)).astype(np.float32) * 0.3, rng.normal(size=16).astype(np.float32) - 2.0,
+            rng.normal(size=(16, classes)).astype(np.float32), rng.normal(size=classes).astype(np.float32))
 
 
 @pytest.mark.parametrize("length", [640, 641, 100, 15360])
@@ -43,18 +80,58 @@ def test_summary_shows_the_table_shapes():
 @pytest.mark.parametrize("length", [640, 333, 64])
 def test_numerics_match_an_independent_numpy_implementation(length):
     rng = np.random.default_rng(length)
-    model = build_audionet(num_classes=7)  # any length
-    # Negative activations matter: the max pool's padding must never win.
-    kernel = rng.normal(size=(64, 1, 16)).astype(np.float32) * 0.3
-    bias = rng.normal(size=16).astype(np.float32) - 2.0
-    dense_w = rng.normal(size=(16, 7)).astype(np.float32)
-    dense_b = rng.normal(size=7).astype(np.float32)
+    model = build_audionet(num_classes=7, input_scale=1.0)  # any length
+    kernel, bias, dense_w, dense_b = random_weights(rng, 7)
     model.get_layer("conv").set_weights([kernel, bias])
     model.get_layer("logits").set_weights([dense_w, dense_b])
     x = rng.uniform(-1, 1, size=(3, length)).astype(np.float32)
     expected = numpy_audionet(x.astype(np.float64), kernel, bias, dense_w, dense_b)
     got = model.predict(x[..., None], verbose=0)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("length,scale,temperature", [(640, 256.0, 1.0), (333, 1.0, 2.0)])
+def test_training_gradients_match_a_numpy_backward_pass(length, scale, temperature):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(length)
+    model = build_audionet(num_classes=7, input_scale=scale)
+    kernel, bias, dense_w, dense_b = random_weights(rng, 7)
+    kernel /= scale  # keeps activations of the order of the bias, so the pool's maxima shift between windows
+    model.get_layer("conv").set_weights([kernel, bias])
+    model.get_layer("logits").set_weights([dense_w, dense_b])
+    # The reference gives each window's gradient to its unique maximum: draw inputs without
+    # near-ties in any window (float32 rounding could pick another position).
+    for _ in range(20):
+        x = rng.uniform(-1, 1, size=(4, length)).astype(np.float32)
+        ranked = np.sort(numpy_forward(x.astype(np.float64), kernel, bias, dense_w, dense_b, scale)["windows"], axis=2)
+        if np.all(ranked[:, :, -1, :] - ranked[:, :, -2, :] > 1e-4):
+            break
+    else:
+        pytest.fail("no tie-free input found")
+    teacher = rng.normal(size=(4, 7)).astype(np.float32) * 3
+    expected = numpy_gradients(x.astype(np.float64), teacher.astype(np.float64), kernel.astype(np.float64),
+                               bias.astype(np.float64), dense_w.astype(np.float64), dense_b.astype(np.float64),
+                               scale, temperature)
+    loss_fn = losses.DistillationLoss(temperature)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(tf.constant(teacher), model(x[..., None], training=True))
+    conv, dense = model.get_layer("conv"), model.get_layer("logits")
+    got = tape.gradient(loss, [conv.kernel, conv.bias, dense.kernel, dense.bias])
+    for name, value in zip(("kernel", "bias", "dense_w", "dense_b"), got):
+        want = expected[name]
+        np.testing.assert_allclose(np.asarray(value), want, rtol=2e-3, atol=2e-3 * np.abs(want).max(), err_msg=name)
+
+
+def test_python_api_and_train_command_build_the_same_student():
+    """One default for the input scale: the config's, whether built from Python or by the train command."""
+    from audionet_tf import train
+
+    model = build_audionet(640)
+    assert model.get_layer("input_scale").scale == cfg.ModelConfig().input_scale
+    assert model.get_layer("conv").filters == cfg.ModelConfig().conv_filters
+    resolved = train.resolve_config(train.build_parser().parse_args(["--data", "somewhere"]))
+    assert resolved.model.input_scale == cfg.ModelConfig().input_scale
 
 
 def test_keras_round_trip_gives_the_same_outputs(tmp_path):

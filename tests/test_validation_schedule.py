@@ -1,0 +1,94 @@
+"""Held-out clips are evaluated every `validate_every` epochs, at every checkpoint and at the last epoch."""
+import csv
+import os
+import json
+
+import pytest
+
+from audionet_tf import config as cfg
+from audionet_tf import report, train
+from audionet_tf.synthetic import write_synthetic_dataset
+
+
+def expected_epochs(epochs: int, validate_every: int, checkpoint_every: int, start: int = 0) -> list[int]:
+    """The schedule written out directly from its rule."""
+    wanted = set(range(validate_every, epochs + 1, validate_every))
+    wanted |= set(range(checkpoint_every, epochs + 1, checkpoint_every)) | {epochs}
+    return sorted(e for e in wanted if e > start)
+
+
+@pytest.mark.parametrize("epochs,validate_every,checkpoint_every,start", [
+    (25, 4, 10, 0), (25, 4, 10, 10), (5000, 10, 10, 0), (7, 1, 10, 0), (3, 10, 10, 0)])
+def test_schedule_follows_the_rule(epochs, validate_every, checkpoint_every, start):
+    tc = cfg.TrainConfig(epochs=epochs, validate_every=validate_every, checkpoint_every=checkpoint_every)
+    assert train.validation_epochs(tc, start) == expected_epochs(epochs, validate_every, checkpoint_every, start)
+
+
+def test_the_slides_recipe_validates_one_epoch_in_ten():
+    tc = cfg.TrainConfig()
+    assert tc.epochs == 5000 and len(train.validation_epochs(tc)) == 500
+
+
+def test_zero_is_refused_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--data", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--validate-every", "0"])
+    assert info.value.code == 2 and "--validate-every" in capsys.readouterr().err
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("[train]\nvalidate_every = 0\n")
+    assert train.main(["--pipeline", str(pipeline), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "validate_every" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_logs_held_out_metrics_on_the_scheduled_epochs_and_its_report_plots_them(tmp_path):
+    data = tmp_path / "tones"
+    write_synthetic_dataset(str(data), clips=4, seconds=1.0, num_classes=6, kinds=2, holdout=1, shard_size=50)
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=str(data), epochs=5, batch_size=32, learning_rate=0.01, validate_every=2, checkpoint_every=3,
+        runs_dir=str(tmp_path / "runs"), name="sched", export=False, report=False, quiet=True))
+    run = tmp_path / "runs" / "sched"
+    assert train.train(config) == str(run)
+    with open(run / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [int(r["epoch"]) for r in rows if r["val_kl"]] == expected_epochs(5, 2, 3) == [2, 3, 4, 5]
+    assert all(r["kl"] for r in rows)
+    # best.keras is chosen on held-out KL measured at that checkpoint's epoch.
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert best["epoch"] in (3, 5)
+    assert best["val_kl"] == pytest.approx(float(rows[best["epoch"] - 1]["val_kl"]))
+    out = tmp_path / "report"
+    out.mkdir()
+    assert report.plot_history(str(run / "history.csv"), str(out)) == str(out / "curves.png")
+
+
+REPLICA_VALIDATION = """
+import json, sys
+from audionet_tf import config as cfg, train
+data, runs = sys.argv[1], sys.argv[2]
+result = {}
+for devices in (4, 1):
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=data, epochs=1, batch_size=32, learning_rate=0.01, devices=devices, name=f"v{devices}",
+        runs_dir=runs, export=False, report=False, quiet=True, seed=3))
+    run_dir = train.train(config)
+    result[devices] = json.load(open(run_dir + "/metrics.json"))["validation"]
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_four_replicas_measure_the_held_out_clips_as_one_does(tmp_path):
+    """100 held-out windows in global batches of 32: the last step has 4, one for each replica."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "tones"
+    write_synthetic_dataset(str(data), clips=6, seconds=2.0, num_classes=12, kinds=3, holdout=2, shard_size=60)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", REPLICA_VALIDATION, str(data), str(tmp_path / "runs")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for metric, value in result["1"].items():
+        assert result["4"][metric] == pytest.approx(value, rel=1e-3, abs=1e-4), metric
