@@ -62,7 +62,7 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
                  expect_window: int | None = None, expect_sample_rate: int | None = None,
                  expect_classes: int | None = None, drop_remainder: bool = False,
                  shuffle_buffer: int = 10000, cache_limit_mb: int = DEFAULT_CACHE_LIMIT_MB,
-                 input_context=None, verify: bool = True):
+                 input_context=None, verify: bool = True, skip_steps: int = 0):
     """Batches of (windows `[B, L, 1]` float32 in [-1, 1], teacher logits `[B, C]` float32).
 
     `batch_size` is the global batch. With an `input_context` (from
@@ -70,6 +70,10 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
     a split cached in memory is read whole by every worker, which takes its slice of each
     global batch (so N workers see exactly the batches one would); a streamed split is
     sharded by file across workers (by example when there are fewer files than workers).
+
+    A shuffled, repeated stream's order is a function of `seed` alone (each pass is shuffled
+    with a seed derived from the seed and the pass's number), so `skip_steps` (the global
+    steps already trained) restarts it exactly where it stopped, reading at most one pass.
     """
     import tensorflow as tf
 
@@ -108,8 +112,6 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     if shard_files:
         file_ds = file_ds.shard(workers, worker)
-    ds = file_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered or None)
     feature_spec = records.feature_spec()
 
     def parse(serialized):
@@ -117,33 +119,43 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         audio, logits = records.decode_parsed(parsed, spec)
         return audio, logits, parsed[records.CLIP_ID_KEY]
 
-    ds = ds.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered or None)
-    ds = ds.unbatch()
-    if shard_examples:
-        ds = ds.shard(workers, worker)
-    if include is not None:
-        if not include:
-            raise DatasetError(f"no clip ids given to select from dataset {data_dir}")
-        wanted = tf.constant(include, dtype=tf.string)
-        ds = ds.filter(lambda a, l, c: tf.reduce_any(tf.equal(c, wanted)))
-    if exclude:
-        unwanted = tf.constant(exclude, dtype=tf.string)
-        ds = ds.filter(lambda a, l, c: tf.logical_not(tf.reduce_any(tf.equal(c, unwanted))))
-    ds = ds.map(lambda a, l, c: (a, l), num_parallel_calls=tf.data.AUTOTUNE)
+    if include is not None and not include:
+        raise DatasetError(f"no clip ids given to select from dataset {data_dir}")
+
+    def source(pass_seed=None, in_order: bool = ordered):
+        """One read of this pipeline's examples; with `pass_seed`, its files in an order of that seed."""
+        names = file_ds if pass_seed is None else file_ds.shuffle(len(files), seed=pass_seed)
+        ds = names.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order or None)
+        ds = ds.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order or None)
+        ds = ds.unbatch()
+        if shard_examples:
+            ds = ds.shard(workers, worker)
+        if include is not None:
+            wanted = tf.constant(include, dtype=tf.string)
+            ds = ds.filter(lambda a, l, c: tf.reduce_any(tf.equal(c, wanted)))
+        if exclude:
+            unwanted = tf.constant(exclude, dtype=tf.string)
+            ds = ds.filter(lambda a, l, c: tf.logical_not(tf.reduce_any(tf.equal(c, unwanted))))
+        return ds.map(lambda a, l, c: (a, l), num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order or None)
 
     if in_memory and shuffle:
         # The whole split is one cached element; each pass permutes it with a stateless
         # shuffle seeded by (seed, pass), so the order depends on nothing but the seed, also
         # when tf.distribute rebuilds the pipeline per replica.
-        whole = ds.batch(max(1, description.examples(None if split == "all" else split))).cache()
-        passes = tf.data.Dataset.counter()
+        count = description.examples(None if split == "all" else split)
+        whole = source().batch(max(1, count)).cache()
+        # Every worker reads the global stream here, so the position is in global batches.
+        first_pass, offset = _position(skip_steps * batch_size, count, include or exclude)
+        passes = tf.data.Dataset.counter(start=first_pass)
         ds = tf.data.Dataset.zip((passes, whole.repeat() if repeat else whole))
 
         def permute(index, pair):
             audio, logits = pair
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(tf.shape(audio)[0]), seed=tf.stack([tf.cast(seed, tf.int64), index]))
-            return tf.gather(audio, order), tf.gather(logits, order)
+            begin = tf.where(tf.equal(index, first_pass), tf.constant(offset, tf.int32), 0)
+            return tf.gather(audio, order[begin:]), tf.gather(logits, order[begin:])
 
         ds = ds.map(permute).rebatch(batch_size, drop_remainder=drop_remainder)
         if workers > 1:
@@ -152,13 +164,30 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         if per_replica != batch_size // workers:
             ds = ds.rebatch(per_replica, drop_remainder=drop_remainder)
     else:
-        if in_memory:
-            ds = ds.cache()
-        if shuffle:
-            count = description.examples(None if split == "all" else split)
-            ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
+        count = description.examples(None if split == "all" else split)
+        if shuffle and repeat and not in_memory:
+            # Streamed: each pass is read anew with seeds derived from (seed, pass), in a fixed
+            # order, so a resume starts at its pass and skips only the part of it already seen.
+            mine = _pipeline_examples(file_ds, data_dir, description, count, shard_files, shard_examples,
+                                      workers, worker)
+            first_pass, offset = _position(skip_steps * (batch_size // workers), mine, include or exclude)
+            buffer = max(1, min(shuffle_buffer, count))
+
+            def one_pass(index):
+                pass_seed = tf.cast(seed, tf.int64) * 1_000_003 + index
+                return source(pass_seed, in_order=True).shuffle(buffer, seed=pass_seed)
+
+            ds = tf.data.Dataset.counter(start=first_pass).flat_map(one_pass).skip(offset)
+        else:
+            ds = source()
+            if in_memory:
+                ds = ds.cache()
+            if shuffle:
+                ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
+            if repeat:
+                ds = ds.repeat()
+            if skip_steps:
+                ds = ds.skip(skip_steps * (batch_size // workers))
         if in_memory and workers > 1:  # unshuffled: each worker's slice of the global batches
             ds = ds.batch(batch_size, drop_remainder=drop_remainder)
             part = batch_size // workers
@@ -174,6 +203,26 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.FILE if len(files) >= 2 else tf.data.experimental.AutoShardPolicy.DATA)
     return ds.with_options(options)
+
+
+def _position(examples: int, per_pass: int, filtered) -> tuple[int, int]:
+    """(pass, offset in it) of a stream position counted in examples."""
+    if not examples:
+        return 0, 0
+    if filtered:
+        raise ValueError("a stream filtered by clip ids cannot be started part-way")
+    return divmod(int(examples), max(1, int(per_pass)))
+
+
+def _pipeline_examples(file_ds, data_dir: str, description: records.Description, count: int, shard_files: bool,
+                       shard_examples: bool, workers: int, worker: int) -> int:
+    """How many examples one pass of this input pipeline holds (its files, or its share of the examples)."""
+    if shard_files:
+        sizes = {storage.join(data_dir, s.file): s.examples for s in description.shards}
+        return sum(sizes[name.decode()] for name in file_ds.as_numpy_iterator())
+    if shard_examples:
+        return len(range(worker, count, workers))
+    return count
 
 
 def load_arrays(data_dir: str, split: str = "all", clip_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:

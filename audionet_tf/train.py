@@ -364,11 +364,12 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         raise ConfigError(f"batch size {tc.batch_size} does not split evenly across {replicas} replicas")
 
     def train_input(context=None, skip: int = 0):
-        # `skip`: the steps already trained. The example order is a function of the seed alone
-        # (cached, or --deterministic), so skipping them continues the stream where it stopped.
+        # `skip`: the global steps already trained. The example order is a function of the seed
+        # alone, so the stream starts again where it stopped (reading at most one pass).
         return data.make_dataset(data_dir, "train", tc.batch_size, shuffle=True, seed=tc.seed, cache=tc.cache,
                                  deterministic=tc.deterministic, repeat=True, shuffle_buffer=tc.shuffle_buffer,
-                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context).skip(skip)
+                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context,
+                                 skip_steps=skip)
 
     def train_data(skip: int = 0):
         if replicas > 1 or tc.strategy == "multiworker":
@@ -407,20 +408,11 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     history.resume_at(initial_epoch)
     if initial_epoch >= tc.epochs:
         log.info("run %s already has %d of %d epochs", run_dir, initial_epoch, tc.epochs)
-    # Where the resumed input starts: past every step trained when the order is a function of the seed
-    # (a cached split, or --deterministic), so the stream goes on exactly where it stopped; that costs
-    # reading those steps' examples again (see the README). Otherwise a fresh pass (cheap, but the rest
-    # of an interrupted epoch may repeat or miss examples).
-    cached = tc.cache == "memory" or (tc.cache == "auto" and data.decoded_bytes(description, "train")
-                                      <= tc.cache_limit_mb * (1 << 20))
-    reproducible = tc.deterministic or cached
-    if (initial_epoch or initial_step) and not reproducible:
-        log.warning("resuming a streamed dataset without --deterministic: training goes on from a fresh pass "
-                    "over the data (the order of the interrupted pass cannot be reproduced)")
-
     def resumed_input():
+        # The stream goes on past every step trained (the optimizer counts them), exactly where it stopped.
         steps_done = int(student.optimizer.iterations.numpy())
-        return train_data(steps_done) if steps_done and reproducible else train_ds
+        return train_data(steps_done) if steps_done else train_ds
+
     monitor = "val_kl" if val_ds is not None else "kl"
     if tc.strategy == "multiworker":
         _prepare_for_multiworker(student, strategy, spec)
