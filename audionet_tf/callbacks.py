@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -61,13 +62,26 @@ class Checkpoints(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         if value is not None and float(value) < self.best:
             self.best = float(value)
-            save_model_atomically(self.model, os.path.join(self.directory, "best.keras"))
+            # The same model as last.keras: a copy costs a fraction of serialising it again.
+            best = os.path.join(self.directory, "best.keras")
+            tmp = f"{best}.{os.getpid()}.tmp"
+            try:
+                shutil.copyfile(os.path.join(self.directory, "last.keras"), tmp)
+                os.replace(tmp, best)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
             atomic_write_text(os.path.join(self.directory, "best.json"),
                               json.dumps({"epoch": done, self.monitor: self.best}) + "\n")
 
 
 class History(keras.callbacks.Callback):
-    """Per-epoch metrics in `history.csv`; on resume, rows of epochs that will be replayed are dropped."""
+    """Per-epoch metrics in `history.csv`; on resume, rows of epochs that will be replayed are dropped.
+
+    A row is appended each epoch (a 5,000-epoch run would otherwise rewrite a growing file
+    every epoch); the file is rewritten whole, atomically, only when a column appears (the
+    first validated epoch adds the `val_*` columns) and at the first epoch after a resume.
+    """
 
     def __init__(self, path: str, write: bool = True):
         super().__init__()
@@ -75,18 +89,26 @@ class History(keras.callbacks.Callback):
         self.write = write
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.fields: list[str] | None = None  # the columns of the file as written; None: rewrite it
 
     def resume_at(self, epoch: int) -> None:
         """Keep the rows of epochs before `epoch` (1-based count of finished epochs)."""
         self.start_epoch = epoch
         if os.path.isfile(self.path):
             with open(self.path, newline="", encoding="utf-8") as handle:
-                self.rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= epoch]
+                # A row cut short by a kill has missing cells; it belongs to an epoch being replayed.
+                self.rows = [r for r in csv.DictReader(handle)
+                             if None not in r.values() and int(r["epoch"]) <= epoch]
+        self.fields = None
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         self.rows.append(row)
         if not self.write:
+            return
+        if self.fields is not None and set(row) <= set(self.fields) and os.path.isfile(self.path):
+            with open(self.path, "a", newline="", encoding="utf-8") as handle:
+                csv.DictWriter(handle, fieldnames=self.fields).writerow(row)
             return
         fields: list[str] = []
         for r in self.rows:
@@ -95,8 +117,8 @@ class History(keras.callbacks.Callback):
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(self.rows)
-        # Rewritten every epoch: skip fsync, the rename alone keeps it whole.
         atomic_write_text(self.path, buffer.getvalue(), fsync=False)
+        self.fields = fields
 
 
 class LearningRateLog(keras.callbacks.Callback):

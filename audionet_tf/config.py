@@ -76,6 +76,11 @@ class ModelConfig:
                f"must be a positive number, got {self.input_scale}")
 
 
+# What steps_per_execution = 0 means at most: one epoch of the seed set is 4 steps (one call);
+# a VGGSound-size epoch of ~100,000 steps is cut into calls of 100 (a few seconds on a GPU).
+AUTO_STEPS_PER_EXECUTION = 100
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training recipe; defaults are the slides' (5000 epochs, batch 512, Adam 1e-4)."""
@@ -96,7 +101,9 @@ class TrainConfig:
     deterministic: bool = False
     cache: str = "auto"  # auto | memory | none
     cache_limit_mb: int = 2048  # "auto" caches decoded examples in memory up to this size
-    steps_per_execution: int = 0  # 0: every step of an epoch in one call
+    # Steps per Keras call. 0: a whole epoch per call, at most AUTO_STEPS_PER_EXECUTION steps, so
+    # that backups by time or steps, a SIGTERM and the progress bar act inside long epochs.
+    steps_per_execution: int = 0
     shuffle_buffer: int = 10000
     checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
     # Epochs between evaluations of the held-out clips. Checkpoint epochs and the last epoch are

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from audionet_tf import __version__, console, records
+from audionet_tf import __version__, console, records, storage
 from audionet_tf.errors import AudioNetError
 
 log = logging.getLogger(__name__)
@@ -239,8 +239,8 @@ def calibration_windows(data_dir: str, count: int = CALIBRATION_WINDOWS, seed: i
     rng = np.random.default_rng(seed)
     windows = []
     for shard in shards[:4]:
-        path = os.path.join(data_dir, shard.file)
-        if os.path.isfile(path):
+        path = storage.join(data_dir, shard.file)
+        if storage.exists(path):
             windows.append(records.read_examples(path, description.spec)["audio"])
     if not windows:
         return None

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from audionet_tf import config as cfg
 from audionet_tf import console
-from audionet_tf import records
+from audionet_tf import records, storage
 from audionet_tf.config import PipelineConfig
 from audionet_tf.errors import AudioNetError, ConfigError
 from audionet_tf.lock import DirectoryLock
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     p.add_argument("--deterministic", action="store_true", default=None, help="reproducible data order and ops")
     p.add_argument("--cache", choices=["auto", "memory", "none"])
-    p.add_argument("--steps-per-execution", type=_nonnegative_int, help="0: a whole epoch per call")
+    p.add_argument("--steps-per-execution", type=_nonnegative_int, help=f"0: a whole epoch per call, at most {cfg.AUTO_STEPS_PER_EXECUTION} steps")
     p.add_argument("--checkpoint-every", type=_positive_int, help="epochs between checkpoints and backups")
     p.add_argument("--backup-every-steps", type=_nonnegative_int, help="also back up every N steps (0: off)")
     p.add_argument("--backup-every-minutes", type=_nonnegative_float, help="also back up every N minutes (0: off)")
@@ -184,28 +184,32 @@ def choose_run_dir(config: PipelineConfig, name: str, chief: bool = True) -> str
 
 
 def _dataset_ready(data_dir: str) -> bool:
+    """Whether the dataset's preparation has finished (every clip of its list committed or failed)."""
     try:
-        records.read_description(data_dir)
-        return True
+        return records.read_description(data_dir).finished is not None
     except AudioNetError:
         return False
 
 
 def ensure_dataset(config: PipelineConfig, prepare_missing: bool, chief: bool = True) -> None:
-    """Prepare the pipeline's dataset when it is missing and the pipeline lists clips (train --pipeline FILE).
+    """Prepare the pipeline's dataset when it is missing or unfinished and the pipeline lists clips
+    (train --pipeline FILE): a prepare killed part-way goes on, labelling only what is not committed.
 
     In a cluster only the chief prepares; the other workers wait (at most `train.dataset_wait_s`)
-    until the dataset reads back complete.
+    until the dataset reads back finished.
     """
     data_dir = config.data_dir
-    if os.path.isfile(os.path.join(data_dir, records.DESCRIPTION_FILE)):
-        return
     has_list = bool(config.prepare.clips or config.prepare.manifest or config.prepare.demo)
-    if not (prepare_missing and has_list and config.train.data in (None, config.prepare.out)):
+    ours = prepare_missing and has_list and config.train.data in (None, config.prepare.out)
+    exists = storage.exists(storage.join(data_dir, records.DESCRIPTION_FILE))
+    if exists and (not ours or _dataset_ready(data_dir)):
+        return  # finished, or not ours to finish (readers use what is committed, with a warning)
+    if not ours:
         records.read_description(data_dir)  # raises the "how to make one" message
     if not chief:
         wait = config.train.dataset_wait_s
-        log.info("dataset %s is missing: waiting up to %g s for the chief to prepare it", data_dir, wait)
+        log.info("dataset %s is %s: waiting up to %g s for the chief to prepare it", data_dir,
+                 "unfinished" if exists else "missing", wait)
         deadline = time.monotonic() + wait
         while not _dataset_ready(data_dir):
             if time.monotonic() > deadline:
@@ -214,11 +218,10 @@ def ensure_dataset(config: PipelineConfig, prepare_missing: bool, chief: bool = 
                                     f"`python -m audionet_tf.prepare` first and start the cluster again")
             time.sleep(2.0)
         return
-    try:
-        from audionet_tf import prepare
-    except ImportError as exc:  # pragma: no cover - the prepare module ships with the package
-        raise AudioNetError(f"cannot prepare {data_dir}: {exc}") from None
-    log.info("dataset %s is missing: preparing it from %s", data_dir, config.source or "the clip list")
+    from audionet_tf import prepare
+
+    log.info("dataset %s is %s: preparing it from %s", data_dir, "unfinished" if exists else "missing",
+             config.source or "the clip list")
     prepare.print_summary(prepare.prepare(config))
     records.read_description(data_dir)
 
@@ -350,7 +353,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         records.atomic_write_text(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
 
     steps_per_epoch = max(1, math.ceil(train_count / tc.batch_size))
-    spe = tc.steps_per_execution or steps_per_epoch
+    spe = tc.steps_per_execution or min(steps_per_epoch, cfg.AUTO_STEPS_PER_EXECUTION)
     if strategy.num_replicas_in_sync > 1 and spe > 1:
         # Keras 3.15's multi-step loop fails under MirroredStrategy ("must feed a value for
         # placeholder tensor"), so replicas run one step per call.

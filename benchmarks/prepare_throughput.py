@@ -1,6 +1,6 @@
 """Prepare throughput: the single-process path against Beam's DirectRunner with 2 workers, one run.
 
-    python benchmarks/prepare_throughput.py [--clips-per-kind 3]
+    python benchmarks/prepare_throughput.py [--clips 12]
 
 Both prepare the offline demo's clips (made once, before timing) with the demo teacher, so
 the figure is decoding + labelling + writing, not downloading. Prints clips/s and frames/s
@@ -24,11 +24,11 @@ from audionet_tf.demo import make_demo_clips  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips-per-kind", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=12, help="demo clips (6 s each)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        clips = make_demo_clips(os.path.join(tmp, "clips"), args.clips_per_kind)
+        clips = make_demo_clips(os.path.join(tmp, "clips"), args.clips)
         entries = tuple({"url": c.url, "start": 0, "duration": c.duration, "label": c.label} for c in clips)
         frames = int(sum(c.duration for c in clips) * 25)
         timings = {}
