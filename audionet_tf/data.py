@@ -122,9 +122,8 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
     if include is not None and not include:
         raise DatasetError(f"no clip ids given to select from dataset {data_dir}")
 
-    def source(pass_seed=None, in_order: bool = ordered):
-        """One read of this pipeline's examples; with `pass_seed`, its files in an order of that seed."""
-        names = file_ds if pass_seed is None else file_ds.shuffle(len(files), seed=pass_seed)
+    def source(names=file_ds, in_order: bool = ordered):
+        """One read of this pipeline's examples, from the files `names` yields."""
         ds = names.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order or None)
         ds = ds.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order or None)
@@ -168,14 +167,20 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         if shuffle and repeat and not in_memory:
             # Streamed: each pass is read anew with seeds derived from (seed, pass), in a fixed
             # order, so a resume starts at its pass and skips only the part of it already seen.
-            mine = _pipeline_examples(file_ds, data_dir, description, count, shard_files, shard_examples,
+            my_files = [name.decode() for name in file_ds.as_numpy_iterator()]
+            mine = _pipeline_examples(my_files, data_dir, description, count, shard_files, shard_examples,
                                       workers, worker)
             first_pass, offset = _position(skip_steps * (batch_size // workers), mine, include or exclude)
             buffer = max(1, min(shuffle_buffer, count))
 
             def one_pass(index):
-                pass_seed = tf.cast(seed, tf.int64) * 1_000_003 + index
-                return source(pass_seed, in_order=True).shuffle(buffer, seed=pass_seed)
+                # The pass's own file order (a stateless shuffle of (seed, pass)), then the buffer's
+                # shuffle: a tensor seed there fails once a global seed is set, so its seed is fixed
+                # and the pass's order comes from the files.
+                order = tf.random.experimental.stateless_shuffle(
+                    tf.range(len(my_files)), seed=tf.stack([tf.cast(seed, tf.int64), index]))
+                names = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(my_files), order))
+                return source(names, in_order=True).shuffle(buffer, seed=seed)
 
             ds = tf.data.Dataset.counter(start=first_pass).flat_map(one_pass).skip(offset)
         else:
@@ -214,12 +219,12 @@ def _position(examples: int, per_pass: int, filtered) -> tuple[int, int]:
     return divmod(int(examples), max(1, int(per_pass)))
 
 
-def _pipeline_examples(file_ds, data_dir: str, description: records.Description, count: int, shard_files: bool,
+def _pipeline_examples(my_files: list[str], data_dir: str, description: records.Description, count: int, shard_files: bool,
                        shard_examples: bool, workers: int, worker: int) -> int:
     """How many examples one pass of this input pipeline holds (its files, or its share of the examples)."""
     if shard_files:
         sizes = {storage.join(data_dir, s.file): s.examples for s in description.shards}
-        return sum(sizes[name.decode()] for name in file_ds.as_numpy_iterator())
+        return sum(sizes[name] for name in my_files)
     if shard_examples:
         return len(range(worker, count, workers))
     return count
