@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from audionet_tf import storage
 from audionet_tf.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -147,24 +147,8 @@ def spec_from_header(doc: Any, where: str) -> DatasetSpec:
 
 
 def atomic_write_text(path: str, text: str, fsync: bool = True) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `text` to a local `path` through a temporary file in the same directory and a rename."""
+    storage.write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
 def encode_audio(window: np.ndarray, audio_format: str) -> bytes:
@@ -256,8 +240,6 @@ def frame_record(record: bytes) -> bytes:
 
 def file_sha256(path: str) -> str:
     """SHA-256 of a file's bytes (local path or URL)."""
-    from audionet_tf import storage
-
     if storage.is_remote(path):
         return hashlib.sha256(storage.read_bytes(path)).hexdigest()
     digest = hashlib.sha256()
@@ -275,7 +257,7 @@ class DatasetWriter:
     """
 
     def __init__(self, directory: str, spec: DatasetSpec, shard_size: int = 1024, token: str | None = None):
-        from audionet_tf import commits, storage
+        from audionet_tf import commits
 
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
@@ -344,8 +326,6 @@ class DatasetWriter:
 
 def write_class_names(directory: str, class_names: Sequence[str], spec: DatasetSpec) -> None:
     """Write the class names file, one name per line, after checking the count."""
-    from audionet_tf import storage
-
     if len(class_names) != spec.num_classes:
         raise ValueError(f"{len(class_names)} class names for {spec.num_classes} classes")
     storage.write_text(storage.join(directory, spec.class_names_file), "\n".join(class_names) + "\n")
@@ -358,7 +338,7 @@ RERUN = "rerun the same prepare command (it relabels only the clips that are not
 
 def read_description(directory: str) -> Description:
     """The dataset as committed so far: header + commit records, with a clear message when there is none."""
-    from audionet_tf import commits, storage
+    from audionet_tf import commits
 
     # Object stores have no directories: there, a dataset that is not there has no header.
     if not storage.is_remote(directory) and not storage.exists(directory):
@@ -388,8 +368,6 @@ def read_description(directory: str) -> Description:
 
 def read_class_names(directory: str, description: Description | None = None) -> list[str]:
     """The dataset's class names (one per class)."""
-    from audionet_tf import storage
-
     description = description or read_description(directory)
     path = storage.join(directory, description.spec.class_names_file)
     if not storage.exists(path):
@@ -403,8 +381,6 @@ def read_class_names(directory: str, description: Description | None = None) -> 
 def verify_shards(directory: str, description: Description, checksums: bool = True,
                   splits: Sequence[str] = SPLITS) -> None:
     """Check that every committed shard is there, whole and unchanged (one listing, then checksums)."""
-    from audionet_tf import storage
-
     sizes = storage.list_sizes(directory)
     for shard in description.shards:
         if shard.split not in splits:

@@ -119,8 +119,11 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Write a whole file so that a reader sees all of it or nothing (temp + fsync + rename locally)."""
+def write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
+    """Write a whole file so that a reader sees all of it or nothing (temp + fsync + rename locally).
+
+    `fsync=False` for files rewritten often whose loss in a power cut is harmless: the rename
+    alone keeps them whole."""
     if is_remote(path):
         with open_write(path) as handle:
             handle.write(data)
@@ -135,7 +138,8 @@ def write_bytes(path: str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
