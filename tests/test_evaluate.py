@@ -92,6 +92,36 @@ def test_distill_folds_train_without_each_fold(run):
     assert 0 <= result["folds"]["summary"]["top1_agreement"]["mean"] <= 1
 
 
+def fold_accuracies(network, esc50, seed: int) -> tuple[list[float], dict[str, np.ndarray]]:
+    """Linear-classifier accuracy on each ESC-50 fold of features computed here: per file, the 16 pooled
+    features and the mean, std and max over time of the 16 max-pooled conv maps, averaged over 640-sample windows."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from audionet_tf.media import read_audio
+
+    maps_of = keras.Model(network.inputs, network.get_layer("maxpool").output)
+    rows = [r for r in csv.DictReader(open(esc50 / "meta" / "esc50.csv")) if r["filename"] != "broken.wav"]
+    features, labels, folds = [], [], []
+    for row in rows:
+        wave = read_audio(str(esc50 / "audio" / row["filename"]), 16000)
+        windows = wave[: len(wave) // 640 * 640].reshape(-1, 640)
+        maps = maps_of.predict(windows[..., None], verbose=0).astype(np.float64)
+        stats = np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
+        features.append(np.concatenate([maps.mean(axis=1).mean(axis=0), stats.mean(axis=0)]))
+        labels.append(int(row["target"]))
+        folds.append(int(row["fold"]))
+    x, y, folds = np.stack(features), np.array(labels), np.array(folds)
+    accuracies = []
+    for fold in sorted(set(folds)):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, random_state=seed))
+        clf.fit(x[folds != fold], y[folds != fold])
+        accuracies.append(float(clf.score(x[folds == fold], y[folds == fold])))
+    return accuracies, {row["filename"]: vector for row, vector in zip(rows, features)}
+
+
 def test_transfer_table_is_repeatable_and_lists_unreadable_files(run, esc50):
     _, run_dir = run
     first = evaluate.transfer(str(run_dir), str(esc50), seed=3)
@@ -109,12 +139,26 @@ def test_transfer_table_is_repeatable_and_lists_unreadable_files(run, esc50):
         assert row["dimensions"] == 64
         assert all(abs(a * n - round(a * n)) < 1e-9 for a, n in zip(row["folds"], sizes))
         assert row["mean"] == pytest.approx(np.mean(row["folds"]))
+    # The student's and the random network's rows, recomputed here from the networks' pooled maps and the
+    # README's definition of the features, with the same classifier on ESC-50's folds.
+    import keras
+
+    from audionet_tf.model import build_audionet
+
+    trained = load_model(str(run_dir / "model.keras"))
+    keras.utils.set_random_seed(3)
+    random_net = build_audionet(None, int(trained.output.shape[-1]),
+                                input_scale=float(trained.get_layer("input_scale").scale))
     from audionet_tf.features import student_features
     from audionet_tf.media import read_audio
 
-    wave = read_audio(str(esc50 / "audio" / "1-tone-0.wav"), 16000)
-    trained = load_model(str(run_dir / "model.keras"))
-    assert np.abs(student_features(trained, wave, 640, 640, "x")).max() > 0
+    for name, network in (("student", trained), ("random network", random_net)):
+        accuracies, features = fold_accuracies(network, esc50, seed=3)
+        assert first["accuracy"][name]["folds"] == pytest.approx(accuracies, abs=1e-12)
+        for filename in ("1-tone-0.wav", "2-noise-1.wav", "3-chirp-6.wav"):
+            wave = read_audio(str(esc50 / "audio" / filename), 16000)
+            np.testing.assert_allclose(student_features(network, wave, 640, 640, filename), features[filename],
+                                       rtol=1e-4, atol=1e-5 * np.abs(features[filename]).max(), err_msg=filename)
 
 
 def test_transfer_on_class_folders_and_its_refusals(run, tmp_path, capsys):
