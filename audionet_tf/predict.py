@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -70,6 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", help="write the results as JSON")
     out.add_argument("--csv", help="write the per-window results as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json or --csv file")
     p.add_argument("--quiet", action="store_true", help="no timeline on the terminal")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p.parse_args(argv)
@@ -81,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.setup(args.verbose)
     if args.top_k < 1:
         print("error: --top-k must be at least 1", file=sys.stderr)
+        return 2
+    target = args.json or args.csv
+    if target and os.path.exists(target) and not args.overwrite:
+        # Checked before any work: a long run must not end by refusing to write its result.
+        print(f"error: {target} already exists: pass --overwrite to replace it, or write to another file",
+              file=sys.stderr)
         return 2
     try:
         student = inference.load_student(args.model or inference.newest_export())

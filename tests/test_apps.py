@@ -182,10 +182,15 @@ def test_predict_processes_good_files_and_names_the_bad_one(exported, tmp_path, 
     top_b = {w["top"][0]["class"] for w in results[1]["windows"]}
     assert len(top_a) == 1 and len(top_b) == 1 and top_a != top_b  # two tones, two classes
     # The same answers from the .keras and the float .tflite.
+    again = tmp_path / "again.csv"
     for model in (str(exported["run"] / "model.keras"), str(exported["export"] / "model.tflite")):
-        again = tmp_path / "again.csv"
-        assert predict.main([exported["a"], "--model", model, "--csv", str(again), "--quiet"]) == 0
+        assert predict.main([exported["a"], "--model", model, "--csv", str(again), "--quiet", "--overwrite"]) == 0
         assert set(line.split(",")[3] for line in again.read_text().splitlines()[1:] if ",1," in line) == top_a
+    # An existing result is never replaced without --overwrite: refused before any work, the file untouched.
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert predict.main([exported["b"], "--model", str(exported["export"]), "--json", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
 
 
 @pytest.mark.parametrize("make,message", [
