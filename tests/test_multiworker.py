@@ -52,24 +52,32 @@ def saved_state(path):
     return arrays
 
 
+def run_cluster(args, cwd, timeout=300) -> list[str]:
+    """Two workers of the train command on 127.0.0.1 ports: both must finish and end with the same weights.
+
+    Returns the workers' logs, the chief's first."""
+    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "audionet_tf.train", *args, "--strategy", "multiworker"],
+            cwd=cwd, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    logs = [w.communicate(timeout=timeout)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
+    assert digests[0] == digests[1]
+    return logs
+
+
 @pytest.mark.slow
 def test_two_workers_agree_and_match_one_worker_with_the_same_global_batch(tmp_path):
     data = tmp_path / "data"
     write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
     common = ["--data", str(data), "--epochs", "3", "--batch-size", "64", "--learning-rate", "0.01", "--quiet",
               "--no-export", "--no-report", "--seed", "7"]
-    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "audionet_tf.train", *common, "--strategy", "multiworker", "--name", "cluster"],
-            cwd=tmp_path, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    logs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
-    assert digests[0] == digests[1]
+    run_cluster([*common, "--name", "cluster"], tmp_path)
     # The chief wrote the run; the other worker left nothing behind.
     run = tmp_path / "runs" / "cluster"
     assert (run / "model.keras").is_file() and (run / "history.csv").is_file()
@@ -173,22 +181,11 @@ export = false
 report = false
 quiet = true
 """)
-    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "audionet_tf.train", "--pipeline", str(pipeline), "--strategy", "multiworker"],
-            cwd=tmp_path, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    logs = [w.communicate(timeout=400)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    logs = run_cluster(["--pipeline", str(pipeline)], tmp_path, timeout=400)
     # Only the chief prepared; the other worker waited for the dataset and then trained with it.
     assert "is missing: preparing it" in logs[0] and "preparing it" not in logs[1]
     assert "waiting up to 3600 s for the chief to prepare it" in logs[1]
     assert json.loads((tmp_path / "data" / "cluster" / "dataset.json").read_text())
-    digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
-    assert digests[0] == digests[1]
     assert len((tmp_path / "runs" / "cluster" / "history.csv").read_text().splitlines()) == 3
 
 
@@ -196,19 +193,8 @@ quiet = true
 def test_two_workers_train_on_a_dataset_with_held_out_clips_and_report_val_metrics(tmp_path):
     data = tmp_path / "data"
     write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, holdout=1, shard_size=50)
-    cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "audionet_tf.train", "--data", str(data), "--epochs", "2", "--batch-size", "64",
-             "--quiet", "--no-export", "--no-report", "--strategy", "multiworker", "--name", "held"],
-            cwd=tmp_path, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    logs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
-    assert digests[0] == digests[1]
+    run_cluster(["--data", str(data), "--epochs", "2", "--batch-size", "64", "--quiet", "--no-export",
+                 "--no-report", "--name", "held"], tmp_path)
     run = tmp_path / "runs" / "held"
     rows = (run / "history.csv").read_text().splitlines()
     assert "val_kl" in rows[0].split(",") and len(rows) == 3
