@@ -1,5 +1,4 @@
 """Data preparation on Apache Beam's DirectRunner, against the single-process path: same examples, resume, gs://."""
-import collections
 import os
 import socket
 import subprocess
@@ -11,21 +10,11 @@ import pytest
 
 from audionet_tf import commits, prepare, records, storage
 from audionet_tf import config as cfg
+from committed import example_multiset
 from loopback import Server, make_clip
 
 beam = pytest.importorskip("apache_beam", reason="the beam extra is part of the test install")
 TWO_WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
-
-
-def example_multiset(directory):
-    """Every committed example, counted: a duplicated example shows up as a count of 2."""
-    description = records.read_description(directory)
-    found = collections.Counter()
-    for shard in description.shards:
-        ex = records.read_examples(os.path.join(directory, shard.file), description.spec)
-        for audio, logits, clip_id, time_s in zip(ex["audio"], ex["logits"], ex["clip_id"], ex["time"]):
-            found[(shard.split, clip_id, round(float(time_s), 4), audio.tobytes(), logits.tobytes())] += 1
-    return found
 
 
 @pytest.fixture(scope="module")

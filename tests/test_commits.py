@@ -12,6 +12,7 @@ import pytest
 
 from audionet_tf import commits, data, prepare, records
 from audionet_tf.errors import AudioNetError, DatasetError
+from committed import example_multiset
 from loopback import make_clip
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -41,17 +42,6 @@ def config_for(manifest, out, cache):
     return prepare.resolve_config(prepare.build_parser().parse_args(flags(manifest, out, cache)))
 
 
-def examples(directory):
-    """Every committed example as a multiset of (split, clip, time, audio bytes, logits bytes)."""
-    description = records.read_description(str(directory))
-    found = collections.Counter()
-    for shard in description.shards:
-        ex = records.read_examples(os.path.join(directory, shard.file), description.spec)
-        for audio, logits, clip_id, t in zip(ex["audio"], ex["logits"], ex["clip_id"], ex["time"]):
-            found[(shard.split, clip_id, round(float(t), 4), audio.tobytes(), logits.tobytes())] += 1
-    return found
-
-
 def committed_ok(directory):
     try:
         description = records.read_description(str(directory))
@@ -68,7 +58,7 @@ def check_consistent(directory):
         assert "no clip of it is committed" in str(exc) or "no committed examples" in str(exc)
         return
     records.verify_shards(str(directory), description, checksums=True)
-    counts = collections.Counter(key[1] for key in examples(directory).elements())
+    counts = collections.Counter(key[1] for key in example_multiset(directory).elements())
     assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
     # The training input reads exactly the committed examples, whatever else lies in the directory.
     read = sum(int(x.shape[0]) for x, _ in data.make_dataset(str(directory), "all", 64, shuffle=False))
@@ -148,7 +138,7 @@ def commit_count(out):
 def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(clip_list, tmp_path):
     reference = tmp_path / "reference"
     prepare.prepare(config_for(clip_list, reference, tmp_path / "cache"))
-    expected = examples(reference)
+    expected = example_multiset(reference)
     assert sum(expected.values()) == 12 * 25
 
     out = str(tmp_path / "data")
@@ -185,7 +175,7 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"written now: {left} clips; already there: {12 - left};" in result.stdout
-    assert examples(out) == expected
+    assert example_multiset(out) == expected
     assert records.read_description(out).finished["ok"] == 12
     leftovers = [n for n in os.listdir(out) if n.endswith(".tmp") or
                  (n.endswith(records.SHARD_SUFFIX) and n not in {s.file for s in records.read_description(out).shards})]
@@ -196,7 +186,7 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
     out = tmp_path / "data"
     config = config_for(clip_list, out, tmp_path / "cache")
     prepare.prepare(config)
-    expected = examples(out)
+    expected = example_multiset(out)
     names = sorted(os.listdir(out / "commits"))
     assert len(names) == 6  # 12 clips, 2 per group
     # A torn commit record (of a run that did not finish, so no index holds a copy of it):
@@ -224,7 +214,7 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
     summary = prepare.prepare(config)
     assert set(summary.written) == torn_clips | lost_clips | cut_clips
     assert len(summary.skipped) == 12 - len(summary.written)
-    assert examples(out) == expected
+    assert example_multiset(out) == expected
 
 
 def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(clip_list, tmp_path):
