@@ -71,9 +71,10 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
     global batch (so N workers see exactly the batches one would); a streamed split is
     sharded by file across workers (by example when there are fewer files than workers).
 
-    A shuffled, repeated stream's order is a function of `seed` alone (each pass is shuffled
-    with a seed derived from the seed and the pass's number), so `skip_steps` (the global
-    steps already trained) restarts it exactly where it stopped, reading at most one pass.
+    A shuffled, repeated stream's order is a function of `seed` alone (each pass's order, a
+    permutation of the cached split or of the streamed files, is drawn from the seed and the
+    pass's number), so `skip_steps` (the global steps already trained) restarts it exactly
+    where it stopped, reading at most one pass.
     """
     import tensorflow as tf
 

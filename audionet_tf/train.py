@@ -375,6 +375,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
                                  skip_steps=skip)
 
     def train_data(skip: int = 0):
+        # Several replicas or workers: built per input pipeline from the same seed (see val_ds below).
         if replicas > 1 or tc.strategy == "multiworker":
             return strategy.distribute_datasets_from_function(lambda context: train_input(context, skip))
         return train_input(None, skip)
@@ -387,13 +388,12 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
                                  deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
                                  input_context=context)
 
+    train_ds = train_data()
     if replicas > 1 or tc.strategy == "multiworker":
         # Each input pipeline is built per replica group from the same seed, so the example
         # order is the one a single replica sees (a rewritten global dataset reseeds its shuffle).
-        train_ds = train_data()
         val_ds = strategy.distribute_datasets_from_function(val_input) if val_count else None
     else:
-        train_ds = train_data()
         val_ds = val_input() if val_count else None
 
     with strategy.scope():
