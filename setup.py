@@ -2,13 +2,13 @@
 from setuptools import find_packages, setup
 
 ENTRY_POINTS = {
-    "audionet-train": "audionet_tf.train:main",
-    "audionet-prepare": "audionet_tf.prepare:main",
-    "audionet-export": "audionet_tf.export:main",
-    "audionet-predict": "audionet_tf.predict:main",
-    "audionet-embed": "audionet_tf.embed:main",
-    "audionet-evaluate": "audionet_tf.evaluate:main",
-    "audionet-report": "audionet_tf.report:main",
+    "audionet-train": "audionet_tf.commands.train:main",
+    "audionet-prepare": "audionet_tf.commands.prepare:main",
+    "audionet-export": "audionet_tf.commands.export:main",
+    "audionet-predict": "audionet_tf.commands.predict:main",
+    "audionet-embed": "audionet_tf.commands.embed:main",
+    "audionet-evaluate": "audionet_tf.commands.evaluate:main",
+    "audionet-report": "audionet_tf.commands.report:main",
 }
 
 setup(

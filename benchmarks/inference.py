@@ -21,9 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from audionet_tf.export import calibration_windows, export_model, tflite_runner  # noqa: E402
-from audionet_tf.model import build_audionet  # noqa: E402
-from audionet_tf.synthetic import write_synthetic_dataset  # noqa: E402
+from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
+from audionet_tf.model.student import build_audionet  # noqa: E402
+from audionet_tf.serving.export import calibration_windows, export_model, tflite_runner  # noqa: E402
 
 RATE, WINDOW = 16000, 640
 

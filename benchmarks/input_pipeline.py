@@ -25,17 +25,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from audionet_tf import config as cfg  # noqa: E402
-from audionet_tf import data, train  # noqa: E402
-from audionet_tf.model import build_audionet  # noqa: E402
-from audionet_tf.synthetic import write_synthetic_dataset  # noqa: E402
+from audionet_tf.core import config as cfg  # noqa: E402
+from audionet_tf.dataset import reader  # noqa: E402
+from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
+from audionet_tf.model.student import build_audionet  # noqa: E402
+from audionet_tf.training import trainer
 
 BATCH = 512
 
 
 def read_rate(data_dir: str, cache: str, batches: int) -> float:
     """examples/s of iterating the input pipeline (after one warm-up pass when cached)."""
-    ds = data.make_dataset(data_dir, "train", BATCH, cache=cache, repeat=True, verify=False)
+    ds = reader.make_dataset(data_dir, "train", BATCH, cache=cache, repeat=True, verify=False)
     iterator = iter(ds)
     warm = batches if cache == "memory" else 2
     for _ in range(warm):
@@ -50,7 +51,7 @@ def step_rate(num_classes: int, steps: int) -> float:
     """samples/s of the training step alone, on one batch held in memory."""
     keras.utils.set_random_seed(0)
     model = build_audionet(None, num_classes)
-    train.compile_student(model, cfg.TrainConfig(), steps_per_execution=steps)
+    trainer.compile_student(model, cfg.TrainConfig(), steps_per_execution=steps)
     x = tf.random.uniform([BATCH, 640, 1], -1, 1)
     y = tf.random.normal([BATCH, num_classes])
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args(argv)
-    from audionet_tf.synthetic import write_synthetic_dataset
+    from audionet_tf.dataset.synthetic import write_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as work:
         data_dir = os.path.join(work, "seed-shaped")

@@ -11,7 +11,7 @@
 3. Runs the same command again on the finished dataset (nothing to do): its wall time,
    and the time the resume decision itself takes (list, keys, `commits.plan`), in-process.
 4. Writes a synthetic finished dataset description of 200,000 clips (header + index, no
-   shards) and times `records.read_description` on it in a fresh process (peak memory too).
+   shards) and times `catalog.read_description` on it in a fresh process (peak memory too).
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from audionet_tf.dataset import catalog
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
@@ -33,7 +35,7 @@ COLOURS = ("red", "green", "blue", "yellow", "white", "black")
 
 def make_sources(folder: str, count: int) -> list[str]:
     """`count` 100 s videos of plain colours with a tone (made once)."""
-    from audionet_tf.media import ffmpeg_exe
+    from audionet_tf.preparation.media import ffmpeg_exe
 
     os.makedirs(folder, exist_ok=True)
     paths = []
@@ -75,7 +77,7 @@ def rss_mb(pid: int) -> float:
 
 def synthetic_description(directory: str, clips: int = 200000, per_commit: int = 16) -> None:
     """A finished dataset's header and index for `clips` VGGSound-like clips (no shards)."""
-    from audionet_tf import commits, records
+    from audionet_tf.dataset import commits, records
 
     shutil.rmtree(directory, ignore_errors=True)
     spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
@@ -98,7 +100,7 @@ def synthetic_description(directory: str, clips: int = 200000, per_commit: int =
 
 
 LOAD = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf import records\n"
-        "d = records.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
+        "d = catalog.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
         "peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024\n"
         "print(len(d.clips), seconds, peak)\n")
 
@@ -147,9 +149,10 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     again = subprocess.run(command, env=ENV, capture_output=True, text=True)
     resume_wall = time.perf_counter() - started
-    from audionet_tf import commits, labelling, prepare
+    from audionet_tf.dataset import commits
+    from audionet_tf.preparation import labelling, local
 
-    config = prepare.resolve_config(prepare.build_parser().parse_args(command[3:]))
+    config = local.resolve_config(local.build_parser().parse_args(command[3:]))
     started = time.perf_counter()
     clips = labelling.list_clips(config)
     held = labelling.holdout_ids(clips, config.prepare.holdout)

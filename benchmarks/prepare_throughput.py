@@ -17,9 +17,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from audionet_tf import config as cfg  # noqa: E402
-from audionet_tf import prepare  # noqa: E402
-from audionet_tf.demo import make_demo_clips  # noqa: E402
+from audionet_tf.core import config as cfg  # noqa: E402
+from audionet_tf.preparation import runner  # noqa: E402
+from audionet_tf.preparation.demo_clips import make_demo_clips  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,11 +40,11 @@ def main(argv=None) -> int:
                 clips=entries, holdout="0.2", runner=runner))
             start = time.perf_counter()
             if runner:
-                from audionet_tf.beam_prepare import run_beam
+                from audionet_tf.preparation.beam import run_beam
 
                 run_beam(config, extra)
             else:
-                prepare.prepare(config)
+                runner.prepare(config)
             timings[name] = time.perf_counter() - start
     base = timings["single process"]
     print(f"{len(clips)} clips, {frames} frames (demo teacher), {os.cpu_count()} cores")

@@ -21,14 +21,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from audionet_tf import data  # noqa: E402
-from audionet_tf.synthetic import write_synthetic_dataset  # noqa: E402
+from audionet_tf.dataset import reader  # noqa: E402
+from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
 
 
 def first_batch_seconds(data_dir: str, batch: int, skip: int, naive: bool = False) -> float:
     """Seconds from building the input to holding its first batch after `skip` steps."""
     start = time.perf_counter()
-    ds = data.make_dataset(data_dir, "train", batch, shuffle=True, seed=0, cache="none", repeat=True, verify=False,
+    ds = reader.make_dataset(data_dir, "train", batch, shuffle=True, seed=0, cache="none", repeat=True, verify=False,
                            skip_steps=0 if naive else skip)
     next(iter(ds.skip(skip) if naive else ds))
     return time.perf_counter() - start

@@ -27,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from audionet_tf import losses  # noqa: E402
-from audionet_tf.model import CONV, POOL, EdgeMaxPooling1D  # noqa: E402
+from audionet_tf.model import losses  # noqa: E402
+from audionet_tf.model.student import CONV, POOL, EdgeMaxPooling1D  # noqa: E402
 
 SCALE = 256.0
 

@@ -39,10 +39,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from audionet_tf import config as cfg  # noqa: E402
-from audionet_tf import data, train  # noqa: E402
-from audionet_tf.model import build_audionet  # noqa: E402
-from audionet_tf.synthetic import write_synthetic_dataset  # noqa: E402
+from audionet_tf.commands import train
+from audionet_tf.core import config as cfg  # noqa: E402
+from audionet_tf.dataset import reader  # noqa: E402
+from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
+from audionet_tf.model.student import build_audionet  # noqa: E402
+from audionet_tf.training import trainer
 
 BATCH = 512
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,7 +102,7 @@ def keras_fit(x: np.ndarray, y: np.ndarray, warmup: int, epochs: int) -> dict[st
     """Plain `model.fit` on NumPy arrays with Keras's defaults."""
     keras.utils.set_random_seed(0)
     model = build_audionet(None, y.shape[1])
-    train.compile_student(model, cfg.TrainConfig(), steps_per_execution=1)
+    trainer.compile_student(model, cfg.TrainConfig(), steps_per_execution=1)
     clock = EpochClock(warmup, epochs)
     model.fit(x, y, batch_size=BATCH, epochs=warmup + epochs, verbose=0, callbacks=[clock])
     return clock.result()
@@ -132,7 +134,7 @@ def ensure_torch(requirement: str) -> str:
 
 def write_arrays(data_dir: str, path: str) -> tuple[np.ndarray, np.ndarray]:
     """The train split and a Keras student's initial weights and logits, for the torch process."""
-    arrays = data.load_arrays(data_dir, "train")
+    arrays = reader.load_arrays(data_dir, "train")
     x, y = arrays["audio"].astype(np.float32), arrays["logits"].astype(np.float32)
     keras.utils.set_random_seed(0)
     model = build_audionet(None, y.shape[1])
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
         data_dir = os.path.join(tmp, "seed-shaped")
         description = write_synthetic_dataset(data_dir, clips=10, seconds=10.0, num_classes=1000, holdout=2,
                                               shard_size=256)
-        arrays = os.path.join(tmp, "train.npz")
+        arrays = os.path.join(tmp, "trainer.npz")
         x, y = write_arrays(data_dir, arrays)
         for _ in range(args.repeats):
             results["train command"].append(train_command(data_dir, os.path.join(tmp, "runs"), args.warmup,

@@ -2,12 +2,12 @@
 import collections
 import os
 
-from audionet_tf import records
+from audionet_tf.dataset import catalog, records
 
 
 def example_multiset(directory) -> collections.Counter:
     """Every committed example as (split, clip, time, audio bytes, logits bytes), counted: a duplicate counts 2."""
-    description = records.read_description(str(directory))
+    description = catalog.read_description(str(directory))
     found = collections.Counter()
     for shard in description.shards:
         ex = records.read_examples(os.path.join(directory, shard.file), description.spec)

@@ -14,6 +14,6 @@ def pytest_configure(config):
 @pytest.fixture
 def ffmpeg_exe() -> str:
     """The ffmpeg binary the project uses (the imageio-ffmpeg wheel's)."""
-    from audionet_tf.media import ffmpeg_exe
+    from audionet_tf.preparation.media import ffmpeg_exe
 
     return ffmpeg_exe()

@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 
-from audionet_tf.media import ffmpeg_exe
+from audionet_tf.preparation.media import ffmpeg_exe
 
 
 def make_clip(path: str, seconds: float, *, video: str | None = "testsrc=size=32x24:rate=25",

@@ -5,10 +5,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from audionet_tf import config as cfg
-from audionet_tf import data, prepare
-from audionet_tf.config import AudioConfig
-from audionet_tf.media import ffmpeg_exe, frame_windows, read_audio
+from audionet_tf.core import config as cfg
+from audionet_tf.core.config import AudioConfig
+from audionet_tf.dataset import reader
+from audionet_tf.preparation import runner
+from audionet_tf.preparation.media import ffmpeg_exe, frame_windows, read_audio
 
 PERIOD = 997  # a sawtooth of prime period: no window length or hop is a multiple of it
 
@@ -78,8 +79,8 @@ def test_written_dataset_holds_each_frames_window(sawtooth_clip, tmp_path, windo
     config = cfg.PipelineConfig(audio=audio, prepare=cfg.PrepareConfig(
         out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher="demo-colour", holdout="0.0",
         clips=({"url": sawtooth_clip, "start": 0.5, "duration": 1.2, "label": "saw"},), retries=0, margin_s=0.2))
-    assert len(prepare.prepare(config).written) == 1
-    arrays = data.load_arrays(str(tmp_path / "data"))
+    assert len(runner.prepare(config).written) == 1
+    arrays = reader.load_arrays(str(tmp_path / "data"))
     assert len(arrays["audio"]) == 30 and arrays["audio"].shape[1] == audio.window_samples
     # The section starts 0.5 s (8000 samples) into the clip and lasts 1.2 s.
     section = sawtooth(32000)[8000:8000 + 19200]

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audionet_tf import config as cfg
-from audionet_tf import embed, predict, train
-from audionet_tf.model import load_model
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.commands import embed as embed_cmd, predict as predict_cmd, train
+from audionet_tf.core import config as cfg
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from audionet_tf.model.student import load_model
+from audionet_tf.serving import embed, predict
+from audionet_tf.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -103,7 +105,7 @@ def relative_diff(a, b):
 
 def test_savedmodel_signatures_agree_with_the_keras_model(exported):
     """Each signature, run in a fresh TensorFlow-only process, against the Keras model computed here."""
-    from audionet_tf.model import embedding_model
+    from audionet_tf.model.student import embedding_model
 
     result = subprocess.run([sys.executable, "-c", SIGNATURES, str(exported["export"])], env=ENV,
                             capture_output=True, text=True, timeout=300, cwd="/")
@@ -138,11 +140,11 @@ def test_savedmodel_signatures_agree_with_the_keras_model(exported):
 def test_litert_runs_both_tflite_files_and_int8_agrees_with_float(exported):
     from ai_edge_litert.interpreter import Interpreter
 
-    from audionet_tf import data
+    from audionet_tf.dataset import reader
 
     model = load_model(str(exported["run"] / "model.keras"))
     # Real windows the export never saw (the held-out clips), plus noise, on a resized input.
-    held_out = data.load_arrays(str(exported["work"] / "data"), "validation")["audio"]
+    held_out = reader.load_arrays(str(exported["work"] / "data"), "validation")["audio"]
     noise = np.random.default_rng(1).uniform(-0.5, 0.5, (5, 640)).astype(np.float32)
     windows = np.concatenate([held_out, noise]).astype(np.float32)
     expected = model(windows[..., None], training=False).numpy()
@@ -171,7 +173,7 @@ def test_predict_processes_good_files_and_names_the_bad_one(exported, tmp_path, 
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"")
     out = tmp_path / "result.json"
-    code = predict.main([exported["a"], str(broken), exported["b"], "--model", str(exported["export"]),
+    code = predict_cmd.main([exported["a"], str(broken), exported["b"], "--model", str(exported["export"]),
                          "--top-k", "2", "--json", str(out)])
     assert code == 1
     assert "broken.wav" in capsys.readouterr().err
@@ -184,12 +186,12 @@ def test_predict_processes_good_files_and_names_the_bad_one(exported, tmp_path, 
     # The same answers from the .keras and the float .tflite.
     again = tmp_path / "again.csv"
     for model in (str(exported["run"] / "model.keras"), str(exported["export"] / "model.tflite")):
-        assert predict.main([exported["a"], "--model", model, "--csv", str(again), "--quiet", "--overwrite"]) == 0
+        assert predict_cmd.main([exported["a"], "--model", model, "--csv", str(again), "--quiet", "--overwrite"]) == 0
         assert set(line.split(",")[3] for line in again.read_text().splitlines()[1:] if ",1," in line) == top_a
     # An existing result is never replaced without --overwrite: refused before any work, the file untouched.
     before = out.read_bytes()
     capsys.readouterr()
-    assert predict.main([exported["b"], "--model", str(exported["export"]), "--json", str(out)]) == 2
+    assert predict_cmd.main([exported["b"], "--model", str(exported["export"]), "--json", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
 
 
@@ -201,7 +203,7 @@ def test_bad_models_get_one_clear_message(exported, tmp_path, capsys, make, mess
     target = tmp_path / "model"
     make(target)
     path = str(target) if target.exists() else str(target.with_suffix(".tflite"))
-    assert predict.main([exported["a"], "--model", path]) == 2
+    assert predict_cmd.main([exported["a"], "--model", path]) == 2
     err = capsys.readouterr().err
     assert message in err and path in err and "Traceback" not in err
 
@@ -210,15 +212,15 @@ def test_truncated_tflite_is_refused(exported, tmp_path, capsys):
     data = (exported["export"] / "model.tflite").read_bytes()
     cut = tmp_path / "cut.tflite"
     cut.write_bytes(data[: len(data) // 3])
-    assert predict.main([exported["a"], "--model", str(cut)]) == 2
+    assert predict_cmd.main([exported["a"], "--model", str(cut)]) == 2
     assert "cut.tflite" in capsys.readouterr().err
 
 
 def test_embed_writes_npz_with_embeddings_and_timestamps(exported, tmp_path):
-    from audionet_tf.model import embedding_model
+    from audionet_tf.model.student import embedding_model
 
     out = tmp_path / "emb"
-    assert embed.main([exported["a"], exported["b"], "--out", str(out), "--model", str(exported["export"])]) == 0
+    assert embed_cmd.main([exported["a"], exported["b"], "--out", str(out), "--model", str(exported["export"])]) == 0
     a = np.load(out / "a.npz")
     assert a["embedding"].shape == (50, 16) and a["timestamps"][1] == pytest.approx(0.04)
     # Values: the Keras model's pooled layer on the file's windows.
@@ -228,7 +230,7 @@ def test_embed_writes_npz_with_embeddings_and_timestamps(exported, tmp_path):
     pooled = embedding_model(model, "pooled")(samples.reshape(50, 640, 1), training=False).numpy()
     np.testing.assert_allclose(a["embedding"], pooled, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(pooled).max()))
     conv_out = tmp_path / "conv"
-    assert embed.main([exported["a"], "--out", str(conv_out), "--model", str(exported["run"]), "--layer", "conv",
+    assert embed_cmd.main([exported["a"], "--out", str(conv_out), "--model", str(exported["run"]), "--layer", "conv",
                        "--hop-ms", "20"]) == 0
     conv = np.load(conv_out / "a.npz")
     assert conv["embedding"].shape == (99, 48) and conv["timestamps"][1] == pytest.approx(0.02)
@@ -236,7 +238,7 @@ def test_embed_writes_npz_with_embeddings_and_timestamps(exported, tmp_path):
 
 def test_embed_never_overwrites_silently(exported, tmp_path, capsys):
     out = tmp_path / "emb"
-    assert embed.main([exported["a"], "--out", str(out), "--model", str(exported["export"])]) == 0
+    assert embed_cmd.main([exported["a"], "--out", str(out), "--model", str(exported["export"])]) == 0
     before = (out / "a.npz").read_bytes()
     capsys.readouterr()
     # Two inputs with one stem (a.wav and a.flac, x/a.wav) would write the same a.npz: refused, nothing written.
@@ -245,19 +247,19 @@ def test_embed_never_overwrites_silently(exported, tmp_path, capsys):
     (twin / "a.wav").write_bytes(Path(exported["b"]).read_bytes())
     (tmp_path / "a.flac").write_bytes(b"")
     fresh = tmp_path / "fresh"
-    assert embed.main([exported["a"], str(twin / "a.wav"), str(tmp_path / "a.flac"), exported["b"],
+    assert embed_cmd.main([exported["a"], str(twin / "a.wav"), str(tmp_path / "a.flac"), exported["b"],
                        "--out", str(fresh), "--model", str(exported["export"])]) == 2
     err = capsys.readouterr().err
     assert exported["a"] in err and str(twin / "a.wav") in err and str(tmp_path / "a.flac") in err
     assert str(fresh / "a.npz") in err and "distinct file name" in err
     assert not fresh.exists() or not any(fresh.iterdir())
     # An existing output is kept unless --overwrite is given.
-    assert embed.main([exported["b"], exported["a"], "--out", str(out), "--model", str(exported["export"]),
+    assert embed_cmd.main([exported["b"], exported["a"], "--out", str(out), "--model", str(exported["export"]),
                        "--hop-ms", "20"]) == 2
     err = capsys.readouterr().err
     assert str(out / "a.npz") in err and "--overwrite" in err
     assert (out / "a.npz").read_bytes() == before and not (out / "b.npz").exists()
-    assert embed.main([exported["a"], "--out", str(out), "--model", str(exported["export"]), "--hop-ms", "20",
+    assert embed_cmd.main([exported["a"], "--out", str(out), "--model", str(exported["export"]), "--hop-ms", "20",
                        "--overwrite"]) == 0
     assert np.load(out / "a.npz")["embedding"].shape == (99, 16)
 

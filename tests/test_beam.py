@@ -7,11 +7,12 @@ import time
 
 import numpy as np
 import pytest
-
-from audionet_tf import commits, prepare, records, storage
-from audionet_tf import config as cfg
 from committed import example_multiset
 from loopback import Server, make_clip
+
+from audionet_tf.core import config as cfg, storage
+from audionet_tf.dataset import catalog, commits, records
+from audionet_tf.preparation import runner
 
 beam = pytest.importorskip("apache_beam", reason="the beam extra is part of the test install")
 TWO_WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -36,7 +37,7 @@ def served(tmp_path_factory):
 
 
 def config(out, clips, cache, runner=None):
-    from audionet_tf.manifest import clips_from_entries
+    from audionet_tf.preparation.manifest import clips_from_entries
 
     red = clips_from_entries(clips[:1], "test")[0].id  # held out: in every list these tests use
     return cfg.PipelineConfig(prepare=cfg.PrepareConfig(
@@ -47,13 +48,13 @@ def config(out, clips, cache, runner=None):
 @pytest.fixture(scope="module")
 def single(served):
     clips, root = served
-    summary = prepare.prepare(config(root / "single", clips, root / "cache-single"))
+    summary = runner.prepare(config(root / "single", clips, root / "cache-single"))
     return summary, example_multiset(str(root / "single"))
 
 
 @pytest.mark.slow
 def test_direct_runner_resumes_grows_and_writes_the_same_examples(served, single, tmp_path):
-    from audionet_tf.beam_prepare import run_beam
+    from audionet_tf.preparation.beam import run_beam
 
     clips, _ = served
     single_summary, single_examples = single
@@ -67,8 +68,8 @@ def test_direct_runner_resumes_grows_and_writes_the_same_examples(served, single
     beam_examples = example_multiset(str(out))
     assert sum(beam_examples.values()) == 50 + 62 + 50 and max(beam_examples.values()) == 1
     assert beam_examples == single_examples  # every example, with its window and logits bytes
-    description = records.read_description(str(out))
-    records.verify_shards(str(out), description)
+    description = catalog.read_description(str(out))
+    catalog.verify_shards(str(out), description)
     assert {c["status"] for c in description.clips} == {"ok", "failed"} and description.finished["listed"] == 4
     # Nothing left to do: a third run labels nothing.
     again = run_beam(config(out, clips, tmp_path / "cache", "DirectRunner"), [])
@@ -77,9 +78,9 @@ def test_direct_runner_resumes_grows_and_writes_the_same_examples(served, single
 
 def test_a_retried_bundle_does_not_duplicate_examples(served, single, tmp_path):
     """A bundle Beam retries runs the worker's group again: its second commit is ignored, then removed."""
-    from audionet_tf.beam_prepare import make_label_group
-    from audionet_tf.labelling import clip_key, holdout_ids
-    from audionet_tf.manifest import clips_from_entries
+    from audionet_tf.preparation.beam import make_label_group
+    from audionet_tf.preparation.labelling import clip_key, holdout_ids
+    from audionet_tf.preparation.manifest import clips_from_entries
 
     clips, _ = served
     _, single_examples = single
@@ -144,7 +145,7 @@ def gcs_emulator(monkeypatch):
 
 @pytest.mark.slow
 def test_beam_writes_commits_and_resumes_on_a_gcs_server(served, single, gcs_emulator, tmp_path, monkeypatch):
-    from audionet_tf.beam_prepare import run_beam
+    from audionet_tf.preparation.beam import run_beam
 
     clips, _ = served
     _, single_examples = single
@@ -162,7 +163,7 @@ def test_beam_writes_commits_and_resumes_on_a_gcs_server(served, single, gcs_emu
         for name in storage.list_sizes(remote):
             (mirror / folder / name).write_bytes(storage.read_bytes(storage.join(remote, name)))
     assert example_multiset(str(mirror)) == single_examples
-    assert records.read_description(str(mirror)).finished["ok"] == 3
+    assert catalog.read_description(str(mirror)).finished["ok"] == 3
     before = commits.read_state(out).shards()
     again = run_beam(config(out, clips, tmp_path / "cache", "DirectRunner"), args)
     assert not again.written and len(again.skipped) == 3 and list(again.failed) == list(summary.failed)
@@ -172,14 +173,14 @@ def test_beam_writes_commits_and_resumes_on_a_gcs_server(served, single, gcs_emu
 def test_the_single_process_path_never_imports_beam(tmp_path):
     local = make_clip(str(tmp_path / "green.mp4"), 1.0, video="color=c=green:size=32x24:rate=25")
     script = ("import sys\nfrom audionet_tf import prepare\n"
-              f"code = prepare.main(['--manifest', {str(tmp_path / 'clips.csv')!r}, '--teacher', 'demo-colour', "
+              f"code = local.main(['--manifest', {str(tmp_path / 'clips.csv')!r}, '--teacher', 'demo-colour', "
               f"'--out', {str(tmp_path / 'out')!r}, '--cache-dir', {str(tmp_path / 'cache')!r}])\n"
               "print(code, 'apache_beam' in sys.modules)\n")
     (tmp_path / "clips.csv").write_text(f"url,start,duration,label\n{local},0,1,green\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
-    assert np.isclose(records.read_description(str(tmp_path / "out")).examples(), 25)
+    assert np.isclose(catalog.read_description(str(tmp_path / "out")).examples(), 25)
 
 
 def test_setup_file_ships_the_package_to_remote_workers(tmp_path, monkeypatch):

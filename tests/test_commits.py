@@ -9,11 +9,13 @@ import sys
 import time
 
 import pytest
-
-from audionet_tf import commits, data, prepare, records
-from audionet_tf.errors import AudioNetError, DatasetError
 from committed import example_multiset
 from loopback import make_clip
+
+from audionet_tf.core.errors import AudioNetError, DatasetError
+from audionet_tf.dataset import catalog, commits, reader, records
+from audionet_tf.commands import prepare as prepare_cmd
+from audionet_tf.preparation import runner
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 COLOURS = ("red", "green", "blue", "yellow", "white", "black")
@@ -39,12 +41,12 @@ def flags(manifest, out, cache):
 
 
 def config_for(manifest, out, cache):
-    return prepare.resolve_config(prepare.build_parser().parse_args(flags(manifest, out, cache)))
+    return prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args(flags(manifest, out, cache)))
 
 
 def committed_ok(directory):
     try:
-        description = records.read_description(str(directory))
+        description = catalog.read_description(str(directory))
     except DatasetError:
         return set()
     return {c["id"] for c in description.clips if c["status"] == "ok"}
@@ -53,15 +55,15 @@ def committed_ok(directory):
 def check_consistent(directory):
     """What is committed is whole: every committed clip's examples are in the committed shards, once."""
     try:
-        description = records.read_description(str(directory))
+        description = catalog.read_description(str(directory))
     except DatasetError as exc:
         assert "no clip of it is committed" in str(exc) or "no committed examples" in str(exc)
         return
-    records.verify_shards(str(directory), description, checksums=True)
+    catalog.verify_shards(str(directory), description, checksums=True)
     counts = collections.Counter(key[1] for key in example_multiset(directory).elements())
     assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
     # The training input reads exactly the committed examples, whatever else lies in the directory.
-    read = sum(int(x.shape[0]) for x, _ in data.make_dataset(str(directory), "all", 64, shuffle=False))
+    read = sum(int(x.shape[0]) for x, _ in reader.make_dataset(str(directory), "all", 64, shuffle=False))
     assert read == sum(counts.values())
 
 
@@ -137,7 +139,7 @@ def commit_count(out):
 @pytest.mark.slow
 def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(clip_list, tmp_path):
     reference = tmp_path / "reference"
-    prepare.prepare(config_for(clip_list, reference, tmp_path / "cache"))
+    runner.prepare(config_for(clip_list, reference, tmp_path / "cache"))
     expected = example_multiset(reference)
     assert sum(expected.values()) == 12 * 25
 
@@ -176,16 +178,16 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"written now: {left} clips; already there: {12 - left};" in result.stdout
     assert example_multiset(out) == expected
-    assert records.read_description(out).finished["ok"] == 12
+    assert catalog.read_description(out).finished["ok"] == 12
     leftovers = [n for n in os.listdir(out) if n.endswith(".tmp") or
-                 (n.endswith(records.SHARD_SUFFIX) and n not in {s.file for s in records.read_description(out).shards})]
+                 (n.endswith(records.SHARD_SUFFIX) and n not in {s.file for s in catalog.read_description(out).shards})]
     assert not leftovers
 
 
 def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_list, tmp_path):
     out = tmp_path / "data"
     config = config_for(clip_list, out, tmp_path / "cache")
-    prepare.prepare(config)
+    runner.prepare(config)
     expected = example_multiset(out)
     names = sorted(os.listdir(out / "commits"))
     assert len(names) == 6  # 12 clips, 2 per group
@@ -196,7 +198,7 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
     torn_clips = {c["id"] for c in json.loads(torn.read_text())["clips"]}
     torn.write_text(torn.read_text()[:40])
     with pytest.raises(DatasetError, match="torn") as info:
-        data.make_dataset(str(out))
+        reader.make_dataset(str(out))
     assert names[1] in str(info.value) and "rerun the same prepare command" in str(info.value)
     # A shard that a commit names goes missing, another is cut short.
     record = json.loads((out / "commits" / names[3]).read_text())
@@ -208,10 +210,10 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
     cut_clips = {c["id"] for c in cut["clips"]}
     torn.unlink()  # readers now see the missing shard
     with pytest.raises(DatasetError, match="missing") as info:
-        data.make_dataset(str(out), "all")
+        reader.make_dataset(str(out), "all")
     assert record["shards"][0]["file"] in str(info.value)
     torn.write_text("{")
-    summary = prepare.prepare(config)
+    summary = runner.prepare(config)
     assert set(summary.written) == torn_clips | lost_clips | cut_clips
     assert len(summary.skipped) == 12 - len(summary.written)
     assert example_multiset(out) == expected
@@ -226,12 +228,12 @@ def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(AudioNetError, match=f"being prepared by process {holder.pid}"):
-            prepare.prepare(config_for(clip_list, out, tmp_path / "cache"))
+            runner.prepare(config_for(clip_list, out, tmp_path / "cache"))
         assert not (out / records.DESCRIPTION_FILE).exists()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert len(prepare.prepare(config_for(clip_list, out, tmp_path / "cache")).written) == 12
+    assert len(runner.prepare(config_for(clip_list, out, tmp_path / "cache")).written) == 12
 
 
 @pytest.mark.slow
@@ -254,7 +256,7 @@ def test_a_full_disk_stops_with_one_message_and_keeps_every_committed_clip(clip_
         check_consistent(out)
         assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
         subprocess.run(["mount", "-o", "remount,size=4m", str(mount)], check=True)
-        summary = prepare.prepare(config_for(clip_list, out, tmp_path / "cache"))
+        summary = runner.prepare(config_for(clip_list, out, tmp_path / "cache"))
         assert set(summary.skipped) == kept and len(summary.written) == 12 - len(kept)
         check_consistent(out)
     finally:
@@ -283,7 +285,7 @@ def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
     commits.write_index(str(tmp_path), state, {"listed": 200000, "ok": 200000, "failed": 0})
     # VmHWM: this process's peak resident memory (ru_maxrss would include the forking pytest's).
     script = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf import records\n"
-              "d = records.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
+              "d = catalog.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
               "peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
               "print(len(d.clips), d.examples(), d.finished['ok'], seconds, peak / 1024)\n")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=ENV, capture_output=True, text=True,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from audionet_tf import console
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.core import console
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
 
 CPP_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:")
 

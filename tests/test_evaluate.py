@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audionet_tf import config as cfg
-from audionet_tf import data, evaluate, report, train
-from audionet_tf.errors import AudioNetError
-from audionet_tf.model import load_model
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.commands import evaluate as evaluate_cmd, train
+from audionet_tf.core import config as cfg
+from audionet_tf.core.errors import AudioNetError
+from audionet_tf.dataset import reader
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from audionet_tf.evaluation import evaluate, report
+from audionet_tf.model.student import load_model
+from audionet_tf.training import trainer
 
 
 def write_wav(path, samples, rate=16000, channels=1):
@@ -72,8 +75,8 @@ def test_distill_scores_only_held_out_clips_against_a_prior_baseline(run):
     work, run_dir = run
     result = evaluate.distill(str(run_dir), str(work / "data"))
     assert sorted(result["per_clip"]) == ["synthetic_0004", "synthetic_0005"] == result["held_out_clips"]
-    held = data.load_arrays(str(work / "data"), "validation")
-    train_logits = data.load_arrays(str(work / "data"), "train")["logits"]
+    held = reader.load_arrays(str(work / "data"), "validation")
+    train_logits = reader.load_arrays(str(work / "data"), "train")["logits"]
     # The prior always answers the teacher's most probable class on average over training windows.
     mean_prob = np.exp(train_logits - train_logits.max(1, keepdims=True))
     mean_prob = (mean_prob / mean_prob.sum(1, keepdims=True)).mean(0)
@@ -100,7 +103,7 @@ def fold_accuracies(network, esc50, seed: int) -> tuple[list[float], dict[str, n
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from audionet_tf.media import read_audio
+    from audionet_tf.preparation.media import read_audio
 
     maps_of = keras.Model(network.inputs, network.get_layer("maxpool").output)
     rows = [r for r in csv.DictReader(open(esc50 / "meta" / "esc50.csv")) if r["filename"] != "broken.wav"]
@@ -143,14 +146,14 @@ def test_transfer_table_is_repeatable_and_lists_unreadable_files(run, esc50):
     # README's definition of the features, with the same classifier on ESC-50's folds.
     import keras
 
-    from audionet_tf.model import build_audionet
+    from audionet_tf.model.student import build_audionet
 
     trained = load_model(str(run_dir / "model.keras"))
     keras.utils.set_random_seed(3)
     random_net = build_audionet(None, int(trained.output.shape[-1]),
                                 input_scale=float(trained.get_layer("input_scale").scale))
-    from audionet_tf.features import student_features
-    from audionet_tf.media import read_audio
+    from audionet_tf.evaluation.features import student_features
+    from audionet_tf.preparation.media import read_audio
 
     for name, network in (("student", trained), ("random network", random_net)):
         accuracies, features = fold_accuracies(network, esc50, seed=3)
@@ -173,7 +176,7 @@ def test_transfer_on_class_folders_and_its_refusals(run, tmp_path, capsys):
         evaluate.transfer(str(run_dir), str(tmp_path / "sets"), folds=6)
     (tmp_path / "one" / "tone").mkdir(parents=True)
     write_wav(tmp_path / "one" / "tone" / "a.wav", sound("tone", 0))
-    assert evaluate.main(["transfer", "--model", str(run_dir), "--dataset", str(tmp_path / "one")]) == 2
+    assert evaluate_cmd.main(["transfer", "--model", str(run_dir), "--dataset", str(tmp_path / "one")]) == 2
     assert "a classifier needs two" in capsys.readouterr().err
 
 
@@ -192,7 +195,7 @@ def test_report_page_shows_valid_pngs_per_clip_and_fold_tables_and_no_machine_pa
         assert (run_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The per-clip table: each held-out clip with its agreement, computed here independently.
     model = load_model(str(run_dir / "model.keras"))
-    held = data.load_arrays(str(work / "data"), "validation")
+    held = reader.load_arrays(str(work / "data"), "validation")
     for clip_id in ("synthetic_0004", "synthetic_0005"):
         mine = held["clip_id"] == clip_id
         agree = np.mean(model.predict(held["audio"][mine][..., None], verbose=0).argmax(1)

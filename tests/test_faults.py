@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.commands import train
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 EXIT_STOPPED = 75  # documented in the README ("Training": faults)
@@ -127,7 +128,7 @@ def test_sigterm_or_ctrl_c_saves_mid_epoch_and_the_same_command_ends_in_the_unin
 KILL_SCRIPT = """
 import os, signal, sys
 import keras
-from audionet_tf import train
+from audionet_tf.commands import train
 where = sys.argv[1]
 
 class KillAt(keras.callbacks.Callback):
@@ -310,8 +311,7 @@ def test_a_read_only_runs_directory_is_refused_with_one_message(dataset, tmp_pat
 
 
 def test_backups_by_time_fall_inside_epochs(dataset, tmp_path):
-    from audionet_tf import config as cfg
-    from audionet_tf import train
+    from audionet_tf.core import config as cfg
 
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=dataset, epochs=2, batch_size=8, learning_rate=0.01, runs_dir=str(tmp_path / "runs"), name="minutes",

@@ -4,9 +4,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from audionet_tf.config import AudioConfig
-from audionet_tf.media import decode_clip, ffmpeg_exe
-from audionet_tf.teacher import demo_teacher
+from audionet_tf.core.config import AudioConfig
+from audionet_tf.preparation.media import decode_clip, ffmpeg_exe
+from audionet_tf.preparation.teacher import demo_teacher
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_crop_shows_the_teacher_the_centre_squash_and_letterbox_the_sides(wide_c
 
 
 def test_the_fit_is_a_checked_setting_defaulting_to_crop():
-    from audionet_tf import config as cfg
+    from audionet_tf.core import config as cfg
 
     assert cfg.PrepareConfig().frame_fit == "crop"
     with pytest.raises(Exception, match="frame_fit"):

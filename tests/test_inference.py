@@ -4,9 +4,9 @@ import logging
 import numpy as np
 import pytest
 
-from audionet_tf import embed, inference
-from audionet_tf.features import student_features
-from audionet_tf.model import build_audionet, embedding_model
+from audionet_tf.evaluation.features import student_features
+from audionet_tf.model.student import build_audionet, embedding_model
+from audionet_tf.serving import embed, inference
 
 # Window counts 1..300: under, at and over one batch (inference.BATCH = 256), hop 640 and 320.
 LENGTHS = [640, 1000, 640 * 7 + 13, 640 * 40, 640 * 256, 640 * 300 + 5]

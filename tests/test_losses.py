@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from audionet_tf import losses
+from audionet_tf.model import losses
 
 
 def np_log_softmax(x):

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from audionet_tf import config as cfg
-from audionet_tf import losses
-from audionet_tf.model import build_audionet, conv_length, embedding_model, load_model, pool_length
+from audionet_tf.commands import train
+from audionet_tf.core import config as cfg
+from audionet_tf.model import losses
+from audionet_tf.model.student import build_audionet, conv_length, embedding_model, load_model, pool_length
 
 
 def numpy_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, dense_w: np.ndarray,
@@ -125,7 +126,7 @@ def test_training_gradients_match_a_numpy_backward_pass(length, scale, temperatu
 
 def test_python_api_and_train_command_build_the_same_student():
     """One default for the input scale: the config's, whether built from Python or by the train command."""
-    from audionet_tf import train
+    from audionet_tf.training import trainer
 
     model = build_audionet(640)
     assert model.get_layer("input_scale").scale == cfg.ModelConfig().input_scale

@@ -13,8 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
-from audionet_tf.model import load_model
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.commands import train
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from audionet_tf.model.student import load_model
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -30,7 +31,7 @@ SINGLE_WITH_START = """
 import sys
 import keras
 import numpy as np
-from audionet_tf import train
+from audionet_tf.commands import train
 
 class Start(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
@@ -200,8 +201,8 @@ def test_two_workers_train_on_a_dataset_with_held_out_clips_and_report_val_metri
     assert "val_kl" in rows[0].split(",") and len(rows) == 3
     metrics = json.loads((run / "metrics.json").read_text())
     held = load_model(str(run / "model.keras"))
-    from audionet_tf import data as data_lib
-    from audionet_tf.losses import DistillationLoss  # noqa: F401  (the model's loss, for load_model)
+    from audionet_tf.dataset import reader as data_lib
+    from audionet_tf.model.losses import DistillationLoss  # noqa: F401  (the model's loss, for load_model)
     val = data_lib.load_arrays(str(data), "validation")
     predicted = held.predict(val["audio"][..., None], verbose=0)
     # The held-out figure is the model's agreement on the held-out clip, computed here independently.

@@ -1,9 +1,10 @@
 """After shuffling, every window still comes with its own teacher logits: a dataset whose logits encode
-their window, read back through `data.make_dataset` with the cache on and off."""
+their window, read back through `reader.make_dataset` with the cache on and off."""
 import numpy as np
 import pytest
 
-from audionet_tf import data, records
+from audionet_tf.dataset import reader, records
+from audionet_tf.dataset.writer import DatasetWriter
 
 WINDOW, CLASSES = 640, 10
 CLIPS, PER_CLIP = 6, 45  # 270 examples in shards of 32: ten shards, clips spread across them
@@ -31,7 +32,7 @@ def dataset(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("pairing") / "data")
     spec = records.DatasetSpec(window_samples=WINDOW, num_classes=CLASSES, teacher="pairing",
                                logits_format="float32")
-    writer = records.DatasetWriter(directory, spec, shard_size=32, token="t")
+    writer = DatasetWriter(directory, spec, shard_size=32, token="t")
     for clip in range(CLIPS):
         indices = range(clip * PER_CLIP, (clip + 1) * PER_CLIP)
         windows = np.stack([window_of(i) for i in indices])
@@ -58,7 +59,7 @@ def check_pass(batches, expected_count):
 @pytest.mark.parametrize("cache", ["memory", "none"])
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_shuffled_batches_keep_each_window_with_its_logits(dataset, cache, deterministic):
-    ds = data.make_dataset(dataset, "train", batch_size=32, shuffle=True, seed=5, cache=cache,
+    ds = reader.make_dataset(dataset, "train", batch_size=32, shuffle=True, seed=5, cache=cache,
                            deterministic=deterministic, shuffle_buffer=64)
     first = check_pass(ds, CLIPS * PER_CLIP)
     check_pass(ds, CLIPS * PER_CLIP)  # a second iteration too
@@ -68,7 +69,7 @@ def test_shuffled_batches_keep_each_window_with_its_logits(dataset, cache, deter
 
 
 def test_repeated_dataset_keeps_pairs_across_epochs(dataset):
-    ds = data.make_dataset(dataset, "train", batch_size=54, shuffle=True, seed=1, cache="memory", repeat=True)
+    ds = reader.make_dataset(dataset, "train", batch_size=54, shuffle=True, seed=1, cache="memory", repeat=True)
     epoch = CLIPS * PER_CLIP // 54
     batches = list(ds.take(2 * epoch))
     first = check_pass(batches[:epoch], CLIPS * PER_CLIP)

@@ -4,16 +4,16 @@ import shutil
 
 import numpy as np
 import pytest
-
-from audionet_tf import config as cfg
-from audionet_tf import prepare, records
-from audionet_tf.config import AudioConfig
-from audionet_tf.download import Downloader, DownloadError
-from audionet_tf.errors import AudioNetError
-from audionet_tf.manifest import make_clip as clip_entry
-from audionet_tf.manifest import read_manifest
-from audionet_tf.media import MediaError, decode_clip, frame_windows
 from loopback import Server, flash_and_click, make_clip
+
+from audionet_tf.core import config as cfg
+from audionet_tf.core.config import AudioConfig
+from audionet_tf.core.errors import AudioNetError
+from audionet_tf.dataset import catalog, records
+from audionet_tf.preparation import runner
+from audionet_tf.preparation.download import Downloader, DownloadError
+from audionet_tf.preparation.manifest import make_clip as clip_entry, read_manifest
+from audionet_tf.preparation.media import MediaError, decode_clip, frame_windows
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +130,9 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
              {"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"}]
     green_id = clip_entry(local, 0, 2, "green", "test").id
     config = pipeline(tmp_path, clips, holdout=green_id)
-    summary = prepare.prepare(config)
+    summary = runner.prepare(config)
     assert len(summary.written) == 2 and list(summary.failed) and "404" in next(iter(summary.failed.values()))
-    description = records.read_description(str(tmp_path / "data"))
+    description = catalog.read_description(str(tmp_path / "data"))
     assert description.examples() == 100 and description.spec.num_classes == 6
     status = {c["label"]: c for c in description.clips}
     assert status["gone"]["status"] == "failed" and "404" in status["gone"]["error"]
@@ -143,21 +143,21 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
         ids = set(arrays(str(tmp_path / "data" / shard.file), description.spec)["clip_id"])
         assert all(splits[i] == shard.split for i in ids)
     # The teacher saw red on the first clip, green on the second.
-    names = records.read_class_names(str(tmp_path / "data"))
+    names = catalog.read_class_names(str(tmp_path / "data"))
     for shard in description.shards:
         ex = arrays(str(tmp_path / "data" / shard.file), description.spec)
         for cid, row in zip(ex["clip_id"], ex["logits"]):
             assert names[int(row.argmax())] == ("red" if "tone" in cid else "green")
 
     requests = len(server.requests)
-    again = prepare.prepare(config)
+    again = runner.prepare(config)
     assert sorted(again.skipped) == sorted(summary.written) and not again.written
     assert len(server.requests) == requests + 1  # only the missing video is tried again
-    shards_before = {s.file for s in records.read_description(str(tmp_path / "data")).shards}
+    shards_before = {s.file for s in catalog.read_description(str(tmp_path / "data")).shards}
 
-    redo = prepare.prepare(pipeline(tmp_path, clips, holdout=green_id, overwrite=True))
+    redo = runner.prepare(pipeline(tmp_path, clips, holdout=green_id, overwrite=True))
     assert sorted(redo.written) == sorted(summary.written)
-    after = records.read_description(str(tmp_path / "data"))
+    after = catalog.read_description(str(tmp_path / "data"))
     assert after.examples() == 100 and not ({s.file for s in after.shards} & shards_before)
     assert sorted(f for f in os.listdir(tmp_path / "data") if f.endswith(".tfrecord")) == \
         sorted(s.file for s in after.shards)
@@ -167,7 +167,7 @@ def test_strict_makes_a_failure_fatal_and_writes_nothing(served, tmp_path):
     server, _ = served
     clips = [{"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"}]
     with pytest.raises(AudioNetError, match="404"):
-        prepare.prepare(pipeline(tmp_path, clips, strict=True))
+        runner.prepare(pipeline(tmp_path, clips, strict=True))
     assert not os.path.exists(tmp_path / "data" / records.DESCRIPTION_FILE)
 
 
@@ -188,7 +188,7 @@ def test_offline_seed_pipeline_lists_every_clip_and_never_loads_the_teacher(tmp_
     result = subprocess.run([sys.executable, "-m", "audionet_tf.train", "--pipeline", "seed.toml"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    clips = prepare.list_clips(cfg.load_pipeline(str(tmp_path / "seed.toml")))
+    clips = runner.list_clips(cfg.load_pipeline(str(tmp_path / "seed.toml")))
     assert len(clips) == 10
     for clip in clips:
         assert re.search(rf"failed {re.escape(clip.id)}: .*127\.0\.0\.1", result.stderr), result.stderr[-3000:]
@@ -198,7 +198,7 @@ def test_offline_seed_pipeline_lists_every_clip_and_never_loads_the_teacher(tmp_
 
 def test_a_dataset_on_an_in_memory_file_system_prepares_and_trains(tmp_path):
     """A URL output (TensorFlow's ram://) goes through the storage layer end to end: prepare, resume, read."""
-    from audionet_tf import data
+    from audionet_tf.dataset import reader
 
     local = make_clip(str(tmp_path / "green.mp4"), 1.0, video="color=c=green:size=32x24:rate=25")
     red = make_clip(str(tmp_path / "red.mp4"), 1.0, video="color=c=red:size=32x24:rate=25")
@@ -207,15 +207,15 @@ def test_a_dataset_on_an_in_memory_file_system_prepares_and_trains(tmp_path):
     out = f"ram://{tmp_path.name}/data"
     config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(out=out, cache_dir=str(tmp_path / "cache"),
                                                           teacher="demo-colour", clips=tuple(clips), holdout="0.5"))
-    summary = prepare.prepare(config)
+    summary = runner.prepare(config)
     assert len(summary.written) == 2 and summary.examples == {"train": 25, "validation": 25}
     assert not os.path.exists("ram:") and not os.path.exists(tmp_path / "ram:")
-    assert len(prepare.prepare(config).skipped) == 2
-    description = records.read_description(out)
-    records.verify_shards(out, description)
-    batches = list(data.make_dataset(out, "all", batch_size=10, shuffle=False))
+    assert len(runner.prepare(config).skipped) == 2
+    description = catalog.read_description(out)
+    catalog.verify_shards(out, description)
+    batches = list(reader.make_dataset(out, "all", batch_size=10, shuffle=False))
     assert sum(int(x.shape[0]) for x, _ in batches) == 50
-    names = records.read_class_names(out)
+    names = catalog.read_class_names(out)
     argmax = np.concatenate([y.numpy().argmax(axis=1) for _, y in batches])
     assert sorted({names[i] for i in argmax}) == ["green", "red"]
 
@@ -224,7 +224,7 @@ def test_user_teachers_keras_and_savedmodel(tmp_path):
     import keras
     import tensorflow as tf
 
-    from audionet_tf.teacher import load_teacher
+    from audionet_tf.preparation.teacher import load_teacher
 
     inputs = keras.Input((16, 16, 3))
     outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs)))
@@ -253,7 +253,7 @@ def _write(path, text):
 
 
 def test_registry_teacher_builds_offline_with_its_preprocessing():
-    from audionet_tf.teacher import load_teacher
+    from audionet_tf.preparation.teacher import load_teacher
 
     teacher = load_teacher("MobileNetV3Large", weights=None, batch_size=2)
     logits = teacher.logits(np.zeros((3, 224, 224, 3), np.uint8))
@@ -269,7 +269,7 @@ def test_seed_list_first_stage_against_loopback(tmp_path):
     make_clip(str(www / "long.mp4"), 162.0, video="color=c=gray:size=16x16:rate=25",
               audio="sine=frequency=300:sample_rate=16000")
     config = cfg.load_pipeline(os.path.join(os.path.dirname(__file__), "..", "pipelines", "seed.toml"))
-    seed_clips = prepare.list_clips(config)
+    seed_clips = runner.list_clips(config)
     assert len(seed_clips) == 10
     server = Server(str(www))
     try:
@@ -289,14 +289,14 @@ def test_seed_list_first_stage_against_loopback(tmp_path):
 
 
 def test_holdout_fraction_is_deterministic_and_keeps_both_sides():
-    from audionet_tf.manifest import Clip
+    from audionet_tf.preparation.manifest import Clip
 
     clips = [Clip(id=f"clip-{i}", url=f"/x/{i}", start=0, duration=1) for i in range(20)]
-    chosen = prepare.holdout_ids(clips, "0.25")
-    assert chosen == prepare.holdout_ids(list(reversed(clips)), "0.25")
+    chosen = runner.holdout_ids(clips, "0.25")
+    assert chosen == runner.holdout_ids(list(reversed(clips)), "0.25")
     assert 0 < len(chosen) < 20
-    assert len(prepare.holdout_ids(clips[:2], "0.01")) == 1  # at least one held out
-    assert len(prepare.holdout_ids(clips[:2], "0.99")) == 1  # never all
-    assert prepare.holdout_ids(clips, "clip-3,clip-7") == {"clip-3", "clip-7"}
+    assert len(runner.holdout_ids(clips[:2], "0.01")) == 1  # at least one held out
+    assert len(runner.holdout_ids(clips[:2], "0.99")) == 1  # never all
+    assert runner.holdout_ids(clips, "clip-3,clip-7") == {"clip-3", "clip-7"}
     with pytest.raises(AudioNetError, match="not in the list"):
-        prepare.holdout_ids(clips, "clip-3,nope")
+        runner.holdout_ids(clips, "clip-3,nope")

@@ -33,7 +33,7 @@ def test_demo_command_names_a_pipeline_that_exists():
 
 def in_band_energy(kernel, sample_rate=16000):
     """Mean over the conv filters of the share of their response energy within the demo sounds' bands."""
-    from audionet_tf.demo import DEMO_SOUNDS
+    from audionet_tf.preparation.demo_clips import DEMO_SOUNDS
 
     spectrum = np.abs(np.fft.rfft(kernel[:, 0, :], 1024, axis=0)) ** 2
     freqs = np.fft.rfftfreq(1024, 1.0 / sample_rate)
@@ -57,7 +57,7 @@ def readme_demo_figures() -> dict:
 def test_the_offline_demo_meets_the_readme_targets_quietly(tmp_path):
     import keras
 
-    from audionet_tf.model import build_audionet, load_model
+    from audionet_tf.model.student import build_audionet, load_model
 
     demo, _ = readme_commands()
     pipeline = ROOT / re.search(r"--pipeline (\S+)", demo).group(1)
@@ -89,9 +89,9 @@ def test_the_offline_demo_meets_the_readme_targets_quietly(tmp_path):
     assert in_band_energy(trained) >= in_band_energy(initial) + 0.05
     # The teacher switches within each held-out clip and the student follows (report's per-clip table).
     distill = json.loads((run / "report" / "distill.json").read_text())
-    from audionet_tf import data
+    from audionet_tf.dataset import reader
 
-    arrays = data.load_arrays(str(tmp_path / "data" / "demo"), "validation")
+    arrays = reader.load_arrays(str(tmp_path / "data" / "demo"), "validation")
     for clip_id, scores in distill["per_clip"].items():
         top = arrays["logits"][arrays["clip_id"] == clip_id].argmax(1)
         assert int(np.sum(top[1:] != top[:-1])) >= 4, clip_id

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from audionet_tf import data, records
-from audionet_tf.errors import DatasetError
+from audionet_tf.core.errors import DatasetError
+from audionet_tf.dataset import catalog, reader, records
+from audionet_tf.dataset.writer import DatasetWriter
 
 
 def write_dataset(path, clips=3, frames=10, num_classes=6, window=64, audio_format="int16",
@@ -15,7 +16,7 @@ def write_dataset(path, clips=3, frames=10, num_classes=6, window=64, audio_form
     """A small real dataset whose windows and logits encode (clip, frame) so tests can check them."""
     spec = records.DatasetSpec(window_samples=window, num_classes=num_classes, teacher="test",
                                audio_format=audio_format, logits_format=logits_format)
-    writer = records.DatasetWriter(str(path), spec, shard_size=shard_size)
+    writer = DatasetWriter(str(path), spec, shard_size=shard_size)
     expected = {}
     for c in range(clips):
         clip_id = f"clip{c}"
@@ -34,7 +35,7 @@ def write_dataset(path, clips=3, frames=10, num_classes=6, window=64, audio_form
 @pytest.mark.parametrize("audio_format,logits_format", [("int16", "float16"), ("float32", "float32")])
 def test_round_trip_through_shards(tmp_path, audio_format, logits_format):
     expected = write_dataset(tmp_path, audio_format=audio_format, logits_format=logits_format)
-    description = records.read_description(str(tmp_path))
+    description = catalog.read_description(str(tmp_path))
     assert description.examples("train") == 20 and description.examples("validation") == 10
     assert len(description.shards_for("train")) == 3  # 7 + 7 + 6
     doc = json.loads((tmp_path / records.DESCRIPTION_FILE).read_text())
@@ -47,19 +48,19 @@ def test_round_trip_through_shards(tmp_path, audio_format, logits_format):
     for shard in record["shards"]:  # the checksum counted while writing is the file's
         assert hashlib.sha256((tmp_path / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
     assert sorted(c["id"] for c in record["clips"]) == sorted(expected)
-    arrays = data.load_arrays(str(tmp_path), "all")
+    arrays = reader.load_arrays(str(tmp_path), "all")
     tolerance = 1.0 / 32767 if audio_format == "int16" else 1e-7
     for clip_id, (_, windows, logits) in expected.items():
         mine = arrays["clip_id"] == clip_id
         np.testing.assert_allclose(arrays["audio"][mine], windows, atol=tolerance)
         np.testing.assert_allclose(arrays["logits"][mine], logits, atol=2e-3)
         np.testing.assert_allclose(arrays["time"][mine], np.arange(10) * 0.04, atol=1e-6)
-    assert records.read_class_names(str(tmp_path)) == [f"c{i}" for i in range(6)]
+    assert catalog.read_class_names(str(tmp_path)) == [f"c{i}" for i in range(6)]
 
 
 def test_nothing_is_readable_until_committed_and_no_temporary_files_left(tmp_path):
     spec = records.DatasetSpec(window_samples=8, num_classes=2)
-    writer = records.DatasetWriter(str(tmp_path), spec, shard_size=3)
+    writer = DatasetWriter(str(tmp_path), spec, shard_size=3)
     writer.add("train", np.zeros((5, 8)), np.zeros((5, 2)), "a", np.arange(5))
     # One shard is complete, one is still open under a temporary name.
     names = os.listdir(tmp_path)
@@ -67,24 +68,24 @@ def test_nothing_is_readable_until_committed_and_no_temporary_files_left(tmp_pat
     assert sum(n.endswith(records.SHARD_SUFFIX) for n in names) == 1
     assert any(n.endswith(".tmp") for n in names)
     with pytest.raises(DatasetError, match="no clip of it is committed"):
-        data.make_dataset(str(tmp_path))
+        reader.make_dataset(str(tmp_path))
     writer.finish()
     names = os.listdir(tmp_path)
     assert not any(n.endswith(".tmp") for n in names)
-    assert records.read_description(str(tmp_path)).examples() == 5
+    assert catalog.read_description(str(tmp_path)).examples() == 5
 
 
 def test_pipeline_batches_windows_and_logits(tmp_path):
     write_dataset(tmp_path)
-    ds = data.make_dataset(str(tmp_path), "train", batch_size=8, seed=1, deterministic=True)
+    ds = reader.make_dataset(str(tmp_path), "train", batch_size=8, seed=1, deterministic=True)
     batches = list(ds)
     assert [b[0].shape[0] for b in batches] == [8, 8, 4]
     assert batches[0][0].shape[1:] == (64, 1) and batches[0][1].shape[1:] == (6,)
     seen = np.sort(np.concatenate([b[0].numpy()[:, 0, 0] for b in batches]))
     np.testing.assert_allclose(seen, np.sort([(c * 100 + k) / 1000 for c in (0, 1) for k in range(10)]), atol=1e-4)
     # The same seed gives the same order; another seed another.
-    again = np.concatenate([b[0].numpy()[:, 0, 0] for b in data.make_dataset(str(tmp_path), "train", 8, seed=1)])
-    other = np.concatenate([b[0].numpy()[:, 0, 0] for b in data.make_dataset(str(tmp_path), "train", 8, seed=2)])
+    again = np.concatenate([b[0].numpy()[:, 0, 0] for b in reader.make_dataset(str(tmp_path), "train", 8, seed=1)])
+    other = np.concatenate([b[0].numpy()[:, 0, 0] for b in reader.make_dataset(str(tmp_path), "train", 8, seed=2)])
     first = np.concatenate([b[0].numpy()[:, 0, 0] for b in batches])
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
@@ -92,8 +93,8 @@ def test_pipeline_batches_windows_and_logits(tmp_path):
 
 def test_held_out_clips_stay_out_of_training(tmp_path):
     write_dataset(tmp_path, validation=("clip1",))
-    train_values = np.concatenate([x.numpy()[:, 0, 0] for x, _ in data.make_dataset(str(tmp_path), "train", 64)])
-    val_values = np.concatenate([x.numpy()[:, 0, 0] for x, _ in data.make_dataset(str(tmp_path), "validation", 64)])
+    train_values = np.concatenate([x.numpy()[:, 0, 0] for x, _ in reader.make_dataset(str(tmp_path), "train", 64)])
+    val_values = np.concatenate([x.numpy()[:, 0, 0] for x, _ in reader.make_dataset(str(tmp_path), "validation", 64)])
     assert len(train_values) == 20 and len(val_values) == 10
     assert np.all((train_values < 0.05) | (train_values > 0.15))
     assert np.all((val_values > 0.05) & (val_values < 0.15))
@@ -107,35 +108,35 @@ def test_held_out_clips_stay_out_of_training(tmp_path):
 def test_refuses_a_dataset_that_does_not_fit_the_model(tmp_path, expect, message):
     write_dataset(tmp_path)
     with pytest.raises(DatasetError, match=message) as info:
-        data.make_dataset(str(tmp_path), **expect)
+        reader.make_dataset(str(tmp_path), **expect)
     assert str(tmp_path) in str(info.value)
 
 
 def test_truncated_shard_is_named(tmp_path):
     write_dataset(tmp_path)
-    shard = records.read_description(str(tmp_path)).shards_for("train")[1]
+    shard = catalog.read_description(str(tmp_path)).shards_for("train")[1]
     path = tmp_path / shard.file
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(DatasetError, match="truncated") as info:
-        data.make_dataset(str(tmp_path))
+        reader.make_dataset(str(tmp_path))
     assert shard.file in str(info.value)
 
 
 def test_corrupt_shard_is_named(tmp_path):
     write_dataset(tmp_path)
-    shard = records.read_description(str(tmp_path)).shards_for("train")[0]
+    shard = catalog.read_description(str(tmp_path)).shards_for("train")[0]
     path = tmp_path / shard.file
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(DatasetError, match="checksum") as info:
-        data.make_dataset(str(tmp_path))
+        reader.make_dataset(str(tmp_path))
     assert shard.file in str(info.value)
 
 
 def test_missing_directory_says_how_to_make_one(tmp_path):
     with pytest.raises(DatasetError, match="audionet_tf.prepare"):
-        data.make_dataset(str(tmp_path / "nothing-here"))
+        reader.make_dataset(str(tmp_path / "nothing-here"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no clip of it is committed"):
-        data.make_dataset(str(tmp_path / "empty"))
+        reader.make_dataset(str(tmp_path / "empty"))

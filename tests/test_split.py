@@ -8,13 +8,17 @@ import subprocess
 import numpy as np
 import pytest
 
-from audionet_tf import config as cfg
-from audionet_tf import data, evaluate, prepare, records, report, split, train
-from audionet_tf.config import AudioConfig
-from audionet_tf.errors import AudioNetError
-from audionet_tf.manifest import make_clip
-from audionet_tf.media import ffmpeg_exe, read_audio
-from audionet_tf.teacher import DEMO_COLOURS
+from audionet_tf.commands import train
+from audionet_tf.core import config as cfg
+from audionet_tf.core.config import AudioConfig
+from audionet_tf.core.errors import AudioNetError
+from audionet_tf.dataset import catalog, reader, records, split
+from audionet_tf.evaluation import evaluate, report
+from audionet_tf.preparation import runner
+from audionet_tf.preparation.manifest import make_clip
+from audionet_tf.preparation.media import ffmpeg_exe, read_audio
+from audionet_tf.preparation.teacher import DEMO_COLOURS
+from audionet_tf.training import trainer
 
 TONES = (220.0, 440.0, 880.0, 1760.0, 330.0, 3000.0)
 
@@ -115,8 +119,8 @@ def test_holdout_names_clip_ids_or_plain_video_ids_and_lists_the_valid_ones(seed
 def test_no_audio_sample_of_a_held_out_window_reaches_training_with_80_ms_windows(seed_shaped):
     root, entries = seed_shaped
     config = pipeline(root, entries[:2], "wide", window_ms=80.0, holdout="0", holdout_part="0.25")
-    prepare.prepare(config, weights=None)
-    description = records.read_description(str(root / "wide"))
+    runner.prepare(config, weights=None)
+    description = catalog.read_description(str(root / "wide"))
     assert description.spec.window_samples == 1280
     settings = description.extra["settings"]
     assert (settings["holdout_part"], settings["holdout_at"], settings["frame_fit"]) == ("0.25", "end", "crop")
@@ -129,7 +133,7 @@ def test_no_audio_sample_of_a_held_out_window_reaches_training_with_80_ms_window
         wave = read_audio(clip["url"], 16000, 0.0, 4.0)
         ranges = {}
         for name in ("train", "validation"):
-            arrays = data.load_arrays(str(root / "wide"), name, clip_ids=[clip["id"]])
+            arrays = reader.load_arrays(str(root / "wide"), name, clip_ids=[clip["id"]])
             ranges[name] = sample_ranges(arrays["audio"], wave, 1280)
             if name == "validation":  # the held-out windows are the last second's frames
                 assert np.allclose(arrays["time"], np.arange(75, 100) * 0.04, atol=1e-4)
@@ -143,17 +147,17 @@ def test_each_clip_its_own_class_time_split_beats_the_prior_and_a_clip_holdout_s
                                                                                               tmp_path):
     root, entries = seed_shaped
     # Whole clips held out: their classes are never trained on, and prepare says so.
-    clip_split = prepare.prepare(pipeline(tmp_path, entries, "clips", holdout="0.3"), weights=None)
+    clip_split = runner.prepare(pipeline(tmp_path, entries, "clips", holdout="0.3"), weights=None)
     assert clip_split.warnings and all("top class of no training frame" in w for w in clip_split.warnings)
     # The time split: the last 20 % of every clip held out.
-    prepare.prepare(pipeline(tmp_path, entries, "time", holdout="0", holdout_part="0.2"), weights=None)
+    runner.prepare(pipeline(tmp_path, entries, "time", holdout="0", holdout_part="0.2"), weights=None)
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=str(tmp_path / "time"), epochs=25, batch_size=64, learning_rate=3e-3, name="seedlike",
         runs_dir=str(tmp_path / "runs"), export=False, report=False, quiet=True))
     run_dir = train.train(config)
     result = evaluate.distill(run_dir, str(tmp_path / "time"))
     assert len(result["held_out_clips"]) == 6 and result["unseen_class_clips"] == []
-    held = data.load_arrays(str(tmp_path / "time"), "validation")
+    held = reader.load_arrays(str(tmp_path / "time"), "validation")
     assert set(held["clip_id"]) == set(result["held_out_clips"])
     assert result["prior"]["top1_agreement"] <= 0.2 + 1e-6  # one class in six
     assert result["student"]["top1_agreement"] >= 0.8
@@ -164,13 +168,13 @@ def test_each_clip_its_own_class_time_split_beats_the_prior_and_a_clip_holdout_s
     # The report answers the slides' question per clip: teacher's and student's classes on its held-out part.
     page = open(report.make_report(run_dir, str(tmp_path / "time"))).read()
     assert "Per clip, on each clip&#x27;s held-out part" in page
-    for clip in records.read_description(str(tmp_path / "time")).clips:
+    for clip in catalog.read_description(str(tmp_path / "time")).clips:
         assert f"timeline-{clip['id']}.png" in page
         teacher_class = clip["label"]  # each clip shows its colour: the demo teacher's class of that name
         assert re.search(rf"<td>{clip['id']}</td><td>{teacher_class}</td><td>{teacher_class} 100%</td>", page)
     # TensorBoard: the timeline of the first two held-out clips as images, and their audio.
     tags = timeline_tags(tmp_path / "runs" / "seedlike" / "logs" / "timelines")
-    first_two = [c["id"] for c in records.read_description(str(tmp_path / "time")).clips][:2]
+    first_two = [c["id"] for c in catalog.read_description(str(tmp_path / "time")).clips][:2]
     assert {f"timeline/{c}" for c in first_two} <= tags and {f"clip/{c}" for c in first_two} <= tags
 
 
@@ -187,10 +191,10 @@ def timeline_tags(directory):
 @pytest.mark.slow
 def test_k_fold_over_time_segments_keeps_each_folds_test_windows_out_of_its_training(seed_shaped, tmp_path):
     root, entries = seed_shaped
-    prepare.prepare(pipeline(tmp_path, entries[:3], "time", window_ms=80.0, holdout="0", holdout_part="0.2"),
+    runner.prepare(pipeline(tmp_path, entries[:3], "time", window_ms=80.0, holdout="0", holdout_part="0.2"),
                     weights=None)
-    description = records.read_description(str(tmp_path / "time"))
-    arrays = data.load_arrays(str(tmp_path / "time"), "all")
+    description = catalog.read_description(str(tmp_path / "time"))
+    arrays = reader.load_arrays(str(tmp_path / "time"), "all")
     by, masks = evaluate.fold_masks(arrays, description, 3)
     assert by == "time segments" and len(masks) == 3
     starts = np.round(arrays["time"] / 0.04).astype(int) * 640 + 320 - 640  # 80 ms windows centred on frames
@@ -208,7 +212,7 @@ def test_k_fold_over_time_segments_keeps_each_folds_test_windows_out_of_its_trai
 
 
 def test_validation_batches_leave_no_replica_empty():
-    from audionet_tf.train import validation_batch
+    from audionet_tf.training.trainer import validation_batch
 
     for count in (50, 99, 100, 101, 450, 1013):
         for replicas in (2, 3, 4):

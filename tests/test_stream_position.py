@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from audionet_tf import data
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.dataset import reader
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def batches(ds, count):
 
 
 def stream(dataset, cache, skip=0, context=None, batch=32):
-    return data.make_dataset(dataset, "train", batch, shuffle=True, seed=3, cache=cache, repeat=True,
+    return reader.make_dataset(dataset, "train", batch, shuffle=True, seed=3, cache=cache, repeat=True,
                              shuffle_buffer=64, verify=False, skip_steps=skip, input_context=context)
 
 

@@ -4,7 +4,7 @@ independent NumPy version of ImageNet's "caffe" preprocessing, and through one f
 import numpy as np
 import pytest
 
-from audionet_tf import teacher as teachers
+from audionet_tf.preparation import teacher as teachers
 
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 

@@ -11,10 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from audionet_tf import config as cfg
-from audionet_tf import train
-from audionet_tf.model import load_model
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.commands import train
+from audionet_tf.core import config as cfg
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from audionet_tf.model.student import load_model
+from audionet_tf.training import trainer
 
 QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -191,7 +192,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(datas
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=dataset, epochs=6, batch_size=32, learning_rate=0.01, runs_dir=str(tmp_path / "runs"),
         name="nan", export=False, report=False, quiet=True, checkpoint_every=1))
-    with pytest.raises(train.TrainingDiverged, match="NaN") as info:
+    with pytest.raises(trainer.TrainingDiverged, match="NaN") as info:
         train.train(config, extra_callbacks=[PoisonAfterTwoEpochs()])
     assert "epoch 3" in str(info.value)
     run = tmp_path / "runs" / "nan"
@@ -236,8 +237,9 @@ REPLICA_SCRIPT = """
 import json, sys
 import keras
 import numpy as np
-from audionet_tf import config as cfg, train
-from audionet_tf.model import load_model
+from audionet_tf.core import config as cfg
+from audionet_tf.training import trainer
+from audionet_tf.model.student import load_model
 data, runs = sys.argv[1], sys.argv[2]
 
 class Initial(keras.callbacks.Callback):

@@ -1,13 +1,15 @@
 """Held-out clips are evaluated every `validate_every` epochs, at every checkpoint and at the last epoch."""
 import csv
-import os
 import json
+import os
 
 import pytest
 
-from audionet_tf import config as cfg
-from audionet_tf import report, train
-from audionet_tf.synthetic import write_synthetic_dataset
+from audionet_tf.commands import train
+from audionet_tf.core import config as cfg
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from audionet_tf.evaluation import report
+from audionet_tf.training import trainer
 
 
 def expected_epochs(epochs: int, validate_every: int, checkpoint_every: int, start: int = 0) -> list[int]:
@@ -21,12 +23,12 @@ def expected_epochs(epochs: int, validate_every: int, checkpoint_every: int, sta
     (25, 4, 10, 0), (25, 4, 10, 10), (5000, 10, 10, 0), (7, 1, 10, 0), (3, 10, 10, 0)])
 def test_schedule_follows_the_rule(epochs, validate_every, checkpoint_every, start):
     tc = cfg.TrainConfig(epochs=epochs, validate_every=validate_every, checkpoint_every=checkpoint_every)
-    assert train.validation_epochs(tc, start) == expected_epochs(epochs, validate_every, checkpoint_every, start)
+    assert trainer.validation_epochs(tc, start) == expected_epochs(epochs, validate_every, checkpoint_every, start)
 
 
 def test_the_slides_recipe_validates_one_epoch_in_ten():
     tc = cfg.TrainConfig()
-    assert tc.epochs == 5000 and len(train.validation_epochs(tc)) == 500
+    assert tc.epochs == 5000 and len(trainer.validation_epochs(tc)) == 500
 
 
 def test_zero_is_refused_before_anything_is_written(tmp_path, capsys):
@@ -64,7 +66,8 @@ def test_a_run_logs_held_out_metrics_on_the_scheduled_epochs_and_its_report_plot
 
 REPLICA_VALIDATION = """
 import json, sys
-from audionet_tf import config as cfg, train
+from audionet_tf.core import config as cfg
+from audionet_tf.training import trainer
 data, runs = sys.argv[1], sys.argv[2]
 result = {}
 for devices in (4, 1):

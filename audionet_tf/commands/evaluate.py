@@ -1,0 +1,117 @@
+"""Does the student hear what the teacher sees, and do its features transfer?
+
+    python -m audionet_tf.evaluate distill --run runs/NAME --data DIR [--folds K --epochs E]
+    python -m audionet_tf.evaluate transfer --model runs/NAME --dataset ESC-50-master [--folds 5]
+
+`distill` compares the student with the teacher on the held-out data only (whole held-out
+clips, or each clip's held-out part under the time split, as the dataset description
+records): KL, top-1 and top-5 agreement per clip and overall, next to a prior baseline that
+always predicts the teacher's mean distribution over the training data, and names any
+held-out clip whose teacher class no training window has. `--folds K` also trains K fresh
+students, each without one fold, and scores each on its fold: folds of clips (K = number of
+clips is leave-one-clip-out), or K time segments of every clip when the dataset uses the
+time split or has fewer clips than folds (training windows that share samples with the
+fold's are left out).
+
+`transfer` classifies a labelled sound dataset with a linear classifier (standardisation +
+logistic regression) on file-level features, cross-validated on the dataset's own folds
+(ESC-50's `meta/esc50.csv`) or stratified k-fold (one folder per class), for: the trained
+student, the same network with random weights, and log-mel/MFCC statistics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from audionet_tf.core import console, storage
+from audionet_tf.core.errors import AudioNetError
+from audionet_tf.evaluation.evaluate import distill, transfer
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]], columns: Sequence[str]) -> None:
+    """A small text table."""
+    print(title)
+    print(f"  {'':22s}" + "".join(f"{c:>16s}" for c in columns))
+    for name, values in rows.items():
+        print(f"  {name:22s}" + "".join(f"{values[c]:16.4f}" for c in columns))
+
+
+def distill_lines(result: dict[str, Any]) -> list[str]:
+    """The distill tables as text: overall, per clip (student and prior), and per fold."""
+    columns = ("kl", "top1_agreement", "top5_agreement")
+    where = "each clip's held-out part" if result.get("split") == ["time"] else "the held-out clips"
+    lines = [f"{result['data']}: {where} ({len(result['held_out_clips'])} clips)",
+             f"  {'':28s}" + "".join(f"{c:>16s}" for c in columns)]
+    for name, values in (("student", result["student"]), ("prior baseline", result["prior"])):
+        lines.append(f"  {name:28s}" + "".join(f"{values[c]:16.4f}" for c in columns))
+    lines.append("per clip: top-1 agreement of the student (prior baseline), windows")
+    for cid, scores in result["per_clip"].items():
+        lines.append(f"  {cid:40s} {scores['student']['top1_agreement']:.3f} ({scores['prior']['top1_agreement']:.3f})"
+                     f"  {scores['student']['windows']}" + ("  class never trained on"
+                                                              if cid in result.get("unseen_class_clips", []) else ""))
+    if "folds" in result:
+        folds = result["folds"]
+        lines.append(f"{folds['folds']} folds over {folds.get('by', 'clips')}, {folds['epochs']} epochs each: "
+                     f"top-1 agreement {folds['summary']['top1_agreement']['mean']:.3f} ± "
+                     f"{folds['summary']['top1_agreement']['std']:.3f}")
+        for number, fold in enumerate(folds["per_fold"], start=1):
+            lines.append(f"  fold {number}: top-1 {fold['top1_agreement']:.3f} (prior "
+                         f"{fold['prior']['top1_agreement']:.3f}), KL {fold['kl']:.3f}, {fold['windows']} windows")
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The evaluate command's flags."""
+    p = argparse.ArgumentParser(prog="python -m audionet_tf.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("distill", help="student vs teacher on held-out clips")
+    d.add_argument("--run", required=True)
+    d.add_argument("--data", help="dataset directory (default: the run's)")
+    d.add_argument("--folds", type=int, default=0,
+                   help="also train K students, each without one fold (of clips, or of each clip's time)")
+    d.add_argument("--epochs", type=int, help="epochs for each fold's student (default: the run's)")
+    t = sub.add_parser("transfer", help="linear classifier on student features vs baselines")
+    t.add_argument("--model", required=True, help="run directory, export directory or .keras")
+    t.add_argument("--dataset", required=True, help="ESC-50 layout, or one folder per class")
+    t.add_argument("--folds", type=int, default=5)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", help="JSON output (default: <model>/report/transfer.json for a run directory)")
+    for sub_parser in (d, t):
+        sub_parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
+        sub_parser.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    console.setup(args.verbose, getattr(args, "quiet", False))
+    try:
+        if args.command == "distill":
+            data_dir = args.data
+            if data_dir is None:
+                with open(os.path.join(args.run, "config.json"), encoding="utf-8") as handle:
+                    data_dir = json.load(handle)["dataset"]["data_dir"]
+            result = distill(args.run, data_dir, args.folds, args.epochs)
+            for line in distill_lines(result):
+                print(line)
+        else:
+            if args.folds < 2:
+                raise AudioNetError(f"--folds must be at least 2, got {args.folds}")
+            result = transfer(args.model, args.dataset, args.folds, args.seed)
+            out = args.out or (os.path.join(args.model, "report", "transfer.json") if os.path.isdir(args.model)
+                               else os.path.splitext(args.model)[0] + "-transfer.json")
+            storage.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+            print_table(f"{result['dataset']}: {result['files']} files, {len(result['classes'])} classes, "
+                        f"{result['cv']} (chance {result['chance']:.3f})", result["accuracy"], ("mean", "std"))
+            for path, why in result["skipped"].items():
+                print(f"  skipped {path}: {why}")
+            print(f"written to {out}")
+    except AudioNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

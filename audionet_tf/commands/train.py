@@ -1,0 +1,169 @@
+"""Train the AudioNet student on a prepared dataset.
+
+    python -m audionet_tf.train --data data/demo --epochs 50 --name demo
+    python -m audionet_tf.train --pipeline pipelines/demo.toml     # prepares what is missing, then trains
+    python -m audionet_tf.train                                     # the slides' seed experiment
+
+Defaults are the slides' recipe (batch 512, Adam 1e-4, 5000 epochs, KL to the teacher's
+softmax). The run goes to `runs/<name>/` (config, TensorBoard logs, checkpoints, backup,
+history, final model) and is exported to `saved_models/<name>/`. Running the same command
+again after a crash continues the run from its last backup; running it after the run
+finished starts a new run `<name>-2`. SIGTERM or Ctrl-C saves a backup where training is
+and exits with status 75; the same command continues from there. Watch with
+`tensorboard --logdir runs`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+from audionet_tf.core import config as cfg, console
+from audionet_tf.core.config import PipelineConfig
+from audionet_tf.core.errors import AudioNetError
+from audionet_tf.training.trainer import PeerLost
+
+SEED_PIPELINE = "pipelines/seed.toml"
+DEMO_PIPELINE = "pipelines/demo.toml"
+
+
+def default_pipeline(name: str) -> str:
+    """A shipped pipeline: relative to the working directory, else beside the package (a source checkout)."""
+    if os.path.isfile(name):
+        return name
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
+    return beside if os.path.isfile(beside) else name
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The train command's flags (each overrides the pipeline file's value)."""
+    p = argparse.ArgumentParser(prog="python -m audionet_tf.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", help="pipeline TOML file (default: pipelines/seed.toml when --data is not given)")
+    p.add_argument("--data", help="prepared dataset directory (default: the pipeline's local.out)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int, help="global batch, split across replicas")
+    p.add_argument("--learning-rate", type=_positive_float)
+    p.add_argument("--temperature", type=_positive_float, help="distillation temperature T (loss scaled by T^2)")
+    p.add_argument("--devices", type=_positive_int, help="number of replicas (GPUs; logical CPUs when none)")
+    p.add_argument("--strategy", choices=["mirrored", "multiworker"])
+    p.add_argument("--collective-timeout-s", type=_positive_float,
+                   help="multiworker: seconds before workers give up on a dead peer")
+    p.add_argument("--name", help="run name (default: the pipeline's, or the dataset directory's name)")
+    p.add_argument("--runs-dir")
+    p.add_argument("--export-dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true", default=None, help="log lines instead of progress bars")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
+    p.add_argument("--deterministic", action="store_true", default=None, help="reproducible data order and ops")
+    p.add_argument("--cache", choices=["auto", "memory", "none"])
+    p.add_argument("--steps-per-execution", type=_nonnegative_int, help=f"0: a whole epoch per call, at most {cfg.AUTO_STEPS_PER_EXECUTION} steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="epochs between checkpoints and backups")
+    p.add_argument("--backup-every-steps", type=_nonnegative_int, help="also back up every N steps (0: off)")
+    p.add_argument("--backup-every-minutes", type=_nonnegative_float, help="also back up every N minutes (0: off)")
+    p.add_argument("--histogram-every", type=_positive_int)
+    p.add_argument("--validate-every", type=_positive_int,
+                   help="epochs between evaluations of the held-out clips (checkpoint and last epochs always)")
+    p.add_argument("--input-scale", type=_positive_float, help="waveform gain inside the model")
+    p.add_argument("--no-export", dest="export", action="store_false", default=None)
+    p.add_argument("--no-report", dest="report", action="store_false", default=None)
+    p.add_argument("--no-prepare", dest="prepare", action="store_false", default=True,
+                   help="do not prepare a missing dataset from the pipeline's clip list")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> PipelineConfig:
+    """Defaults ← pipeline file ← flags."""
+    pipeline = args.pipeline
+    if pipeline is None and args.data is None:
+        pipeline = default_pipeline(SEED_PIPELINE)
+    config = cfg.load_pipeline(pipeline)
+    train_keys = {f.name for f in dataclasses.fields(cfg.TrainConfig)}
+    config = cfg.override(config, "train", {k: v for k, v in vars(args).items() if k in train_keys})
+    config = cfg.override(config, "model", {"input_scale": args.input_scale})
+    return config
+
+
+def _finish(config: PipelineConfig, run_dir: str) -> None:
+    """Export and report at the end of a run, as the pipeline asks."""
+    tc = config.train
+    if tc.export:
+        from audionet_tf.serving import export
+
+        out = os.path.join(tc.export_dir, os.path.basename(run_dir))
+        export.export_run(run_dir, out)
+        print(f"exported to {out}")
+    if tc.report:
+        from audionet_tf.evaluation import report
+
+        print(f"report: {report.make_report(run_dir)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = build_parser().parse_args(argv)
+    from audionet_tf.training.backup import EXIT_STOPPED, Stopped
+
+    console.setup(args.verbose, bool(args.quiet))
+    try:
+        config = resolve_config(args)
+        if args.pipeline is None and args.data is None:
+            print(f"no --data or --pipeline: running the slides' seed experiment ({SEED_PIPELINE}); "
+                  f"for the offline demo: python -m audionet_tf.train --pipeline {DEMO_PIPELINE}", file=sys.stderr)
+        train(config, prepare_missing=args.prepare)
+    except (Stopped, PeerLost) as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
+    except AudioNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue from the last backup", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _prepare(config: PipelineConfig) -> None:
+    from audionet_tf.commands.prepare import print_summary
+    from audionet_tf.preparation.runner import prepare
+
+    print_summary(prepare(config))
+
+
+def train(config: PipelineConfig, *, prepare_missing: bool = True, extra_callbacks: Sequence[Any] = ()) -> str:
+    """What the command runs: prepare a missing dataset, train, then export and report; returns the run directory."""
+    from audionet_tf.training.trainer import train as train_student
+
+    return train_student(config, prepare=_prepare if prepare_missing else None,
+                         finish=lambda run_dir: _finish(config, run_dir), extra_callbacks=extra_callbacks)

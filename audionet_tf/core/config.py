@@ -1,0 +1,299 @@
+"""Settings: frozen dataclasses with the slides' defaults, filled from a pipeline TOML file, then flags.
+
+Every setting the project has lives here. A pipeline file has one table per section
+(`[audio]`, `[model]`, `[train]`, `[prepare]`); a command-line flag overrides the file's value.
+Values are validated once, when a section is built, so a bad value is refused before
+anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from audionet_tf.core.errors import ConfigError
+
+DEFAULT_TEACHER = "EfficientNetV2B0"
+
+
+def _check(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How audio and frames are sampled and paired (slides: 16 kHz audio, a frame every 40 ms)."""
+
+    sample_rate: int = 16000
+    frame_period_ms: float = 40.0
+    # Window of audio paired with each frame; by default one frame period (640 samples).
+    window_ms: float = 40.0
+
+    def __post_init__(self) -> None:
+        _check(self.sample_rate > 0, "audio.sample_rate", f"must be positive, got {self.sample_rate}")
+        _check(self.frame_period_ms > 0, "audio.frame_period_ms", f"must be positive, got {self.frame_period_ms}")
+        _check(self.window_ms > 0, "audio.window_ms", f"must be positive, got {self.window_ms}")
+        _check(self.window_samples >= 8, "audio.window_ms", f"{self.window_ms} ms is under 8 samples")
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one window (640 at 16 kHz and 40 ms)."""
+        return int(round(self.sample_rate * self.window_ms / 1000.0))
+
+    @property
+    def hop_samples(self) -> int:
+        """Samples between two frames (640 at 16 kHz and 40 ms)."""
+        return int(round(self.sample_rate * self.frame_period_ms / 1000.0))
+
+    @property
+    def frames_per_second(self) -> float:
+        """Frames sampled per second of video (25 at 40 ms)."""
+        return 1000.0 / self.frame_period_ms
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The student (slides' layer table); only the input scale is a free choice."""
+
+    conv_filters: int = 16
+    # Waveforms in [-1, 1] are multiplied by this inside the model. SoundNet feeds about +-256;
+    # on the seed-shaped synthetic set with Adam 1e-4, after about 135 epochs the training KL
+    # was 2.28 at scale 1, 0.36 at 16 and 0.41 at 256 (KL 1.0 by epoch 30): see README, "Input scale".
+    input_scale: float = 256.0
+
+    def __post_init__(self) -> None:
+        _check(self.conv_filters > 0, "model.conv_filters", f"must be positive, got {self.conv_filters}")
+        _check(self.input_scale > 0 and math.isfinite(self.input_scale), "model.input_scale",
+               f"must be a positive number, got {self.input_scale}")
+
+
+# What steps_per_execution = 0 means at most: one epoch of the seed set is 4 steps (one call);
+# a VGGSound-size epoch of ~100,000 steps is cut into calls of 100 (a few seconds on a GPU).
+AUTO_STEPS_PER_EXECUTION = 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe; defaults are the slides' (5000 epochs, batch 512, Adam 1e-4)."""
+
+    data: str | None = None  # dataset directory; None means the pipeline's prepare.out
+    epochs: int = 5000
+    batch_size: int = 512  # global batch, split across replicas
+    learning_rate: float = 1e-4
+    temperature: float = 1.0
+    devices: int | None = None  # None: every visible GPU, or one CPU replica
+    strategy: str = "mirrored"  # mirrored | multiworker
+    collective_timeout_s: float = 60.0  # multiworker: the others fail this long after a worker dies
+    name: str | None = None  # run name; None: the pipeline file's or the dataset directory's name
+    runs_dir: str = "runs"
+    export_dir: str = "saved_models"
+    seed: int = 0
+    quiet: bool = False
+    deterministic: bool = False
+    cache: str = "auto"  # auto | memory | none
+    cache_limit_mb: int = 2048  # "auto" caches decoded examples in memory up to this size
+    # Steps per Keras call. 0: a whole epoch per call, at most AUTO_STEPS_PER_EXECUTION steps, so
+    # that backups by time or steps, a SIGTERM and the progress bar act inside long epochs.
+    steps_per_execution: int = 0
+    shuffle_buffer: int = 10000
+    checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
+    # Epochs between evaluations of the held-out clips. Checkpoint epochs and the last epoch are
+    # always evaluated (best.keras is picked on fresh val_kl). Evaluating every epoch made an
+    # epoch on the seed set about 1.5 times as long: README, "Speed".
+    validate_every: int = 10
+    backup_every_steps: int = 0  # also back up after this many steps (0: off); at execution boundaries
+    backup_every_minutes: float = 30.0  # also back up when this much time has passed (0: off)
+    keep_backups: int = 2  # backups kept; a damaged newest one falls back on the one before
+    dataset_wait_s: float = 3600.0  # multiworker: how long workers wait for the chief to prepare the dataset
+    histogram_every: int = 50  # epochs between weight histograms and filter images
+    export: bool = True
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.learning_rate > 0 and math.isfinite(self.learning_rate), "train.learning_rate",
+               f"must be a positive number, got {self.learning_rate}")
+        _check(self.temperature > 0 and math.isfinite(self.temperature), "train.temperature",
+               f"must be a positive number, got {self.temperature}")
+        _check(self.devices is None or self.devices >= 1, "train.devices",
+               f"must be at least 1, got {self.devices}")
+        _check(self.strategy in ("mirrored", "multiworker"), "train.strategy",
+               f"must be 'mirrored' or 'multiworker', got {self.strategy!r}")
+        _check(self.collective_timeout_s > 0, "train.collective_timeout_s",
+               f"must be positive, got {self.collective_timeout_s}")
+        _check(self.cache in ("auto", "memory", "none"), "train.cache",
+               f"must be 'auto', 'memory' or 'none', got {self.cache!r}")
+        _check(self.cache_limit_mb >= 0, "train.cache_limit_mb", f"must be 0 or more, got {self.cache_limit_mb}")
+        _check(self.steps_per_execution >= 0, "train.steps_per_execution",
+               f"must be 0 or more, got {self.steps_per_execution}")
+        _check(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every",
+               f"must be at least 1, got {self.checkpoint_every}")
+        _check(self.backup_every_steps >= 0, "train.backup_every_steps",
+               f"must be 0 or more, got {self.backup_every_steps}")
+        _check(self.backup_every_minutes >= 0 and math.isfinite(self.backup_every_minutes),
+               "train.backup_every_minutes", f"must be 0 or more, got {self.backup_every_minutes}")
+        _check(self.keep_backups >= 1, "train.keep_backups", f"must be at least 1, got {self.keep_backups}")
+        _check(self.dataset_wait_s > 0, "train.dataset_wait_s", f"must be positive, got {self.dataset_wait_s}")
+        _check(self.validate_every >= 1, "train.validate_every",
+               f"must be at least 1, got {self.validate_every}")
+        _check(self.histogram_every >= 1, "train.histogram_every",
+               f"must be at least 1, got {self.histogram_every}")
+        if self.name is not None:
+            _check(bool(self.name) and os.sep not in self.name and self.name not in (".", "..")
+                   and not self.name.startswith("-"), "train.name",
+                   f"must be a plain directory name, got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Data preparation: where clips come from, the teacher, and how the dataset is written."""
+
+    out: str = "data/dataset"
+    manifest: str | None = None  # CSV: project, AudioSet or VGGSound layout
+    clips: tuple = ()  # inline clips from a pipeline file: dicts with url, start, duration, label
+    teacher: str = DEFAULT_TEACHER  # registry name, .keras file or SavedModel directory
+    labels: str | None = None  # class names file for a user's teacher
+    teacher_batch: int = 32
+    cache_dir: str = "cache/clips"
+    holdout: str = "0.2"  # whole clips: a fraction, or comma-separated clip ids ("0": none)
+    holdout_part: str = ""  # a part of every clip: a fraction ("0.2") or seconds ("2s"); "": none
+    holdout_at: str = "end"  # where in each clip that part lies: end | start | middle
+    frame_fit: str = "crop"  # frames to the teacher's size: crop (keep aspect, centre crop) | squash | letterbox
+    shard_size: int = 1024  # examples per shard
+    shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
+    audio_format: str = "int16"  # int16 | float32
+    logits_format: str = "float16"  # float16 | float32
+    retries: int = 3
+    margin_s: float = 1.0  # extra seconds downloaded around each section
+    strict: bool = False
+    overwrite: bool = False
+    demo: bool = False  # make the offline demo clips instead of downloading
+    runner: str | None = None  # Apache Beam runner; None: single process
+
+    def __post_init__(self) -> None:
+        _check(bool(self.out), "prepare.out", "must name a directory")
+        _check(self.teacher_batch >= 1, "prepare.teacher_batch", f"must be at least 1, got {self.teacher_batch}")
+        _check(self.shard_size >= 1, "prepare.shard_size", f"must be at least 1, got {self.shard_size}")
+        _check(self.shard_clips >= 1, "prepare.shard_clips", f"must be at least 1, got {self.shard_clips}")
+        _check(self.audio_format in ("int16", "float32"), "prepare.audio_format",
+               f"must be 'int16' or 'float32', got {self.audio_format!r}")
+        _check(self.logits_format in ("float16", "float32"), "prepare.logits_format",
+               f"must be 'float16' or 'float32', got {self.logits_format!r}")
+        _check(self.retries >= 0, "prepare.retries", f"must be 0 or more, got {self.retries}")
+        _check(self.margin_s >= 0, "prepare.margin_s", f"must be 0 or more, got {self.margin_s}")
+        _check(self.holdout_at in ("end", "start", "middle"), "prepare.holdout_at",
+               f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")
+        _check(self.frame_fit in ("crop", "squash", "letterbox"), "prepare.frame_fit",
+               f"must be 'crop', 'squash' or 'letterbox', got {self.frame_fit!r}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole experiment: one pipeline file's sections."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    source: str | None = None  # the pipeline file it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, for the run directory's config.json."""
+        return dataclasses.asdict(self)
+
+    @property
+    def data_dir(self) -> str:
+        """The dataset directory training reads: train.data, or else prepare.out."""
+        return self.train.data or self.prepare.out
+
+
+SECTIONS = {"audio": AudioConfig, "model": ModelConfig, "train": TrainConfig, "prepare": PrepareConfig}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a TOML value into the field's type, refusing what does not fit."""
+    text = str(annotation)
+    if value is None:
+        _check("None" in text, where, "cannot be empty")
+        return None
+    if text.startswith("bool"):
+        _check(isinstance(value, bool), where, f"must be true or false, got {value!r}")
+        return value
+    if text.startswith("int"):
+        _check(isinstance(value, int) and not isinstance(value, bool), where, f"must be a whole number, got {value!r}")
+        return value
+    if text.startswith("float"):
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), where,
+               f"must be a number, got {value!r}")
+        return float(value)
+    if text.startswith("tuple"):
+        _check(isinstance(value, (list, tuple)), where, f"must be a list, got {value!r}")
+        return tuple(value)
+    if text.startswith("str"):
+        if isinstance(value, (list, tuple)) and where.endswith("holdout"):
+            return ",".join(str(v) for v in value)
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), where,
+               f"must be text, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_section(cls: type, values: Mapping[str, Any], where: str, base: Any = None) -> Any:
+    """Build one settings section from a mapping, naming any unknown key or bad value."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = dataclasses.asdict(base) if base is not None else {}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {known})")
+        kwargs[key] = _coerce(value, fields[key].type, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_pipeline(path: str | os.PathLike | None) -> PipelineConfig:
+    """Read a pipeline TOML file (or return the defaults for None)."""
+    if path is None:
+        return PipelineConfig()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"pipeline file {path} does not exist")
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        sections[name] = build_section(cls, table, f"{path} [{name}]")
+    # Relative paths in a pipeline file are relative to the working directory, like flags.
+    return PipelineConfig(**sections, source=path)
+
+
+def override(config: PipelineConfig, section: str, values: Mapping[str, Any]) -> PipelineConfig:
+    """Return `config` with the non-None `values` (parsed flags) set in `section`."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given:
+        return config
+    current = getattr(config, section)
+    updated = build_section(type(current), given, f"--{section} flags", base=current)
+    return dataclasses.replace(config, **{section: updated})

@@ -1,0 +1,115 @@
+"""The AudioNet student: the slides' layer table as a Keras functional model (channels last).
+
+| layer              | kernel | padding                    | stride | output             |
+|--------------------|--------|----------------------------|--------|--------------------|
+| Conv1D, 16 filters | 64     | 32 zeros each side         | 2      | floor(L/2) + 1     |
+| MaxPool1D          | 8      | 4 each side, never wins    | 1      | L_conv + 1         |
+| mean over time     | all    |                            |        | 16                 |
+| Dense              | 1000   |                            |        | logits             |
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from audionet_tf.core.config import ModelConfig
+
+# (name, kernel, padding each side, stride): the slides' table, in order.
+CONV = ("conv", 64, 32, 2)
+POOL = ("maxpool", 8, 4, 1)
+EMBEDDING_LAYERS = {"conv": "maxpool", "pooled": "pooled"}
+
+
+def conv_length(length: int) -> int:
+    """L_conv for an input of `length` samples."""
+    _, kernel, pad, stride = CONV
+    return (length + 2 * pad - kernel) // stride + 1
+
+
+def pool_length(length: int) -> int:
+    """L_pool for an input of `length` samples."""
+    _, kernel, pad, stride = POOL
+    return (conv_length(length) + 2 * pad - kernel) // stride + 1
+
+
+@keras.saving.register_keras_serializable(package="audionet_tf")
+class EdgeMaxPooling1D(keras.layers.Layer):
+    """Stride-1 max pooling with `padding` positions each side that never win the max.
+
+    Built from a "same" max pool (which already ignores its padding) plus the few extra
+    edge outputs computed as maxima over the valid samples they cover. No -inf constant
+    appears in the graph, so the layer converts to TFLite builtins and quantizes to int8.
+    """
+
+    def __init__(self, pool_size: int = 8, padding: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= padding < pool_size:
+            raise ValueError(f"padding must be in [0, pool_size), got {padding} for pool_size {pool_size}")
+        self.pool_size = int(pool_size)
+        self.padding = int(padding)
+
+    def call(self, inputs):
+        k, p = self.pool_size, self.padding
+        same_left = (k - 1) // 2
+        same_right = k - 1 - same_left
+        # Output j of the padded pool covers inputs [j - p, j - p + k); output i of the
+        # "same" pool covers [i - same_left, i + same_right]. Extra edge outputs (or a crop)
+        # make up the difference between the two paddings.
+        body = ops.max_pool(inputs, pool_size=k, strides=1, padding="same")
+        crop_left, crop_right = max(same_left - p, 0), max(same_right - p, 0)
+        if crop_left or crop_right:
+            body = body[:, crop_left: (-crop_right if crop_right else None), :]
+        left = [ops.max(inputs[:, : k - p + e, :], axis=1, keepdims=True) for e in range(p - same_left)]
+        right = [ops.max(inputs[:, -(same_left - e):, :], axis=1, keepdims=True)
+                 for e in range(p - same_right)]
+        pieces = left + [body] + right
+        return ops.concatenate(pieces, axis=1) if len(pieces) > 1 else body
+
+    def compute_output_shape(self, input_shape):
+        batch, length, channels = input_shape
+        out = None if length is None else length + 2 * self.padding - self.pool_size + 1
+        return (batch, out, channels)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "padding": self.padding}
+
+
+def build_audionet(input_length: int | None = None, num_classes: int = 1000, *,
+                   conv_filters: int | None = None, input_scale: float | None = None,
+                   name: str = "audionet") -> keras.Model:
+    """The student: waveform windows `(L, 1)` at 16 kHz in, `num_classes` logits out.
+
+    `conv_filters` and `input_scale` default to `config.ModelConfig`'s values, as in the train command.
+    """
+    defaults = ModelConfig()
+    conv_filters = defaults.conv_filters if conv_filters is None else conv_filters
+    input_scale = defaults.input_scale if input_scale is None else input_scale
+    waveform = keras.Input(shape=(input_length, 1), name="waveform")
+    x = waveform
+    if input_scale != 1.0:
+        x = keras.layers.Rescaling(input_scale, name="input_scale")(x)
+    conv_name, kernel, pad, stride = CONV
+    x = keras.layers.ZeroPadding1D(pad, name="conv_padding")(x)
+    x = keras.layers.Conv1D(conv_filters, kernel, strides=stride, padding="valid", name=conv_name)(x)
+    pool_name, pool_kernel, pool_pad, _ = POOL
+    x = EdgeMaxPooling1D(pool_kernel, pool_pad, name=pool_name)(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pooled")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(waveform, logits, name=name)
+
+
+def embedding_model(model: keras.Model, layer: str = "pooled") -> keras.Model:
+    """A model sharing `model`'s weights that outputs the pooled features or the conv maps.
+
+    `pooled`: the 16 features per window (the representation for transfer);
+    `conv`: the max-pooled conv maps `(L_pool, 16)` per window.
+    """
+    if layer not in EMBEDDING_LAYERS:
+        raise ValueError(f"layer must be one of {sorted(EMBEDDING_LAYERS)}, got {layer!r}")
+    return keras.Model(model.input, model.get_layer(EMBEDDING_LAYERS[layer]).output,
+                       name=f"{model.name}_{layer}")
+
+
+def load_model(path: str) -> keras.Model:
+    """Load a saved student (`.keras`), with Keras's safe mode on."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

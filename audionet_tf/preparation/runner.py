@@ -1,0 +1,99 @@
+"""Prepare a dataset in one process: clip list → download → decode → teacher → committed TFRecord shards.
+
+Two clips are fetched and decoded ahead while the teacher labels the current one; clips are committed
+in small groups (see `dataset.commits`), so a killed run loses only the open group."""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+
+from audionet_tf.core import config as cfg, console, storage
+from audionet_tf.core.errors import AudioNetError
+from audionet_tf.dataset import catalog, commits, records, split
+from audionet_tf.preparation import labelling
+from audionet_tf.preparation.labelling import Summary, clip_key, holdout_ids, list_clips, nothing_prepared, output_lock
+from audionet_tf.preparation.manifest import Clip
+
+log = logging.getLogger("audionet_tf.prepare")
+
+
+def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Summary:
+    """Prepare the pipeline's dataset in `prepare.out`; returns what happened to each clip."""
+    pc = config.prepare
+    clips = list_clips(config)
+    held_out = holdout_ids(clips, pc.holdout)
+    summary = Summary(out=pc.out)
+    with output_lock(pc.out):
+        keys = {c.id: clip_key(c, config, c.id in held_out) for c in clips}
+        done = commits.plan(pc.out, keys, pc.overwrite, clean=not storage.is_remote(pc.out))
+        todo = [c for c in clips if c.id not in done]
+        summary.skipped = [c.id for c in clips if c.id in done]
+        labeller = labelling.Labeller(config, held_out, keys, weights)
+        writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=pc.shard_clips)
+        log.info("%d clips: %d to prepare, %d already committed", len(clips), len(todo), len(done))
+        try:
+            _label_all(todo, labeller, writer, summary, config)
+            writer.commit()
+        except BaseException:
+            writer.abort()  # the open shards only: every committed clip stays
+            raise
+        state = commits.finalise(pc.out, len(clips), clean=not storage.is_remote(pc.out))
+        docs = state.clip_docs()
+        if not any(d.get("status") == "ok" for d in docs):
+            raise nothing_prepared(summary)
+        for warning in split.unseen_class_warnings(docs, catalog.read_class_names(pc.out)):
+            log.warning("%s", warning)
+            summary.warnings.append(warning)
+        description = catalog.read_description(pc.out)
+        summary.examples = {split: description.examples(split) for split in records.SPLITS}
+    return summary
+
+
+def _label_all(todo: list[Clip], labeller: labelling.Labeller, writer: commits.CommitWriter, summary: Summary,
+               config: cfg.PipelineConfig) -> None:
+    pc = config.prepare
+    started, frames_done, header = time.time(), 0, False
+    progress = console.Progress(len(todo), "prepare", log)
+    # Two clips are downloaded and decoded ahead while the teacher labels the current one.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(labeller.fetch, clip) for clip in todo[:2]]
+        for index, clip in enumerate(todo):
+            if index + 2 < len(todo):
+                futures.append(pool.submit(labeller.fetch, todo[index + 2]))
+            try:
+                outcome = labeller.label(clip, futures[index].result())
+            except labelling.TeacherError:
+                raise
+            except (AudioNetError, OSError) as exc:  # OSError: an unreadable cache file
+                outcome = labeller.failed(clip, exc)
+            futures[index] = None  # the decoded clip is not kept
+            if not outcome.ok:
+                if pc.strict:
+                    raise AudioNetError(f"clip {clip.id} failed (--strict): {outcome.doc['error']}")
+                summary.failed[clip.id] = outcome.doc["error"]
+                log.warning("clip %s failed: %s", clip.id, outcome.doc["error"])
+                writer.add(outcome.doc)
+                continue
+            spec = labeller.spec
+            try:
+                if not header:
+                    commits.ensure_header(pc.out, spec, labeller.teacher.class_names, labelling.settings(config))
+                    header = True
+                writer.add(outcome.doc, spec, outcome.windows, outcome.logits, outcome.times, outcome.splits)
+            except (OSError, tf_errors()) as exc:
+                raise AudioNetError(f"cannot write to {pc.out}: {exc}. Free space (or fix the storage) and "
+                                    f"rerun the same command: the clips committed so far are kept") from None
+            frames_done += len(outcome.windows)
+            summary.written.append(clip.id)
+            rate = frames_done / max(time.time() - started, 1e-6)
+            progress.update(index + 1, f"clips; {clip.id}: {len(outcome.windows)} frames ({outcome.doc['split']}), "
+                                       f"{rate:.0f} frames/s")
+    progress.close()
+
+
+def tf_errors() -> type:
+    """TensorFlow's I/O error type (raised by its file systems for remote outputs)."""
+    import tensorflow as tf
+
+    return tf.errors.OpError

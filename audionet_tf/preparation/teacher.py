@@ -1,0 +1,178 @@
+"""The teacher: an image classifier that gives every frame logits over its classes.
+
+A teacher is a registry name, a user's model, or the offline demo's teacher:
+
+| name | model | input | preprocessing |
+|---|---|---|---|
+| `EfficientNetV2B0` (default) | `keras.applications.EfficientNetV2B0` | 224×224 | inside the model (`include_preprocessing`) |
+| `MobileNetV3Large` | `keras.applications.MobileNetV3Large` | 224×224 | inside the model (`include_preprocessing`) |
+| `ResNet50` | `keras.applications.ResNet50` | 224×224 | `resnet50.preprocess_input` (BGR, mean subtraction) |
+| `VGG16` | `keras.applications.VGG16` (SoundNet's teacher family) | 224×224 | `vgg16.preprocess_input` |
+| `demo-colour` | built in code, fixed weights, no download: the offline demo's teacher | 32×32 | mean colour |
+| `path/to/model.keras` | a user's Keras model (loaded with `safe_mode=True`) | its own | none: RGB float32 in [0, 255] |
+| `path/to/saved_model/` | a user's SavedModel (its `serving_default` signature) | its own | none: RGB float32 in [0, 255] |
+
+Registry models are built with `weights="imagenet"` (downloaded by Keras on first use) and
+`classifier_activation=None`, so they give logits. ImageNet's 1000 class names ship with
+this package (`resources/imagenet_labels.txt`). A user's model gives logits over its own
+classes; their names come from a labels file (one per line), else `class_0`, `class_1`, ...
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+import numpy as np
+
+from audionet_tf.core.errors import AudioNetError
+
+DEMO_TEACHER = "demo-colour"
+# The demo teacher's classes: a colour each (RGB in [0, 1]); the demo's clips use them.
+DEMO_COLOURS = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 0.8, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "cyan": (0.0, 1.0, 1.0),
+}
+
+
+def _registry() -> dict[str, tuple[Callable, Callable | None]]:
+    import keras
+
+    apps = keras.applications
+    return {
+        "EfficientNetV2B0": (apps.EfficientNetV2B0, None),
+        "MobileNetV3Large": (apps.MobileNetV3Large, None),
+        "ResNet50": (apps.ResNet50, apps.resnet50.preprocess_input),
+        "VGG16": (apps.VGG16, apps.vgg16.preprocess_input),
+    }
+
+
+REGISTRY_NAMES = ("EfficientNetV2B0", "MobileNetV3Large", "ResNet50", "VGG16")
+
+
+def imagenet_class_names() -> list[str]:
+    """ImageNet's 1000 class names, shipped with the package."""
+    text = resources.files("audionet_tf").joinpath("resources/imagenet_labels.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class Teacher:
+    """Labels RGB frames: `logits(frames uint8 [N, H, W, 3]) -> float32 [N, C]`, in batches."""
+
+    name: str
+    input_size: tuple[int, int]
+    class_names: list[str]
+    predict: Callable[[np.ndarray], np.ndarray]
+    batch_size: int = 32
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the teacher's logits cover."""
+        return len(self.class_names)
+
+    def logits(self, frames: np.ndarray) -> np.ndarray:
+        """Logits for frames at the teacher's input size, computed `batch_size` frames at a time."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:3] != tuple(self.input_size):
+            raise ValueError(f"frames of shape {frames.shape}; the teacher takes [N, {self.input_size[0]}, "
+                             f"{self.input_size[1]}, 3]")
+        out = [np.asarray(self.predict(frames[i:i + self.batch_size].astype(np.float32)), np.float32)
+               for i in range(0, len(frames), self.batch_size)]
+        logits = np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        if logits.shape[1:] != (self.num_classes,):
+            raise AudioNetError(f"teacher {self.name} gave logits of shape {logits.shape}, "
+                                f"expected {self.num_classes} classes")
+        return logits
+
+
+def _read_labels(path: str | None, count: int, where: str) -> list[str]:
+    if path is None:
+        return [f"class_{i}" for i in range(count)]
+    if not os.path.isfile(path):
+        raise AudioNetError(f"labels file {path} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        names = [line.strip() for line in handle if line.strip()]
+    if len(names) != count:
+        raise AudioNetError(f"labels file {path} has {len(names)} names, but {where} gives {count} logits")
+    return names
+
+
+def demo_teacher(batch_size: int = 64) -> Teacher:
+    """The offline demo's teacher: logits from the frame's mean colour against six colour prototypes."""
+    import keras
+
+    prototypes = np.array(list(DEMO_COLOURS.values()), np.float32)  # [C, 3]
+    gain = 20.0
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    # -gain * ||x - p||^2 up to a term that is the same for every class.
+    dense = keras.layers.Dense(len(prototypes))
+    outputs = dense(x)
+    model = keras.Model(inputs, outputs, name="demo_colour_teacher")
+    dense.set_weights([2 * gain * prototypes.T, -gain * np.sum(prototypes ** 2, axis=1)])
+    return Teacher(DEMO_TEACHER, (32, 32), list(DEMO_COLOURS), lambda f: model(f, training=False).numpy(),
+                   batch_size)
+
+
+def load_teacher(spec: str, labels: str | None = None, weights: str | None = "imagenet",
+                 batch_size: int = 32) -> Teacher:
+    """A teacher from a registry name, `demo-colour`, a `.keras` file or a SavedModel directory."""
+    if spec == DEMO_TEACHER:
+        return demo_teacher(batch_size)
+    if spec in REGISTRY_NAMES:
+        build, preprocess = _registry()[spec]
+        try:
+            model = build(weights=weights, classifier_activation=None, input_shape=(224, 224, 3))
+        except Exception as exc:  # a failed weights download surfaces as several exception types
+            raise AudioNetError(f"teacher {spec}: cannot build it with weights={weights!r} ({exc}); "
+                                f"without internet, use the offline demo (pipelines/demo.toml) or your own "
+                                f"model file") from None
+        size = tuple(int(d) for d in model.input_shape[1:3])
+        names = imagenet_class_names() if labels is None else _read_labels(labels, 1000, spec)
+
+        def predict(frames: np.ndarray) -> np.ndarray:
+            x = preprocess(frames.copy()) if preprocess is not None else frames
+            return model(x, training=False).numpy()
+
+        return Teacher(spec, size, names, predict, batch_size)
+    if spec.endswith(".keras"):
+        import keras
+
+        if not os.path.isfile(spec):
+            raise AudioNetError(f"teacher model {spec} does not exist")
+        try:
+            model = keras.saving.load_model(spec, safe_mode=True, compile=False)
+        except Exception as exc:  # Keras raises several types for a file it cannot read
+            raise AudioNetError(f"teacher model {spec}: cannot load it ({exc})") from None
+        size = tuple(int(d) for d in model.input_shape[1:3])
+        count = int(model.output_shape[-1])
+        return Teacher(os.path.basename(spec), size, _read_labels(labels, count, spec),
+                       lambda f: model(f, training=False).numpy(), batch_size)
+    if os.path.isdir(spec):
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(spec)
+            signature = loaded.signatures["serving_default"]
+        except Exception as exc:  # TF raises several types for a directory it cannot read
+            raise AudioNetError(f"teacher SavedModel {spec}: cannot load its serving_default signature ({exc})") \
+                from None
+        (input_name, input_spec), = signature.structured_input_signature[1].items()
+        size = tuple(int(d) for d in input_spec.shape[1:3])
+        output_name = sorted(signature.structured_outputs)[0]
+        count = int(signature.structured_outputs[output_name].shape[-1])
+
+        def predict_saved(frames: np.ndarray) -> np.ndarray:
+            return signature(**{input_name: tf.constant(frames, tf.float32)})[output_name].numpy()
+
+        return Teacher(os.path.basename(os.path.normpath(spec)), size, _read_labels(labels, count, spec),
+                       predict_saved, batch_size)
+    raise AudioNetError(f"unknown teacher {spec!r}: use one of {', '.join(REGISTRY_NAMES)}, {DEMO_TEACHER}, "
+                        f"a .keras file or a SavedModel directory")

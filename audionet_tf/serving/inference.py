@@ -1,0 +1,160 @@
+"""Running a trained student on recordings: load an export, a `.keras` or a `.tflite`, window audio, batch."""
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from audionet_tf.core.errors import AudioNetError
+
+BATCH = 256
+RUNNER_CACHE = 8  # Keras models (or sub-models) whose traced function is kept for reuse
+
+
+@dataclass
+class Student:
+    """A loaded student: windows `[N, L]` → logits `[N, C]`, with the facts needed to window audio."""
+
+    logits: Callable[[np.ndarray], np.ndarray]
+    class_names: list[str]
+    sample_rate: int
+    window_samples: int
+    hop_samples: int
+    source: str
+    keras_model: object | None = None
+    embed: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+class KerasRunner:
+    """Windows `[N, L]` → a Keras model's outputs, through one function traced once for every N and L.
+
+    `model.predict` traces anew for each new model object and each new batch shape, so running files
+    of many lengths (or building a sub-model per file) retraced on every file; this function's input
+    signature has both dimensions unknown.
+    """
+
+    def __init__(self, model, layer: str | None = None):
+        import tensorflow as tf
+
+        from audionet_tf.model.student import embedding_model
+
+        self.model = model
+        net = embedding_model(model, layer) if layer else model
+        self.function = tf.function(lambda windows: net(tf.expand_dims(windows, -1), training=False),
+                                    input_signature=[tf.TensorSpec([None, None], tf.float32)])
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """Outputs for `windows`, in batches of BATCH."""
+        windows = np.asarray(windows, np.float32)
+        return np.concatenate([self.function(windows[i:i + BATCH]).numpy()
+                               for i in range(0, max(len(windows), 1), BATCH)])
+
+    @property
+    def traces(self) -> int:
+        """How many times the function has been traced (1 after any number of calls)."""
+        return self.function.experimental_get_tracing_count()
+
+
+_runners: OrderedDict[tuple[int, str | None], KerasRunner] = OrderedDict()
+
+
+def keras_runner(model, layer: str | None = None) -> KerasRunner:
+    """The runner of `model` (its logits, or the `pooled`/`conv` features), reused across calls."""
+    # Keyed by id(): the cache holds the model, so its id cannot be reused while the entry lives.
+    key = (id(model), layer)
+    if key not in _runners:
+        _runners[key] = KerasRunner(model, layer)
+        while len(_runners) > RUNNER_CACHE:
+            _runners.popitem(last=False)
+    _runners.move_to_end(key)
+    return _runners[key]
+
+
+def _labels(path: str, count: int) -> list[str]:
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            names = [line.rstrip("\n") for line in handle if line.strip()]
+        if len(names) == count:
+            return names
+    return [f"class_{i}" for i in range(count)]
+
+
+def newest_export(root: str = "saved_models") -> str:
+    """The most recently written export under `root`."""
+    candidates = [os.path.join(root, d) for d in os.listdir(root)] if os.path.isdir(root) else []
+    candidates = [d for d in candidates if os.path.isfile(os.path.join(d, "metadata.json"))]
+    if not candidates:
+        raise AudioNetError(f"no exported model under {root}/: train one (python -m audionet_tf.train) or give --model")
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_student(path: str) -> Student:
+    """A student from an export directory (SavedModel), a `.keras` file or a `.tflite` file."""
+    if os.path.isdir(path):
+        meta_path = os.path.join(path, "metadata.json")
+        if not os.path.isfile(meta_path) or not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise AudioNetError(f"{path} is not an export directory (no metadata.json and saved_model.pb); "
+                                f"make one with python -m audionet_tf.export")
+        import tensorflow as tf
+
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+        loaded = tf.saved_model.load(path)
+        serve, embed = loaded.signatures["serving_default"], loaded.signatures["embed"]
+        return Student(lambda w: serve(windows=tf.constant(w, tf.float32))["logits"].numpy(),
+                       _labels(os.path.join(path, "labels.txt"), meta["num_classes"]), meta["sample_rate"],
+                       meta["window_samples"], meta["hop_samples"], path,
+                       embed=lambda w: embed(windows=tf.constant(w, tf.float32))["embedding"].numpy())
+    if not os.path.isfile(path):
+        raise AudioNetError(f"{path}: no such model file or export directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    meta = {}
+    if os.path.isfile(os.path.join(folder, "metadata.json")):
+        with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as handle:
+            meta = json.load(handle)
+    rate, window, hop = meta.get("sample_rate", 16000), meta.get("window_samples", 640), meta.get("hop_samples", 640)
+    if path.endswith(".tflite"):
+        from audionet_tf.serving.export import tflite_runner
+
+        run = tflite_runner(path)
+        try:
+            count = run(np.zeros((1, window), np.float32)).shape[-1]
+        except (ValueError, RuntimeError) as exc:
+            raise AudioNetError(f"{path}: cannot run this TFLite model ({exc})") from None
+        return Student(run, _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop, path)
+    if path.endswith(".keras"):
+        from audionet_tf.model.student import load_model
+
+        try:
+            model = load_model(path)
+        except Exception as exc:  # Keras raises several types for a file it cannot read
+            raise AudioNetError(f"{path}: cannot load it as a .keras model ({exc})") from None
+        count = int(model.output.shape[-1])
+        return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop,
+                       path, keras_model=model, embed=keras_runner(model, "pooled"))
+    raise AudioNetError(f"{path}: expected an export directory, a .keras or a .tflite file")
+
+
+def frame_audio(wave: np.ndarray, window: int, hop: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Windows `[M, window]` every `hop` samples (window k covers [k hop, k hop + window)) and their start indices."""
+    if len(wave) < window:
+        raise AudioNetError(f"{where}: {len(wave)} samples of audio, shorter than one window ({window})")
+    count = 1 + (len(wave) - window) // hop
+    starts = np.arange(count) * hop
+    return np.stack([wave[s:s + window] for s in starts]).astype(np.float32), starts
+
+
+def batched(fn: Callable[[np.ndarray], np.ndarray], windows: np.ndarray) -> np.ndarray:
+    """`fn` over `windows` in batches."""
+    return np.concatenate([np.asarray(fn(windows[i:i + BATCH])) for i in range(0, len(windows), BATCH)])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits, row by row."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -1,0 +1,328 @@
+"""Resumable training state: backups by epochs, steps or minutes, fallback on damage, stop on request.
+
+A backup is a `.weights.h5` file (model weights and optimizer state, including the
+optimizer's step counter) plus `state.json`, written atomically after it, naming the file
+and where training was: `epoch` (finished epochs) and `step` (steps done in the next one).
+The newest `keep` backups stay, so a damaged newest file falls back on the one before it,
+then on `checkpoints/last.keras`. A new backup is written to a temporary name and renamed
+only when complete: a kill, a full disk or a vanished directory never replaces a good
+backup with a partial one.
+
+Backups are taken at the end of a Keras execution (`steps_per_execution` steps); by default
+an execution is a whole epoch of at most `config.AUTO_STEPS_PER_EXECUTION` steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+from audionet_tf.core.errors import AudioNetError
+from audionet_tf.core.storage import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+BACKUP_STATE = "state.json"
+BACKUP_NAME = re.compile(r"epoch-(\d{6})-step-(\d{9})\.weights\.h5")
+# Exit status of a run stopped on request (SIGTERM, Ctrl-C) after saving: EX_TEMPFAIL,
+# "try again" — the same command continues.
+EXIT_STOPPED = 75
+
+
+class Stopped(AudioNetError):
+    """Training stopped on request (SIGTERM / SIGINT) after saving a backup."""
+
+
+class BackupWriteError(AudioNetError):
+    """A backup (or another file of the run) could not be written."""
+
+
+class NoUsableState(AudioNetError):
+    """Every backup and checkpoint of a run is damaged."""
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT into a request that the Backup callback honours at the next step boundary.
+
+    A second Ctrl-C stops at once (KeyboardInterrupt). Only the main thread can install handlers;
+    elsewhere this does nothing.
+    """
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s received: saving a backup at the next step boundary, then stopping", self.signal_name)
+
+    def install(self) -> "StopRequest":
+        """Catch SIGTERM and SIGINT from now on."""
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread
+            self._previous.clear()
+        return self
+
+    def restore(self) -> None:
+        """Give the signals back to their previous handlers."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.signal_name is not None
+
+
+def _finite(model: keras.Model, logs: dict[str, Any] | None) -> bool:
+    finite_logs = all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in (logs or {}).values())
+    return finite_logs and all(np.all(np.isfinite(np.asarray(w))) for w in model.get_weights())
+
+
+def read_state(backup_dir: str) -> dict[str, Any] | None:
+    """The backup directory's state (None when there is none, or it is unreadable)."""
+    path = os.path.join(backup_dir, BACKUP_STATE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        # The weights files' names say where they were taken: use them, newest first.
+        log.warning("backup state %s is unreadable (%s); using the backup files' names", path, exc)
+        found = []
+        for name in sorted(os.listdir(backup_dir), reverse=True):
+            match = BACKUP_NAME.fullmatch(name)
+            if match:
+                found.append({"weights": name, "epoch": int(match.group(1)), "step": int(match.group(2))})
+        return {"backups": found, "damaged": path}
+    if "backups" not in state:  # written by an earlier version: one backup
+        state = {"backups": [{"weights": state["weights"], "epoch": state["epoch"], "step": 0}]}
+    return state
+
+
+class RunDirGuard(keras.callbacks.Callback):
+    """Stops with one message when the run directory disappears (removed, or its storage gone).
+
+    Without it, the next write would quietly make a new, partial run directory in its place.
+    Put it first: it checks before the others write.
+    """
+
+    def __init__(self, run_dir: str, lock):
+        super().__init__()
+        self.run_dir = run_dir
+        self.lock = lock
+
+    def _check(self) -> None:
+        if self.lock is not None and not self.lock.intact():
+            raise BackupWriteError(f"cannot write {self.run_dir}: the run directory has disappeared (removed, or its "
+                                   f"storage is gone); nothing more is written; restore the directory or its "
+                                   f"storage and run the same command to continue from its last backup")
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._check()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._check()
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Backup(keras.callbacks.Callback):
+    """Saves weights and optimizer state every `every_epochs` epochs, `every_steps` steps or `every_minutes`
+    minutes (whichever comes first; 0 turns the last two off), and when a stop is requested.
+
+    `restore()` is called before `fit` and returns (epoch, step) to continue from.
+    """
+
+    def __init__(self, backup_dir: str, every_epochs: int = 10, every_steps: int = 0, every_minutes: float = 0.0,
+                 keep: int = 2, write: bool = True, restore_dir: str | None = None,
+                 checkpoint_dir: str | None = None, stop: StopRequest | None = None, steps_per_epoch: int = 1):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.every_epochs = every_epochs
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60.0
+        self.keep = max(1, keep)
+        self.write = write
+        # Every worker of a cluster resumes from the chief's backup, so they all start alike.
+        self.restore_dir = restore_dir or backup_dir
+        self.checkpoint_dir = checkpoint_dir
+        self.stop = stop
+        self.steps_per_epoch = steps_per_epoch
+        self.last_saved: dict[str, Any] | None = None
+        self._last_step = 0
+        self._last_time = time.monotonic()
+        self._epoch = 0
+        self._epoch_start_step = 0
+        self._offset = 0  # steps of the first epoch done before a mid-epoch resume
+
+    def begin(self, steps_per_epoch: int, offset: int = 0) -> None:
+        """Before each `fit`: its steps per epoch, and the steps of its first epoch already done."""
+        self.steps_per_epoch = steps_per_epoch
+        self._offset = offset
+
+    # -- restoring ----------------------------------------------------------------------------------------
+
+    def restore(self, model: keras.Model) -> tuple[int, int]:
+        """Load the newest usable backup into `model` (and its optimizer): (finished epochs, steps into the next)."""
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        state = read_state(self.restore_dir)
+        candidates = [] if state is None else list(state["backups"])
+        bad: list[str] = [state["damaged"]] if state and "damaged" in state else []
+        for entry in candidates:
+            path = os.path.join(self.restore_dir, entry["weights"])
+            try:
+                model.load_weights(path)
+            except Exception as exc:  # h5py reports truncation and corruption with several types
+                log.warning("backup %s is damaged or missing (%s); trying the previous one",
+                            path, str(exc).splitlines()[0][:200])
+                bad.append(path)
+                continue
+            self.last_saved = dict(entry)
+            self._note_restored(model)
+            log.info("resumed from %s at epoch %d step %d", path, entry["epoch"], entry.get("step", 0))
+            return int(entry["epoch"]), int(entry.get("step", 0))
+        fallback = self._restore_checkpoint(model, bad)
+        if fallback is not None:
+            return fallback, 0
+        if bad:
+            raise NoUsableState(
+                f"no usable state left to resume {os.path.dirname(self.restore_dir)}: damaged: {', '.join(bad)}; "
+                f"to start afresh, remove {self.restore_dir} and the checkpoints directory, or pick another --name")
+        return 0, 0
+
+    def _restore_checkpoint(self, model: keras.Model, bad: list[str]) -> int | None:
+        if not self.checkpoint_dir:
+            return None
+        last = os.path.join(self.checkpoint_dir, "last.keras")
+        marker = os.path.join(self.checkpoint_dir, "last.json")
+        if not (bad and os.path.isfile(last) and os.path.isfile(marker)):
+            return None
+        try:
+            with open(marker, encoding="utf-8") as handle:
+                epoch = int(json.load(handle)["epoch"])
+            model.load_weights(last)
+        except Exception as exc:
+            log.warning("checkpoint %s is damaged (%s)", last, str(exc).splitlines()[0][:200])
+            bad.append(last)
+            return None
+        self._note_restored(model)
+        log.warning("resumed from checkpoint %s at epoch %d (the backups were damaged)", last, epoch)
+        return epoch
+
+    def _note_restored(self, model: keras.Model) -> None:
+        self._last_step = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0
+        self._last_time = time.monotonic()
+
+    # -- saving -------------------------------------------------------------------------------------------
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch = epoch
+        self._epoch_start_step = self._step() - self._offset
+        self._offset = 0
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        if self.stop is not None and self.stop.requested and self._step() == self._last_step:
+            self._stopped()  # asked to stop before anything new was trained
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if batch + 1 >= self.steps_per_epoch:
+            return  # the epoch's end follows: save there, after validation and the epoch's logs
+        step = self._step()
+        due = (self.stop is not None and self.stop.requested) or self._due(step)
+        if not due:
+            return
+        if _finite(self.model, None):
+            self._save(self._epoch, step - self._epoch_start_step, step)
+        if self.stop is not None and self.stop.requested:
+            self._stopped()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        done = epoch + 1
+        last = self.params.get("epochs") if self.params else None
+        step = self._step()
+        stopping = self.stop is not None and self.stop.requested
+        if done % self.every_epochs == 0 or done == last or stopping or self._due(step):
+            if _finite(self.model, logs):
+                self._save(done, 0, step)
+            else:
+                log.warning("epoch %d: loss or weights are not finite; the backup keeps the last good state", done)
+        if stopping:
+            self._stopped()
+
+    def _due(self, step: int) -> bool:
+        if self.every_steps and step - self._last_step >= self.every_steps:
+            return True
+        return bool(self.every_seconds) and time.monotonic() - self._last_time >= self.every_seconds
+
+    def _stopped(self) -> None:
+        where = self.last_saved
+        saved = (f"saved {os.path.join(self.restore_dir, where['weights'])} (epoch {where['epoch']}, "
+                 f"step {where.get('step', 0)})" if where else "nothing had been trained yet")
+        raise Stopped(f"stopped by {self.stop.signal_name}: {saved}; run the same command to continue")
+
+    def _save(self, epoch: int, step_in_epoch: int, step: int) -> None:
+        self._last_step = step
+        self._last_time = time.monotonic()
+        entry = {"epoch": epoch, "step": step_in_epoch, "iterations": step,
+                 "weights": f"epoch-{epoch:06d}-step-{step_in_epoch:09d}.weights.h5"}  # BACKUP_NAME
+        if not self.write:
+            self.last_saved = entry
+            return
+        final = os.path.join(self.backup_dir, entry["weights"])
+        tmp = os.path.join(self.backup_dir, f".{entry['weights']}.{os.getpid()}.tmp.weights.h5")
+        state = read_state(self.backup_dir) or {"backups": []}
+        kept = [b for b in state["backups"] if b["weights"] != entry["weights"]][: self.keep - 1]
+        try:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            self.model.save_weights(tmp, overwrite=True)
+            _fsync_file(tmp)  # the rename must not reach the disk before the data
+            os.replace(tmp, final)
+            atomic_write_text(os.path.join(self.backup_dir, BACKUP_STATE),
+                              json.dumps({"backups": [entry, *kept]}, indent=1) + "\n")
+        except Exception as exc:
+            try:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            except OSError:
+                pass
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+            good = kept[0] if kept else None
+            if self.last_saved and os.path.isfile(os.path.join(self.backup_dir, self.last_saved["weights"])):
+                good = self.last_saved
+            keeps = (f"the last good backup {os.path.join(self.backup_dir, good['weights'])} (epoch {good['epoch']}, "
+                     f"step {good.get('step', 0)}) is kept" if good else "no backup had been written yet")
+            raise BackupWriteError(f"cannot write the backup {final}: {reason}; {keeps}; free space or fix the "
+                                   f"directory, then run the same command to continue") from None
+        self.last_saved = entry
+        keep_names = {b["weights"] for b in (entry, *kept)}
+        for old in os.listdir(self.backup_dir):
+            # Also the temporary files of writes that a kill interrupted.
+            if old.endswith(".weights.h5") and old not in keep_names:
+                try:
+                    os.unlink(os.path.join(self.backup_dir, old))
+                except OSError:
+                    pass

@@ -1,0 +1,62 @@
+"""Figures drawn during training (TensorBoard) and again in the report: a clip's timeline of top classes."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def pyplot():
+    """matplotlib's pyplot with no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def clip_audio(windows: np.ndarray, times: np.ndarray, hop: int, sample_rate: int) -> np.ndarray:
+    """A clip's audio rebuilt from its windows: each frame's own period from the middle of its window
+    (zeros where a frame is missing, such as the guard frames of a time split)."""
+    width = windows.shape[1]
+    frames = np.round(np.asarray(times) * sample_rate / hop).astype(int)
+    wave = np.zeros((int(frames.max()) + 1) * hop if len(frames) else 0, np.float32)
+    offset = width // 2 - hop // 2
+    for k, window in zip(frames, windows):
+        part = window[max(0, offset): max(0, offset) + hop]
+        wave[k * hop: k * hop + len(part)] = part
+    return wave
+
+
+def timeline_figure(teacher: np.ndarray, student: np.ndarray, times: np.ndarray, wave: np.ndarray,
+                    class_names: Sequence[str], sample_rate: int, title: str,
+                    held_out: tuple[float, float] | None = None):
+    """The teacher's top class against the student's over a clip (held-out part shaded), over its spectrogram."""
+    plt = pyplot()
+    shown = sorted(set(teacher.argmax(1)) | set(student.argmax(1)))
+    rank = {c: i for i, c in enumerate(shown)}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 2.6 + 0.22 * len(shown)), sharex=True,
+                                      gridspec_kw={"height_ratios": [1 + 0.15 * len(shown), 1.3]})
+    period = float(np.median(np.diff(times))) if len(times) > 1 else 0.04
+    end = float(times[-1]) + period if len(times) else 0.0
+    if held_out is not None:
+        for ax in (top, bottom):
+            ax.axvspan(held_out[0], held_out[1], color="0.85" if ax is top else "white", alpha=0.5 if ax is top
+                       else 0.15, zorder=0, label="held out" if ax is top else None)
+    top.step(times, [rank[c] for c in teacher.argmax(1)], where="post", label="teacher (frames)", linewidth=2.2)
+    top.step(times, [rank[c] for c in student.argmax(1)], where="post", label="student (audio)", linestyle="--",
+             linewidth=1.4)
+    top.set_yticks(range(len(shown)))
+    top.set_yticklabels([class_names[c][:28] for c in shown], fontsize=7)
+    top.set_ylim(-0.5, len(shown) - 0.5)
+    top.set_title(title, fontsize=9)
+    top.legend(fontsize=7, loc="upper right", ncol=3)
+    if len(wave) >= 512:
+        bottom.specgram(wave, NFFT=512, Fs=sample_rate, noverlap=384, xextent=(0.0, len(wave) / sample_rate),
+                        cmap="magma")
+    bottom.set_ylabel("Hz")
+    bottom.set_xlabel("seconds")
+    bottom.set_xlim(0.0, end)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,106 @@
+"""TensorBoard shows the student learning: for one or two held-out clips, the teacher-vs-student
+timeline image every N epochs (IMAGES tab, `timeline/<clip>`) and the clip's audio once (AUDIO tab)."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from audionet_tf.dataset import catalog, reader, records
+
+TIMELINE_CLIPS = 2
+
+
+def figure_image(fig) -> np.ndarray:
+    """A matplotlib figure as an RGB image (uint8 [H, W, 3]); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+class TimelineImages(keras.callbacks.Callback):
+    """Every `every` epochs, the teacher's top class against the student's over each chosen clip."""
+
+    def __init__(self, log_dir: str, arrays: dict[str, np.ndarray], clips: Sequence[dict], class_names: Sequence[str],
+                 sample_rate: int, hop: int, every: int = 10):
+        super().__init__()
+        self.log_dir = log_dir
+        self.arrays = arrays
+        self.clips = list(clips)
+        self.class_names = list(class_names)
+        self.sample_rate = sample_rate
+        self.hop = hop
+        self.every = every
+        self._writer = None
+        self._last = -1
+
+    def _writer_ready(self):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
+    def on_train_begin(self, logs=None) -> None:
+        import tensorflow as tf
+
+        from audionet_tf.training.figures import clip_audio
+
+        with self._writer_ready().as_default():
+            for clip in self.clips:
+                mine = self.arrays["clip_id"] == clip["id"]
+                wave = clip_audio(self.arrays["audio"][mine], self.arrays["time"][mine], self.hop, self.sample_rate)
+                tf.summary.audio(f"clip/{clip['id']}", wave[None, :, None], self.sample_rate, step=0)
+        self._writer.flush()
+
+    def _log(self, step: int) -> None:
+        import tensorflow as tf
+
+        from audionet_tf.training.figures import clip_audio, timeline_figure
+
+        if step == self._last:
+            return
+        self._last = step
+        with self._writer_ready().as_default():
+            for clip in self.clips:
+                mine = self.arrays["clip_id"] == clip["id"]
+                windows, times = self.arrays["audio"][mine], self.arrays["time"][mine]
+                # A plain call, not predict(): no collective step, so only the chief needs to run it.
+                student = np.concatenate([np.asarray(self.model(windows[i:i + 512, :, None], training=False))
+                                          for i in range(0, len(windows), 512)])
+                part = clip.get("held_out_part")
+                fig = timeline_figure(self.arrays["logits"][mine], student, times,
+                                      clip_audio(windows, times, self.hop, self.sample_rate), self.class_names,
+                                      self.sample_rate, f"{clip['id']} at epoch {step}",
+                                      (part["start_s"], part["end_s"]) if part else None)
+                tf.summary.image(f"timeline/{clip['id']}", figure_image(fig)[None], step=step)
+        self._writer.flush()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if (epoch + 1) % self.every == 0 or epoch == 0:
+            self._log(epoch + 1)
+
+    def on_train_end(self, logs=None) -> None:
+        epochs = self.params.get("epochs", 0) if self.params else 0
+        if epochs:
+            self._log(epochs)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def timeline_callbacks(data_dir: str, description: records.Description, log_dir: str, every: int,
+                       hop: int, write: bool = True) -> list[keras.callbacks.Callback]:
+    """The timeline callback for the first held-out clips of a dataset (none without held-out data)."""
+    held = [c for c in description.clips if c.get("status") == "ok" and c.get("split") in ("validation", "time")]
+    if not write or not held or not description.examples("validation"):
+        return []
+    chosen = held[:TIMELINE_CLIPS]
+    arrays = reader.load_arrays(data_dir, "all", clip_ids=[c["id"] for c in chosen])
+    return [TimelineImages(os.path.join(log_dir, "timelines"), arrays, chosen,
+                           catalog.read_class_names(data_dir, description), description.spec.sample_rate, hop, every)]
