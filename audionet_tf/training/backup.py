@@ -19,13 +19,14 @@ import os
 import re
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.core.storage import atomic_write_text
+from audionet_tf.training.callbacks import BackgroundWriter
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,12 @@ class Backup(keras.callbacks.Callback):
 
     def __init__(self, backup_dir: str, every_epochs: int = 10, every_steps: int = 0, every_minutes: float = 0.0,
                  keep: int = 2, write: bool = True, restore_dir: str | None = None,
-                 checkpoint_dir: str | None = None, stop: StopRequest | None = None, steps_per_epoch: int = 1):
+                 checkpoint_dir: str | None = None, stop: StopRequest | None = None, steps_per_epoch: int = 1,
+                 make_copy: Callable[[], keras.Model] | None = None):
         super().__init__()
+        # With `make_copy`, backups are written in the background from a copy of the state
+        # taken where training was; a stop request or training's end waits for the last one.
+        self._writer = BackgroundWriter(make_copy, "backups") if make_copy is not None and write else None
         self.backup_dir = backup_dir
         self.every_epochs = every_epochs
         self.every_steps = every_steps
@@ -261,6 +266,8 @@ class Backup(keras.callbacks.Callback):
             self._stopped()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self._writer is not None:
+            self._writer.check()
         done = epoch + 1
         last = self.params.get("epochs") if self.params else None
         step = self._step()
@@ -278,7 +285,18 @@ class Backup(keras.callbacks.Callback):
             return True
         return bool(self.every_seconds) and time.monotonic() - self._last_time >= self.every_seconds
 
+    def on_train_end(self, logs=None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def finish_after_error(self) -> None:
+        """Training ends on an exception: let the backup being written finish."""
+        if self._writer is not None:
+            self._writer.finish_quietly()
+
     def _stopped(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         where = self.last_saved
         saved = (f"saved {os.path.join(self.restore_dir, where['weights'])} (epoch {where['epoch']}, "
                  f"step {where.get('step', 0)})" if where else "nothing had been trained yet")
@@ -292,13 +310,19 @@ class Backup(keras.callbacks.Callback):
         if not self.write:
             self.last_saved = entry
             return
+        if self._writer is None:
+            self._write(self.model, entry)
+        else:
+            self._writer.submit(self.model, lambda copy: self._write(copy, entry))
+
+    def _write(self, model: keras.Model, entry: dict[str, Any]) -> None:
         final = os.path.join(self.backup_dir, entry["weights"])
         tmp = os.path.join(self.backup_dir, f".{entry['weights']}.{os.getpid()}.tmp.weights.h5")
         state = read_state(self.backup_dir) or {"backups": []}
         kept = [b for b in state["backups"] if b["weights"] != entry["weights"]][: self.keep - 1]
         try:
             os.makedirs(self.backup_dir, exist_ok=True)
-            self.model.save_weights(tmp, overwrite=True)
+            model.save_weights(tmp, overwrite=True)
             _fsync_file(tmp)  # the rename must not reach the disk before the data
             os.replace(tmp, final)
             atomic_write_text(os.path.join(self.backup_dir, BACKUP_STATE),

@@ -8,7 +8,9 @@ import logging
 import math
 import os
 import shutil
-from typing import Any
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -33,16 +35,79 @@ def save_model_atomically(model: keras.Model, path: str) -> None:
             os.unlink(tmp)
 
 
-class Checkpoints(keras.callbacks.Callback):
-    """Keeps `last.keras` and `best.keras` (lowest `monitor`) in the run's checkpoints directory."""
+class BackgroundWriter:
+    """Writes files from a copy of a model's state on one background thread, while training goes on.
 
-    def __init__(self, directory: str, monitor: str = "kl", every: int = 1, write: bool = True):
+    Serialising a `.keras` file or a weights backup costs about as much as an epoch of the seed
+    experiment; copying the weights and optimizer state into a second model of the same
+    architecture (`make_copy`) costs a few eager assignments. One write runs at a time: a new
+    one first waits for the last, and a failed write is raised by the next `submit`, `check` or `wait`.
+    """
+
+    def __init__(self, make_copy: Callable[[], keras.Model], name: str):
+        self._make_copy = make_copy
+        self._name = name
+        self._copy: keras.Model | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, model: keras.Model, write: Callable[[keras.Model], None]) -> None:
+        """Copy `model`'s state now; `write(copy)` runs in the background."""
+        self.wait()  # the copy is free again
+        if self._copy is None:
+            self._copy = self._make_copy()
+            self._copy.optimizer.build(self._copy.trainable_variables)
+        self._copy.set_weights(model.get_weights())
+        for target, source in zip(self._copy.optimizer.variables, model.optimizer.variables):
+            target.assign(source)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._pending = self._pool.submit(write, self._copy)
+
+    def check(self) -> None:
+        """Raise the failure of a write that has ended, without waiting for one still running."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the write in progress, if any; raise its failure."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def finish_quietly(self) -> None:
+        """Wait for the last write; log its failure instead of raising it (another error is on its way)."""
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - the error being raised already says what went wrong
+            log.warning("a background write failed too: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
+
+    def close(self) -> None:
+        """Wait for the last write (raising its failure), then end the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Keeps `last.keras` and `best.keras` (lowest `monitor`) in the run's checkpoints directory.
+
+    With `make_copy` (a function returning a compiled model of the same architecture) the files
+    are written by a `BackgroundWriter` while training goes on; training's end waits for them.
+    """
+
+    def __init__(self, directory: str, monitor: str = "kl", every: int = 1, write: bool = True,
+                 make_copy: Callable[[], keras.Model] | None = None):
         super().__init__()
         self.directory = directory
         self.monitor = monitor
         self.every = every
         self.write = write
         self.best = math.inf
+        self._writer = BackgroundWriter(make_copy, "checkpoints") if make_copy is not None else None
         best_state = os.path.join(directory, "best.json")
         if os.path.isfile(best_state):
             with open(best_state, encoding="utf-8") as handle:
@@ -51,28 +116,47 @@ class Checkpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
         done = epoch + 1
+        if self._writer is not None:
+            self._writer.check()
         if not self.write or not _finite_logs(logs):
             return
         last = self.params.get("epochs") if self.params else None
         if done % self.every and done != last:
             return
-        save_model_atomically(self.model, os.path.join(self.directory, "last.keras"))
+        value = logs.get(self.monitor)
+        best = float(value) if value is not None and float(value) < self.best else None
+        if best is not None:
+            self.best = best
+        if self._writer is None:
+            self._write(self.model, done, best)
+        else:
+            self._writer.submit(self.model, lambda copy: self._write(copy, done, best))
+
+    def on_train_end(self, logs=None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def finish_after_error(self) -> None:
+        """Training ends on an exception: let the checkpoint being written finish."""
+        if self._writer is not None:
+            self._writer.finish_quietly()
+
+    def _write(self, model: keras.Model, done: int, best: float | None) -> None:
+        save_model_atomically(model, os.path.join(self.directory, "last.keras"))
         # The epoch of last.keras: a run whose backups are damaged resumes from it.
         atomic_write_text(os.path.join(self.directory, "last.json"), json.dumps({"epoch": done}) + "\n")
-        value = logs.get(self.monitor)
-        if value is not None and float(value) < self.best:
-            self.best = float(value)
+        if best is not None:
             # The same model as last.keras: a copy costs a fraction of serialising it again.
-            best = os.path.join(self.directory, "best.keras")
-            tmp = f"{best}.{os.getpid()}.tmp"
+            path = os.path.join(self.directory, "best.keras")
+            tmp = f"{path}.{os.getpid()}.tmp"
             try:
                 shutil.copyfile(os.path.join(self.directory, "last.keras"), tmp)
-                os.replace(tmp, best)
+                os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
             atomic_write_text(os.path.join(self.directory, "best.json"),
-                              json.dumps({"epoch": done, self.monitor: self.best}) + "\n")
+                              json.dumps({"epoch": done, self.monitor: best}) + "\n")
 
 
 class History(keras.callbacks.Callback):
@@ -238,3 +322,114 @@ class FilterImages(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class TensorBoardLogs(keras.callbacks.Callback):
+    """TensorBoard's epoch scalars and weight histograms, with the tags `keras.callbacks.TensorBoard` writes,
+    at a fraction of its cost per epoch.
+
+    `train/` gets `epoch_<name>` for each training log (and `learning_rate`) and
+    `<weight path>/histogram` every `histogram_every` epochs (0-based epochs divisible by it, as
+    Keras counts); `validation/` gets `epoch_<name>` for each `val_<name>` log and
+    `evaluation_<name>_vs_iterations` at the optimizer's step. The scalars of consecutive
+    epochs are collected and written by one `tf.function` call every `flush_seconds` and when
+    training ends, instead of one eager op per value and epoch.
+    """
+
+    def __init__(self, log_dir: str, histogram_every: int = 0, write: bool = True, flush_seconds: float = 5.0):
+        super().__init__()
+        self.log_dir = log_dir
+        self.histogram_every = histogram_every
+        self.write = write
+        self.flush_seconds = flush_seconds
+        self._writers: dict[str, Any] = {}
+        self._functions: dict[tuple, Any] = {}
+        self._rows: list[tuple[int, int, dict[str, float], dict[str, float]]] = []
+        self._last_flush = time.monotonic()
+
+    def _writer(self, name: str):
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def _scalars_function(self, train_names: tuple[str, ...], val_names: tuple[str, ...]):
+        import tensorflow as tf
+
+        from tensorboard.plugins.scalar import metadata
+
+        key = (train_names, val_names)
+        if key not in self._functions:
+            # What `tf.summary.scalar` writes, with the tag as given: inside the loop below it
+            # would be prefixed with the loop's name scope.
+            scalar = metadata.create_summary_metadata(display_name=None, description=None).SerializeToString()
+
+            def put(tag, value, step):
+                tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=scalar)
+
+            train_writer = self._writer("train")
+            val_writer = self._writer("validation") if val_names else None
+
+            @tf.function
+            def write(epochs, iterations, train_values, val_values):
+                for row in tf.range(tf.shape(epochs)[0]):
+                    with train_writer.as_default():
+                        for i, name in enumerate(train_names):
+                            put(f"epoch_{name}", train_values[row, i], epochs[row])
+                    if val_writer is not None:
+                        with val_writer.as_default():
+                            for i, name in enumerate(val_names):
+                                put(f"epoch_{name}", val_values[row, i], epochs[row])
+                                put(f"evaluation_{name}_vs_iterations", val_values[row, i], iterations[row])
+            self._functions[key] = write
+        return self._functions[key]
+
+    def _flush(self) -> None:
+        import tensorflow as tf
+
+        rows, self._rows = self._rows, []
+        self._last_flush = time.monotonic()
+        groups: dict[tuple, list] = {}
+        for row in rows:
+            groups.setdefault((tuple(row[2]), tuple(row[3])), []).append(row)
+        for (train_names, val_names), group in groups.items():
+            write = self._scalars_function(train_names, val_names)
+            write(tf.constant([r[0] for r in group], tf.int64), tf.constant([r[1] for r in group], tf.int64),
+                  tf.constant([list(r[2].values()) for r in group], tf.float32, shape=[len(group), len(train_names)]),
+                  tf.constant([list(r[3].values()) for r in group], tf.float32, shape=[len(group), len(val_names)]))
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        import tensorflow as tf
+
+        if not self.write:
+            return
+        logs = dict(logs or {})
+        if "learning_rate" not in logs:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        train = {k: float(v) for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: float(v) for k, v in logs.items() if k.startswith("val_")}
+        iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) if val else 0
+        self._rows.append((epoch, iterations, train, val))
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._flush()
+        if self.histogram_every and epoch % self.histogram_every == 0:
+            with self._writer("train").as_default(step=epoch):
+                for layer in self.model.layers:
+                    for weight in layer.weights:
+                        tf.summary.histogram(f"{weight.path.replace(':', '_')}/histogram", weight)
+
+    def finish_after_error(self) -> None:
+        """Training ends on an exception: write what is collected."""
+        try:
+            self.on_train_end()
+        except Exception as exc:  # noqa: BLE001 - the error being raised already says what went wrong
+            log.warning("TensorBoard logs not written: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
+
+    def on_train_end(self, logs=None) -> None:
+        if self._rows:
+            self._flush()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        self._functions.clear()

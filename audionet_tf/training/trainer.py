@@ -241,6 +241,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     from audionet_tf.model import student as model_lib
     from audionet_tf.training import callbacks as cb, timeline
     from audionet_tf.training.backup import Backup, RunDirGuard
+    from audionet_tf.training.loop import FitLoop
 
     tc = config.train
     data_dir = config.data_dir
@@ -295,10 +296,13 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     val_batch = validation_batch(val_count, replicas, tc.batch_size) if tc.strategy != "multiworker" else \
         tc.batch_size
 
+    # Each evaluation takes one pass (val_steps global batches) from one iterator kept for the whole run.
+    val_steps = math.ceil(val_count / val_batch)
+
     def val_input(context=None):
         return reader.make_dataset(data_dir, "validation", val_batch, shuffle=False, cache=tc.cache,
-                                 deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
-                                 input_context=context)
+                                   deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
+                                   input_context=context).repeat()
 
     train_ds = train_data()
     if replicas > 1 or tc.strategy == "multiworker":
@@ -308,14 +312,19 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     else:
         val_ds = val_input() if val_count else None
 
+    def make_student():
+        model = model_lib.build_audionet(None, spec.num_classes, input_scale=config.model.input_scale,
+                                         conv_filters=config.model.conv_filters)
+        compile_student(model, tc, spe)
+        return model
+
     with strategy.scope():
-        student = model_lib.build_audionet(None, spec.num_classes, input_scale=config.model.input_scale,
-                                           conv_filters=config.model.conv_filters)
-        compile_student(student, tc, spe)
+        student = make_student()
     backup = Backup(os.path.join(write_dir, "backup"), every_epochs=tc.checkpoint_every,
                     every_steps=tc.backup_every_steps, every_minutes=tc.backup_every_minutes,
                     keep=tc.keep_backups, restore_dir=os.path.join(run_dir, "backup"),
-                    checkpoint_dir=os.path.join(run_dir, "checkpoints"), stop=stop, steps_per_epoch=steps_per_epoch)
+                    checkpoint_dir=os.path.join(run_dir, "checkpoints"), stop=stop, steps_per_epoch=steps_per_epoch,
+                    make_copy=make_student)
     history = cb.History(os.path.join(write_dir, "history.csv"))
     nan_guard = cb.StopOnNaN()
     with strategy.scope():  # the optimizer's slots are distributed variables
@@ -329,16 +338,14 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         return train_data(steps_done) if steps_done else train_ds
 
     monitor = "val_kl" if val_ds is not None else "kl"
-    if tc.strategy == "multiworker":
-        _prepare_for_multiworker(student, strategy, spec)
     callbacks = [
         RunDirGuard(run_dir, run_lock),
         cb.LearningRateLog(),
         nan_guard,
         history,
-        cb.Checkpoints(os.path.join(write_dir, "checkpoints"), monitor=monitor, every=tc.checkpoint_every),
-        keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), histogram_freq=tc.histogram_every,
-                                    write_graph=False, update_freq="epoch"),
+        cb.Checkpoints(os.path.join(write_dir, "checkpoints"), monitor=monitor, every=tc.checkpoint_every,
+                       make_copy=make_student),
+        cb.TensorBoardLogs(os.path.join(write_dir, "logs"), tc.histogram_every),
         cb.FilterImages(os.path.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
         *timeline.timeline_callbacks(data_dir, description, os.path.join(write_dir, "logs"), tc.histogram_every,
                                         config.audio.hop_samples, write=chief),
@@ -349,22 +356,24 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         _log_config_text(os.path.join(run_dir, "logs", "config"), doc)
     log.info("training %s: %d train / %d held-out windows, %d replica(s), batch %d, %d steps per epoch",
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
+    loop = FitLoop(student, strategy, spe, (tf.zeros([1, spec.window_samples, 1]), tf.zeros([1, spec.num_classes])))
+    validation = (iter(val_ds), val_steps) if val_ds is not None else None
+    verbose = console.keras_verbosity(tc.quiet)
     with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
+        iterator = iter(resumed_input())
         if initial_step and initial_epoch < tc.epochs:
-            # The rest of an interrupted epoch: one short `fit`, on the stream past the steps trained.
+            # The rest of an interrupted epoch, on the stream past the steps trained.
             log.info("continuing epoch %d at step %d of %d", initial_epoch + 1, initial_step, steps_per_epoch)
             backup.begin(steps_per_epoch - initial_step, offset=initial_step)
-            student.fit(resumed_input(), epochs=initial_epoch + 1,
-                        initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch - initial_step,
-                        validation_data=val_ds, validation_freq=validation_epochs(tc, initial_epoch),
-                        callbacks=callbacks, verbose=console.keras_verbosity(tc.quiet))
+            loop.fit(iterator, epochs=initial_epoch + 1, initial_epoch=initial_epoch,
+                     steps_per_epoch=steps_per_epoch - initial_step, callbacks=callbacks, verbose=verbose,
+                     validation=validation, validation_epochs=validation_epochs(tc, initial_epoch))
             initial_epoch += 1
         if initial_epoch < tc.epochs and nan_guard.nan_epoch is None:
             backup.begin(steps_per_epoch)
-            student.fit(resumed_input(), epochs=tc.epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps_per_epoch, validation_data=val_ds, validation_freq=validation_epochs(tc, initial_epoch),
-                        callbacks=callbacks,
-                        verbose=console.keras_verbosity(tc.quiet))
+            loop.fit(iterator, epochs=tc.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                     callbacks=callbacks, verbose=verbose, validation=validation,
+                     validation_epochs=validation_epochs(tc, initial_epoch))
     stop.restore()  # from here on (evaluation, export) a signal ends the process as usual
     if nan_guard.nan_epoch is not None:
         raise TrainingDiverged(
@@ -376,7 +385,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     digest = hashlib.sha256(b"".join(np.asarray(w, np.float32).tobytes() for w in student.get_weights()))
     log.info("final weights sha256 %s (task %s)", digest.hexdigest(), _task_id(strategy))
     with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
-        final = _final_metrics(student, train_ds, val_ds, steps_per_epoch)
+        final = _final_metrics(loop, train_ds, validation, steps_per_epoch)
     final["epochs"] = tc.epochs
     final["seconds"] = round(time.time() - t0, 1)
     if chief:
@@ -452,27 +461,6 @@ def validation_batch(count: int, replicas: int, wanted: int) -> int:
     return replicas * min(fits, key=lambda b: (abs(b - target), b))
 
 
-def _prepare_for_multiworker(student, strategy, spec) -> None:
-    """Work around two Keras 3.15 failures of `fit` under MultiWorkerMirroredStrategy with 2+ workers.
-
-    `fit` builds the model from a first batch that it reduces eagerly across workers (which
-    fails), so build it here from a zero batch; and it reduces scalar per-step logs with
-    `axis=0` (which fails for scalars), so hand it logs of shape [1]. LearningRateLog turns
-    them back into floats for the callbacks.
-    """
-    import tensorflow as tf
-
-    with strategy.scope():
-        student._symbolic_build(data_batch=(tf.zeros([1, spec.window_samples, 1]),
-                                            tf.zeros([1, spec.num_classes])))
-    student._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    metrics_result = student.get_metrics_result
-    # Only inside the step functions: the results read eagerly at the end of an epoch or an
-    # evaluation reach the callbacks (TensorBoard's scalar summaries of val_* logs) as they are.
-    student.get_metrics_result = lambda: {k: tf.reshape(v, [1]) if tf.inside_function() else v
-                                          for k, v in metrics_result().items()}
-
-
 def _is_chief(strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
@@ -495,13 +483,12 @@ def _log_config_text(log_dir: str, doc: dict[str, Any]) -> None:
     writer.close()
 
 
-def _final_metrics(student, train_ds, val_ds, steps_per_epoch: int) -> dict[str, Any]:
-    import numpy as np
-
-    result = {"train": student.evaluate(train_ds, steps=steps_per_epoch, verbose=0, return_dict=True)}
-    if val_ds is not None:
-        result["validation"] = student.evaluate(val_ds, verbose=0, return_dict=True)
-    return {k: {m: float(np.asarray(v).reshape(-1)[0]) for m, v in d.items()} for k, d in result.items()}
+def _final_metrics(loop, train_ds, validation, steps_per_epoch: int) -> dict[str, Any]:
+    """Metrics of the final weights: one epoch of the training stream from its start, one pass of the held-out set."""
+    result = {"train": loop.evaluate(iter(train_ds), steps_per_epoch)}
+    if validation is not None:
+        result["validation"] = loop.evaluate(*validation)
+    return result
 
 
 def _print_summary(run_dir: str, final: dict[str, Any]) -> None:
