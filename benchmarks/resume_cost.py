@@ -9,7 +9,7 @@ stream starts at the interrupted pass and skips only the part of it already seen
 of a streamed (`cache="none"`) dataset of `--clips` 10-second synthetic clips (more windows
 than the shuffle buffer), against a fresh start and against skipping every trained batch
 from the start of the stream (`.skip(N)`, what a resume without the pass seeds must do),
-and prints the README's rows.
+and prints docs/speed.md's rows.
 """
 from __future__ import annotations
 

@@ -192,7 +192,7 @@ def test_offline_seed_pipeline_lists_every_clip_and_never_loads_the_teacher(tmp_
     assert len(clips) == 10
     for clip in clips:
         assert re.search(rf"failed {re.escape(clip.id)}: .*127\.0\.0\.1", result.stderr), result.stderr[-3000:]
-    assert "pipelines/demo.toml" in result.stderr and "Traceback" not in result.stderr
+    assert "try the offline demo: audionet demo" in result.stderr and "Traceback" not in result.stderr
     assert "Downloading data" not in result.stdout + result.stderr and not (tmp_path / "keras" / "models").exists()
 
 

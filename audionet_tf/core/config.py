@@ -67,7 +67,7 @@ class ModelConfig:
     conv_filters: int = 16
     # Waveforms in [-1, 1] are multiplied by this inside the model. SoundNet feeds about +-256;
     # on the seed-shaped synthetic set with Adam 1e-4, after about 135 epochs the training KL
-    # was 2.28 at scale 1, 0.36 at 16 and 0.41 at 256 (KL 1.0 by epoch 30): see README, "Input scale".
+    # was 2.28 at scale 1, 0.36 at 16 and 0.41 at 256 (KL 1.0 by epoch 30): see docs/training.md, "Input scale".
     input_scale: float = 256.0
 
     def __post_init__(self) -> None:
@@ -108,7 +108,7 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
     # Epochs between evaluations of the held-out clips. Checkpoint epochs and the last epoch are
     # always evaluated (best.keras is picked on fresh val_kl). Evaluating every epoch made an
-    # epoch on the seed set about 1.5 times as long: README, "Speed".
+    # epoch on the seed set about 1.5 times as long: docs/speed.md.
     validate_every: int = 10
     backup_every_steps: int = 0  # also back up after this many steps (0: off); at execution boundaries
     backup_every_minutes: float = 30.0  # also back up when this much time has passed (0: off)
