@@ -195,6 +195,13 @@ def main(argv=None) -> int:
     print("| way to train | time per epoch (median, range) | in the steps | overhead | speed vs the faster PyTorch |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
+    # Each repeat ran every way in turn under the same load: its own ratio shows the spread.
+    per_repeat = [min(results["PyTorch eager"][i]["epoch_s"], results["PyTorch eager, 1 thread"][i]["epoch_s"])
+                  / results["train command"][i]["epoch_s"] for i in range(args.repeats)]
+    overheads = [1 - r["steps_s"] / r["epoch_s"] for r in results["train command"]]
+    print(f"\ntrain command vs the faster PyTorch of the same repeat: "
+          f"{', '.join(f'{r:.2f}×' for r in per_repeat)}; its overhead per repeat: "
+          f"{', '.join(f'{o:.0%}' for o in overheads)}")
     return 0
 
 

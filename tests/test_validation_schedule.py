@@ -74,7 +74,7 @@ for devices in (4, 1):
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=data, epochs=1, batch_size=32, learning_rate=0.01, devices=devices, name=f"v{devices}",
         runs_dir=runs, export=False, report=False, quiet=True, seed=3))
-    run_dir = train.train(config)
+    run_dir = trainer.train(config)
     result[devices] = json.load(open(run_dir + "/metrics.json"))["validation"]
 print(json.dumps(result))
 """
@@ -95,3 +95,40 @@ def test_four_replicas_measure_the_held_out_clips_as_one_does(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for metric, value in result["1"].items():
         assert result["4"][metric] == pytest.approx(value, rel=1e-3, abs=1e-4), metric
+
+
+def test_every_evaluation_reads_the_held_out_windows_exactly_once(tmp_path):
+    """The held-out input is one repeated iterator kept for the whole run, so each evaluation must take
+    exactly one pass of it: 100 held-out windows in batches of 32 (four steps, the last of 4), evaluated
+    after each of 3 epochs. The last epoch's held-out figures, in `history.csv` and `metrics.json`, equal
+    the final model's KL and top-1 agreement over the 100 windows computed with NumPy."""
+    import numpy as np
+
+    from audionet_tf.dataset import reader
+    from audionet_tf.model.student import load_model
+
+    data = tmp_path / "tones"
+    write_synthetic_dataset(str(data), clips=6, seconds=2.0, num_classes=12, kinds=3, holdout=2, shard_size=60)
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=str(data), epochs=3, batch_size=32, learning_rate=0.01, validate_every=1,
+        runs_dir=str(tmp_path / "runs"), name="once", export=False, report=False, quiet=True))
+    run = trainer.train(config)
+    pairs = list(reader.make_dataset(str(data), "validation", 1000, reader.ReadOptions(shuffle=False)))
+    x = np.concatenate([a for a, _ in pairs])
+    teacher = np.concatenate([b for _, b in pairs]).astype(np.float64)
+    assert len(x) == 100
+    student = load_model(os.path.join(run, "model.keras")).predict(x, verbose=0).astype(np.float64)
+
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    kl = float(np.mean(np.sum(np.exp(log_softmax(teacher)) * (log_softmax(teacher) - log_softmax(student)), axis=1)))
+    top1 = float(np.mean(teacher.argmax(axis=1) == student.argmax(axis=1)))
+    with open(os.path.join(run, "history.csv"), newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    final = json.load(open(os.path.join(run, "metrics.json")))["validation"]
+    for measured in (float(last["val_kl"]), final["kl"]):
+        assert measured == pytest.approx(kl, rel=1e-4)
+    for measured in (float(last["val_top1_agreement"]), final["top1_agreement"]):
+        assert measured == pytest.approx(top1, abs=1e-6)

@@ -8,8 +8,9 @@ then on `checkpoints/last.keras`. A new backup is written to a temporary name an
 only when complete: a kill, a full disk or a vanished directory never replaces a good
 backup with a partial one.
 
-Backups are taken at the end of a Keras execution (`steps_per_execution` steps); by default
-an execution is a whole epoch of at most `config.AUTO_STEPS_PER_EXECUTION` steps.
+Backups are taken at the end of an execution of the training loop (`steps_per_execution` steps
+in one call); by default an execution is a whole epoch of at most `config.AUTO_STEPS_PER_EXECUTION`
+steps. With `make_copy`, the state is copied there and written by a background thread.
 """
 from __future__ import annotations
 
