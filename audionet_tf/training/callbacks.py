@@ -371,7 +371,10 @@ class TensorBoardLogs(keras.callbacks.Callback):
             train_writer = self._writer("train")
             val_writer = self._writer("validation") if val_names else None
 
-            @tf.function
+            # One trace per set of names, whatever the number of rows a flush carries.
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
+                                          tf.TensorSpec([None, len(train_names)], tf.float32),
+                                          tf.TensorSpec([None, len(val_names)], tf.float32)])
             def write(epochs, iterations, train_values, val_values):
                 for row in tf.range(tf.shape(epochs)[0]):
                     with train_writer.as_default():
