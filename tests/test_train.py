@@ -238,7 +238,7 @@ import json, sys
 import keras
 import numpy as np
 from audionet_tf.core import config as cfg
-from audionet_tf.training import trainer
+from audionet_tf.commands import train
 from audionet_tf.model.student import load_model
 data, runs = sys.argv[1], sys.argv[2]
 

@@ -67,7 +67,7 @@ def test_a_run_logs_held_out_metrics_on_the_scheduled_epochs_and_its_report_plot
 REPLICA_VALIDATION = """
 import json, sys
 from audionet_tf.core import config as cfg
-from audionet_tf.training import trainer
+from audionet_tf.commands import train
 data, runs = sys.argv[1], sys.argv[2]
 result = {}
 for devices in (4, 1):
