@@ -35,11 +35,13 @@ setup(
         "google-crc32c>=1.5",  # TFRecord framing for shards written through any file system
     ],
     extras_require={
-        # The emulator and Beam's GCS client let the tests write a dataset to a GCS server on 127.0.0.1.
-        "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp]>=2.60"],
+        # The emulator and Beam's GCS client let the tests write a dataset to a GCS server on 127.0.0.1;
+        # Beam's dask extra (dask, distributed) lets them prepare on a Dask cluster they start on 127.0.0.1.
+        "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60"],
         "litert": ["ai-edge-litert"],
         "beam": ["apache-beam[tfrecord]>=2.60"],
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner
+        "dask": ["apache-beam[dask,tfrecord]>=2.60"],  # --runner DaskRunner: Beam's Dask runner, dask, distributed
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in ENTRY_POINTS.items()]},
 )
