@@ -1,6 +1,6 @@
 """Data preparation as an Apache Beam pipeline: the same labelling core and commit format, on any Beam runner.
 
-    python -m audionet_tf.prepare --pipeline pipelines/seed.toml --runner DirectRunner \\
+    python -m audionet_tf.prepare --pipeline seed --runner DirectRunner \\
         --direct_num_workers 2 --direct_running_mode multi_processing
     python -m audionet_tf.prepare --pipeline pipelines/seed.toml --runner DaskRunner \\
         --dask_client_address tcp://HOST:8786
