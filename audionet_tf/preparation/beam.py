@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Sequence
@@ -95,7 +96,7 @@ def make_label_group(config_doc: dict, weights: str | None, beam_args: Sequence[
             self.labeller = worker_labeller(config_doc, weights)
             self.header = False
 
-        def process(self, group: dict[str, Any]):
+        def process(self, group):  # a make_group dict (no annotation: Beam logs a line per string type hint)
             pc = self.config.prepare
             labeller = self.labeller
             labeller.keys.update(group["keys"])
@@ -229,6 +230,14 @@ class IndexWatch:
             self.thread.join()
 
 
+def _for_workers(config: cfg.PipelineConfig) -> cfg.PipelineConfig:
+    """The settings as workers need them: local paths made absolute, since a worker's directory is its own."""
+    pc = config.prepare
+    paths = {name: os.path.abspath(getattr(pc, name)) for name in ("out", "cache_dir")
+             if not storage.is_remote(getattr(pc, name))}
+    return cfg.override(config, "prepare", paths)
+
+
 def run_beam(config: cfg.PipelineConfig, beam_args: Sequence[str] = (), weights: str | None = "imagenet"):
     """Prepare `config`'s dataset with Beam (runner from `prepare.runner`); returns the prepare Summary."""
     beam = _beam()
@@ -267,7 +276,7 @@ def run_beam(config: cfg.PipelineConfig, beam_args: Sequence[str] = (), weights:
         if todo:
             groups = [make_group(todo[i:i + pc.shard_clips], keys, held_out)
                       for i in range(0, len(todo), pc.shard_clips)]
-            label = make_label_group(config.to_dict(), weights, beam_args)
+            label = make_label_group(_for_workers(config).to_dict(), weights, beam_args)
             keeper = commits.IndexKeeper(out, pc.index_every)
             keeper.start()
             try:
