@@ -265,6 +265,31 @@ def test_a_full_disk_stops_with_one_message_and_keeps_every_committed_clip(clip_
         subprocess.run(["umount", str(mount)])
 
 
+def test_a_killed_prepare_left_its_index_at_most_index_every_records_behind(clip_list, tmp_path):
+    """The single-process launcher rewrites the index as it commits (every `--index-every` records, here 2): after
+    a SIGKILL the index, marked unfinished, names all but at most 2 of the commit records."""
+    out, log = tmp_path / "out", tmp_path / "prepare.log"
+    command = [sys.executable, "-c", SLOW_RENAMES, *flags(clip_list, out, tmp_path / "cache"), "--shard-clips", "1",
+               "--index-every", "2"]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, env=ENV, stdout=handle, stderr=subprocess.STDOUT)
+    commit_dir = out / commits.COMMITS_DIR
+
+    def records_now():
+        return {n for n in os.listdir(commit_dir) if n.endswith(".json")} if commit_dir.is_dir() else set()
+
+    try:
+        assert wait_for(process, lambda: len(records_now()) >= 7), log.read_text()[-2000:]
+    finally:
+        kill(process.pid)
+        process.wait()
+    index = json.loads((out / commits.INDEX_FILE).read_text())
+    assert index["finished"] is None
+    left_out = records_now() - set(index["commits"])
+    assert len(left_out) <= 2 and len(index["commits"]) >= 5, (sorted(left_out), sorted(index["commits"]))
+    check_consistent(out)
+
+
 def write_synthetic_dataset(directory) -> None:
     """A finished dataset's header and index for 200,000 clips in 12,500 commits of 16 (no shards)."""
     spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
