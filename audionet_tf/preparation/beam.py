@@ -60,7 +60,8 @@ def _config_from(doc: dict) -> cfg.PipelineConfig:
 
 
 # One labeller per worker process and pipeline: Dask runs setup() for every bundle, so the teacher
-# would otherwise be loaded once per group of clips.
+# would otherwise be loaded once per group of clips. Only the latest pipeline's is kept, so a
+# long-lived worker that serves many jobs holds one teacher, not one per job.
 _WORKER_LABELLERS: dict[str, labelling.Labeller] = {}
 _WORKER_LOCK = threading.Lock()
 
@@ -72,6 +73,7 @@ def worker_labeller(config_doc: dict, weights: str | None) -> labelling.Labeller
         labeller = _WORKER_LABELLERS.get(key)
         if labeller is None:
             labeller = labelling.Labeller(_config_from(config_doc), set(), {}, weights)
+            _WORKER_LABELLERS.clear()
             _WORKER_LABELLERS[key] = labeller
     return labeller
 
