@@ -50,7 +50,7 @@ def committed_ok(directory):
         description = catalog.read_description(str(directory))
     except DatasetError:
         return set()
-    return {c["id"] for c in description.clips if c["status"] == "ok"}
+    return {c.id for c in description.clips if c.status == "ok"}
 
 
 def check_consistent(directory):
@@ -62,7 +62,7 @@ def check_consistent(directory):
         return
     catalog.verify_shards(str(directory), description, checksums=True)
     counts = collections.Counter(key[1] for key in example_multiset(directory).elements())
-    assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
+    assert counts == {c.id: c.examples for c in description.clips if c.status == "ok"}
     # The training input reads exactly the committed examples, whatever else lies in the directory.
     batches = reader.make_dataset(str(directory), "all", 64, reader.ReadOptions(shuffle=False))
     read = sum(int(x.shape[0]) for x, _ in batches)
@@ -223,7 +223,7 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
 
 def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(clip_list, tmp_path):
     out = tmp_path / "data"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom audionet_tf.lock import DirectoryLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom audionet_tf.core.lock import DirectoryLock\n"
                                f"DirectoryLock({str(out)!r}, '.prepare.lock', 'prepared').acquire()\n"
                                "print('held', flush=True)\ntime.sleep(600)\n"], env=ENV, stdout=subprocess.PIPE,
                               text=True)

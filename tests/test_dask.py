@@ -153,7 +153,7 @@ def single_for(examples, ids):
 
 
 def committed_ids(out):
-    return {c["id"] for c in catalog.read_description(str(out)).clips if c.get("status") == "ok"}
+    return {c.id for c in catalog.read_description(str(out)).clips if c.ok}
 
 
 def test_a_dask_cluster_prepares_the_same_examples_and_grows_the_output(cluster, clips, tmp_path):
