@@ -156,6 +156,7 @@ def committed_ids(out):
     return {c.id for c in catalog.read_description(str(out)).clips if c.ok}
 
 
+@pytest.mark.slow
 def test_a_dask_cluster_prepares_the_same_examples_and_grows_the_output(cluster, clips, tmp_path):
     entries, root, single = clips
     out = tmp_path / "out"
@@ -180,6 +181,7 @@ def test_a_dask_cluster_prepares_the_same_examples_and_grows_the_output(cluster,
     assert description.finished["listed"] == 6 and description.finished["ok"] == 6
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_message_naming_it(tmp_path, clips):
     entries, _, _ = clips
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
@@ -194,6 +196,7 @@ def test_an_unreachable_scheduler_is_one_message_naming_it(tmp_path, clips):
     assert not os.path.exists(tmp_path / "out")  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_group_loses_nothing_and_duplicates_nothing(cluster, clips, tmp_path):
     """SIGKILL to the worker labelling a group whose first clip it has just committed: the engine runs the group
     again (its first clip committed twice) or the job stops with one message; the same command then completes
