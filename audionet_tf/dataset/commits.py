@@ -505,7 +505,10 @@ class IndexKeeper:
         cached = set((state.index or {}).get("commits", {}))
         names = {n for n, _ in state.accepted + state.duplicates} | set(state.torn)
         self.indexed, self.pending = names & cached, names - cached
-        self._maybe_refresh()
+        if cached - names:  # the index names records `plan` withdrew: every reader would open every record
+            self.refresh()
+        else:
+            self._maybe_refresh()
 
     def committed(self, name: str) -> None:
         """One commit record written by this process (the single-process launcher's writer)."""
