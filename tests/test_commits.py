@@ -12,6 +12,7 @@ import pytest
 from committed import example_multiset
 from loopback import make_clip
 
+from audionet_tf.core.config import PrepareConfig
 from audionet_tf.core.errors import AudioNetError, DatasetError
 from audionet_tf.dataset import catalog, commits, reader, records
 from audionet_tf.commands import prepare as prepare_cmd
@@ -264,12 +265,36 @@ def test_a_full_disk_stops_with_one_message_and_keeps_every_committed_clip(clip_
         subprocess.run(["umount", str(mount)])
 
 
-@pytest.mark.slow
-def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
-    """A synthetic finished dataset (header + index, 12,500 commits of 16 clips): under 2 s and 500 MB."""
+def test_a_killed_prepare_left_its_index_at_most_index_every_records_behind(clip_list, tmp_path):
+    """The single-process launcher rewrites the index as it commits (every `--index-every` records, here 2): after
+    a SIGKILL the index, marked unfinished, names all but at most 2 of the commit records."""
+    out, log = tmp_path / "out", tmp_path / "prepare.log"
+    command = [sys.executable, "-c", SLOW_RENAMES, *flags(clip_list, out, tmp_path / "cache"), "--shard-clips", "1",
+               "--index-every", "2"]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, env=ENV, stdout=handle, stderr=subprocess.STDOUT)
+    commit_dir = out / commits.COMMITS_DIR
+
+    def records_now():
+        return {n for n in os.listdir(commit_dir) if n.endswith(".json")} if commit_dir.is_dir() else set()
+
+    try:
+        assert wait_for(process, lambda: len(records_now()) >= 7), log.read_text()[-2000:]
+    finally:
+        kill(process.pid)
+        process.wait()
+    index = json.loads((out / commits.INDEX_FILE).read_text())
+    assert index["finished"] is None
+    left_out = records_now() - set(index["commits"])
+    assert len(left_out) <= 2 and len(index["commits"]) >= 5, (sorted(left_out), sorted(index["commits"]))
+    check_consistent(out)
+
+
+def write_synthetic_dataset(directory) -> None:
+    """A finished dataset's header and index for 200,000 clips in 12,500 commits of 16 (no shards)."""
     spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
-    commits.write_header(str(tmp_path), spec, None, {"settings": {"teacher": "EfficientNetV2B0"}})
-    os.makedirs(tmp_path / "commits")
+    commits.write_header(str(directory), spec, None, {"settings": {"teacher": "EfficientNetV2B0"}})
+    os.makedirs(directory / "commits")
     accepted = []
     for g in range(12500):
         clips = [{"id": f"vid{g:05d}x{k:02d}_30000_10000", "url": f"https://www.youtube.com/watch?v=vid{g:05d}x{k:02d}",
@@ -279,11 +304,17 @@ def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
         shard = {"file": f"train-tok-{g:05d}.tfrecord", "split": "train", "examples": 4000, "sha256": "0" * 64,
                  "bytes": 4000 * 3400}
         name = f"c-20260101T000000000000-tok-{g:05d}.json"
-        (tmp_path / "commits" / name).write_text("")  # the listing is what the reader checks; the index holds them
+        (directory / "commits" / name).write_text("")  # the listing is what the reader checks; the index holds them
         accepted.append((name, {"format": commits.RECORD_FORMAT, "writer": "tok", "shards": [shard],
                                 "clips": clips}))
     state = commits.State(header=None, accepted=accepted)
-    commits.write_index(str(tmp_path), state, {"listed": 200000, "ok": 200000, "failed": 0})
+    commits.write_index(str(directory), state, {"listed": 200000, "ok": 200000, "failed": 0})
+
+
+@pytest.mark.slow
+def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
+    """A synthetic finished dataset (header + index, 12,500 commits of 16 clips): under 2 s and 500 MB."""
+    write_synthetic_dataset(tmp_path)
     # VmHWM: this process's peak resident memory (ru_maxrss would include the forking pytest's).
     script = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf.dataset import catalog\n"
               "d = catalog.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
@@ -295,3 +326,64 @@ def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
     clips, count, ok, seconds, peak_mb = result.stdout.split()
     assert (int(clips), int(count), int(ok)) == (200000, 200000 * 250, 200000)
     assert float(seconds) < 2.0 and float(peak_mb) < 500, (seconds, peak_mb)
+
+# A launcher that commits groups of 16 one-example clips until it is killed, keeping the index current.
+COMMITTER = """
+import sys
+import numpy as np
+from audionet_tf.dataset import commits, records
+out, every = sys.argv[1], int(sys.argv[2])
+spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
+keeper = commits.IndexKeeper(out, every)
+keeper.start()
+writer = commits.CommitWriter(out, shard_size=10 ** 6, shard_clips=16, on_commit=keeper.committed)
+window, logits = np.zeros(spec.window_samples, np.float32), np.zeros(1000, np.float32)
+for n in range(10 ** 9):
+    doc = {"id": f"new{n:07d}_0_10000", "url": f"https://example.org/new{n}.mp4", "start": 0.0, "duration": 10.0,
+           "label": "x", "row": n, "split": "train", "key": "0123456789abcdef", "status": "ok", "error": None,
+           "examples": 1}
+    writer.add(doc, spec, [window], [logits], [0.0], ["train"])
+"""
+# The first read after the kill: how many commit records it opens (an audit hook sees every open).
+FIRST_READ = """
+import sys, time
+opened = []
+sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" and "/commits/c-" in str(args[0])
+                 else None)
+start = time.perf_counter()
+from audionet_tf.dataset import catalog
+d = catalog.read_description(sys.argv[1])
+seconds = time.perf_counter() - start
+print(len(d.clips), len(opened), d.finished is None, seconds)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_200000_clip_run_is_first_read_through_its_index(tmp_path):
+    """A run growing a 200,000-clip dataset keeps its index current: after a SIGKILL, the first read opens at most
+    `prepare.index_every` commit records (128 by default), not every record since the run began."""
+    every = PrepareConfig().index_every
+    write_synthetic_dataset(tmp_path)
+    log = tmp_path / "committer.log"  # a file: a full pipe would stall the child
+    with open(log, "w") as handle:
+        child = subprocess.Popen([sys.executable, "-c", COMMITTER, str(tmp_path), str(every)], env=ENV,
+                                 stdout=handle, stderr=subprocess.STDOUT)
+    commit_dir = tmp_path / commits.COMMITS_DIR
+    deadline = time.monotonic() + 240
+    try:
+        while len(os.listdir(commit_dir)) < 12500 + 2 * every + every // 2:  # two rewrites, then some
+            assert child.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    committed = sum(1 for n in os.listdir(commit_dir) if n.endswith(".json")) - 12500
+    result = subprocess.run([sys.executable, "-c", FIRST_READ, str(tmp_path)], env=ENV, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    clips, opened, unfinished, seconds = result.stdout.split()
+    assert int(clips) == 200000 + 16 * committed and unfinished == "True"
+    # Without the rewrites it would open every record of the run (more than 2 * every).
+    assert int(opened) <= every, (opened, committed)
+    print(f"killed after {committed} new commits: first read opened {opened} records in {float(seconds):.2f} s")
