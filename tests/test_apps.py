@@ -89,11 +89,33 @@ out = {
     "logits": model.signatures["serving_default"](windows=windows)["logits"].numpy().tolist(),
     "probabilities": model.signatures["probabilities"](windows=windows)["probabilities"].numpy().tolist(),
     "embed": model.signatures["embed"](windows=windows)["embedding"].numpy().tolist(),
-    "timeline_logits": timeline["logits"].numpy().tolist(),
-    "timeline_times": timeline["times"].numpy().tolist(),
+    "timeline": {name: value.numpy().tolist() for name, value in timeline.items()},
     "short": model.signatures["timeline"](waveform=tf.constant(waveform[:100]))["logits"].numpy().tolist(),
     "package_loaded": "audionet_tf" in sys.modules,
 }
+print(json.dumps(out))
+"""
+
+# Each loader with its defaults, as its users write it, in a process that imports nothing of this package.
+LOADERS = """
+import json, sys
+import numpy as np
+windows = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 640)).astype(np.float32)
+out = {}
+if sys.argv[2] == "tf.saved_model.load":
+    import tensorflow as tf
+    out["logits"] = tf.saved_model.load(sys.argv[1])(windows).numpy().tolist()
+elif sys.argv[2] == "keras.layers.TFSMLayer":
+    import keras
+    layer = keras.layers.TFSMLayer(sys.argv[1])
+    out["logits"] = np.asarray(layer(windows)).tolist()
+    inputs = keras.Input((640,))  # inside a functional model too
+    out["in_model"] = keras.Model(inputs, layer(inputs)).predict(windows, verbose=0).tolist()
+else:
+    import tensorflow_hub as hub
+    out["logits"] = hub.KerasLayer(sys.argv[1])(windows).numpy().tolist()
+out["windows"] = windows.tolist()
+out["package_loaded"] = "audionet_tf" in sys.modules
 print(json.dumps(out))
 """
 
@@ -123,18 +145,43 @@ def test_savedmodel_signatures_agree_with_the_keras_model(exported):
     pooled = embedding_model(model, "pooled")(windows[..., None], training=False).numpy()
     assert np.asarray(out["embed"]).shape == (3, 16)
     np.testing.assert_allclose(out["embed"], pooled, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(pooled).max()))
-    # timeline: window k is samples [640k, 640k + 640) (6 whole windows; the last 300 samples start none).
+    # timeline: window k is samples [640k, 640k + 640) (6 whole windows; the last 300 samples start none),
+    # with each window's logits, scores, embedding and time together.
     waveform = np.asarray(out["waveform"], np.float32)
-    assert len(out["timeline_logits"]) == 6
-    assert out["timeline_times"] == pytest.approx([0.04 * k for k in range(6)], abs=1e-6)
+    timeline = out["timeline"]
+    assert sorted(timeline) == ["embeddings", "logits", "scores", "times"] and len(timeline["logits"]) == 6
+    assert timeline["times"] == pytest.approx([0.04 * k for k in range(6)], abs=1e-6)
     framed = np.stack([waveform[640 * k:640 * k + 640] for k in range(6)])
-    assert relative_diff(out["timeline_logits"], model(framed[..., None], training=False).numpy()) <= 1e-5
+    framed_logits = model(framed[..., None], training=False).numpy()
+    assert relative_diff(timeline["logits"], framed_logits) <= 1e-5
     shifted = np.stack([waveform[640 * k + 1:640 * k + 641] for k in range(6)])  # a shift would show
-    assert relative_diff(out["timeline_logits"], model(shifted[..., None], training=False).numpy()) > 1e-3
+    assert relative_diff(timeline["logits"], model(shifted[..., None], training=False).numpy()) > 1e-3
+    framed_softmax = np.exp(framed_logits - framed_logits.max(1, keepdims=True))
+    np.testing.assert_allclose(timeline["scores"], framed_softmax / framed_softmax.sum(1, keepdims=True), atol=1e-6)
+    framed_pooled = embedding_model(model, "pooled")(framed[..., None], training=False).numpy()
+    np.testing.assert_allclose(timeline["embeddings"], framed_pooled, rtol=1e-5,
+                               atol=1e-5 * max(1.0, np.abs(framed_pooled).max()))
     # Shorter than one window: zero-padded to one window.
     padded = np.zeros((1, 640, 1), np.float32)
     padded[0, :100, 0] = waveform[:100]
     assert relative_diff(out["short"], model(padded, training=False).numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("loader", ["tf.saved_model.load", "keras.layers.TFSMLayer", "tensorflow_hub.KerasLayer"])
+def test_export_loads_by_convention(exported, loader):
+    """`tf.saved_model.load(path)(windows)`, `keras.layers.TFSMLayer(path)` and `tensorflow_hub.KerasLayer(path)`,
+    each with its defaults in a fresh process, give the Keras model's logits."""
+    result = subprocess.run([sys.executable, "-c", LOADERS, str(exported["export"]), loader], env=ENV,
+                            capture_output=True, text=True, timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["package_loaded"] is False
+    model = load_model(str(exported["run"] / "model.keras"))
+    expected = model(np.asarray(out["windows"], np.float32)[..., None], training=False).numpy()
+    assert np.asarray(out["logits"]).shape == (3, 8)
+    assert relative_diff(out["logits"], expected) <= 1e-5
+    if "in_model" in out:
+        assert relative_diff(out["in_model"], expected) <= 1e-5
 
 
 def test_litert_runs_both_tflite_files_and_int8_agrees_with_float(exported):
