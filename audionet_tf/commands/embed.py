@@ -21,9 +21,8 @@ from typing import Sequence
 
 from audionet_tf.core import console
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.preparation.media import read_audio
 from audionet_tf.serving import inference
-from audionet_tf.serving.embed import embed_wave, output_paths, write_npz
+from audionet_tf.serving.embed import embed_file, output_paths, write_npz
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -60,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for number, (path, target) in enumerate(zip(args.files, targets), start=1):
         try:
-            wave = read_audio(path, student.sample_rate)
-            embedding, timestamps = embed_wave(student, wave, hop, args.layer, path)
+            embedding, timestamps = embed_file(student, path, hop, args.layer)
         except AudioNetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
