@@ -14,6 +14,7 @@ from audionet_tf.commands import embed as embed_cmd, predict as predict_cmd, tra
 from audionet_tf.core import config as cfg
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.model.student import load_model
+from audionet_tf.preparation.media import read_audio
 from audionet_tf.serving import embed, predict
 from audionet_tf.training import trainer
 
@@ -309,6 +310,110 @@ def test_embed_never_overwrites_silently(exported, tmp_path, capsys):
     assert embed_cmd.main([exported["a"], "--out", str(out), "--model", str(exported["export"]), "--hop-ms", "20",
                        "--overwrite"]) == 0
     assert np.load(out / "a.npz")["embedding"].shape == (99, 16)
+
+
+def whole_file_probabilities(student, path):
+    """The computation before streaming: the whole decoded file framed at once, batched from its first window."""
+    wave_ = read_audio(path, 16000)
+    windows = np.stack([wave_[s:s + 640] for s in range(0, len(wave_) - 639, 640)])
+    logits = np.concatenate([student.logits(windows[i:i + 256]) for i in range(0, len(windows), 256)])
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return windows, exp / exp.sum(axis=-1, keepdims=True)
+
+
+def test_predict_and_embed_stream_with_the_whole_files_results(exported, tmp_path):
+    """A 200 s recording is read in three chunks of windows (2,048 + 2,048 + 904; the first boundary falls
+    inside second 81): every window's top-k and every second's figures equal the whole-file computation's."""
+    from audionet_tf.serving import inference
+
+    rate, seconds = 16000, 200
+    t = np.arange(seconds * rate) / rate
+    tone = np.where((t // 7.3) % 2 == 0, TONES[0], TONES[1])  # the class changes every 7.3 s
+    rng = np.random.default_rng(2)
+    signal = 0.4 * np.sin(2 * np.pi * tone * t) + 0.05 * rng.standard_normal(len(t))
+    path = tmp_path / "long.wav"
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((signal * 32767).astype(np.int16).tobytes())
+    assert inference.CHUNK_WINDOWS == 2048
+    out = tmp_path / "long.json"
+    assert predict_cmd.main([str(path), "--model", str(exported["export"]), "--top-k", "3", "--json", str(out),
+                             "--quiet"]) == 0
+    result = json.loads(out.read_text())[0]
+    student = inference.load_student(str(exported["export"]))
+    windows, probabilities = whole_file_probabilities(student, str(path))
+    assert len(result["windows"]) == len(windows) == 5000 and result["duration"] == seconds
+    for k, window in enumerate(result["windows"]):
+        order = np.argsort(-probabilities[k])[:3]
+        assert window["time"] == k * 640 / 16000
+        assert [e["index"] for e in window["top"]] == order.tolist()
+        assert [e["probability"] for e in window["top"]] == [float(probabilities[k][i]) for i in order]
+    whole_seconds = np.floor(np.arange(len(windows)) * 0.04).astype(int)
+    assert [s["second"] for s in result["seconds"]] == list(range(seconds))
+    for entry in result["seconds"]:
+        mean = probabilities[whole_seconds == entry["second"]].mean(axis=0)
+        order = np.argsort(-mean)[:3]
+        assert [(e["index"], e["probability"]) for e in entry["top"]] == [(int(i), float(mean[i])) for i in order]
+    assert len({w["top"][0]["class"] for w in result["windows"]}) == 2  # both tones heard
+    # embed at a hop other than the window (20 ms: 9,999 windows, five chunks), pooled and conv.
+    for layer, model in (("pooled", exported["export"]), ("conv", exported["run"])):
+        assert embed_cmd.main([str(path), "--out", str(tmp_path / layer), "--model", str(model), "--layer", layer,
+                               "--hop-ms", "20"]) == 0
+        got = np.load(tmp_path / layer / "long.npz")
+        wave_ = read_audio(str(path), 16000)
+        starts = range(0, len(wave_) - 639, 320)
+        framed = np.stack([wave_[s:s + 640] for s in starts])
+        student = inference.load_student(str(model / "model.keras") if layer == "conv" else str(model))
+        run = student.embed if layer == "pooled" else lambda w: embed.conv_statistics(student.keras_model, w)
+        expected = np.concatenate([run(framed[i:i + 256]) for i in range(0, len(framed), 256)]).astype(np.float32)
+        assert got["embedding"].shape == expected.shape and len(expected) == 9999
+        np.testing.assert_array_equal(got["embedding"], expected)
+        np.testing.assert_allclose(got["timestamps"], np.arange(9999) * 0.02, atol=1e-4)
+
+
+def peak_memory_mb(args, cwd):
+    """Run `python -m audionet_tf.<command> ...` in a fresh process; its peak resident memory (VmHWM) in MB."""
+    process = subprocess.Popen([sys.executable, "-m", *args], env=ENV, cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage: ru_maxrss is its VmHWM, in KB
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_predict_and_embed_memory_is_flat_in_recording_length(tmp_path):
+    """10 and 60 minutes of 16 kHz noise through predict (1000 classes, every window's top-k to JSON) and
+    embed, each in a fresh process: peaks within 1.2x of each other, and under 1 GB for the hour."""
+    import keras
+
+    from audionet_tf.model.student import build_audionet
+    from audionet_tf.preparation.media import ffmpeg_exe
+    from audionet_tf.serving.export import export_model
+
+    keras.utils.set_random_seed(0)
+    export_model(build_audionet(None, 1000, input_scale=256.0), str(tmp_path / "export"),
+                 class_names=[f"class_{i}" for i in range(1000)])
+    peaks = {}
+    for minutes in (10, 60):
+        wav = tmp_path / f"noise{minutes}.wav"
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                        "anoisesrc=color=pink:amplitude=0.3:sample_rate=16000:seed=1", "-t", str(60 * minutes),
+                        "-ac", "1", "-c:a", "pcm_s16le", str(wav)], check=True, timeout=120)
+        peaks["predict", minutes] = peak_memory_mb(
+            ["audionet_tf.predict", str(wav), "--model", "export", "--quiet", "--json", f"p{minutes}.json"], tmp_path)
+        peaks["embed", minutes] = peak_memory_mb(
+            ["audionet_tf.embed", str(wav), "--model", "export", "--out", f"e{minutes}"], tmp_path)
+        wav.unlink()
+    print({f"{command} {minutes} min": f"{mb:.0f} MB" for (command, minutes), mb in peaks.items()})
+    assert len(json.loads((tmp_path / "p60.json").read_text())[0]["windows"]) == 90000
+    assert np.load(tmp_path / "e60" / "noise60.npz")["embedding"].shape == (90000, 16)
+    for command in ("predict", "embed"):
+        assert peaks[command, 60] <= 1.2 * peaks[command, 10], peaks
+        assert peaks[command, 60] < 1024, peaks
 
 
 @pytest.mark.parametrize("example", ["savedmodel_app.py", "litert_app.py", "tfsmlayer_app.py"])
