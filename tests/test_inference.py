@@ -158,3 +158,21 @@ def test_arrays_are_taken_at_their_own_sample_rate(saved):
     np.testing.assert_allclose(embedded["times"], result["times"])
     twenty = embed.embed_array(student, tone, 44100, hop_seconds=0.02, layer="conv")
     assert twenty["embeddings"].shape == (49, 48)
+
+
+def test_a_stream_left_early_stops_ffmpeg_and_its_reader(tmp_path, monkeypatch):
+    """An error in the middle of a recording leaves no ffmpeg process and no reading thread behind."""
+    import threading
+
+    path = write_wav(tmp_path / "long.wav", np.zeros(16000 * 120), 16000)
+    monkeypatch.setattr(inference, "CHUNK_WINDOWS", 256)
+    threads = threading.active_count()
+    processes = []
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="stop"):
+            with inference.open_audio(path, 16000) as audio:
+                processes.append(audio._process)
+                for windows, _ in inference.window_chunks(audio, 640, 640, path):
+                    raise RuntimeError("stop")
+    assert all(process.poll() is not None for process in processes)
+    assert threading.active_count() == threads

@@ -1,14 +1,16 @@
 """Audio for the student: a file decoded through an ffmpeg pipe in blocks, an array brought to the model's rate.
 
-A recording is never held whole: `file_reader` hands out samples as they are asked for, and
+A recording is never held whole: `FileAudio` hands out samples as they are asked for, and
 `window_chunks` cuts them into the same windows a whole-file framing gives, a bounded number
 at a time, so memory stays flat in the recording's length.
 """
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 from math import gcd
 from typing import Iterator
 
@@ -16,6 +18,10 @@ import numpy as np
 
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.preparation.media import MediaError, ffmpeg_exe
+
+BLOCK_BYTES = 1 << 20  # read from ffmpeg's pipe at a time (262,144 samples)
+PREFETCH_BLOCKS = 8  # read ahead: at most 8 MB decoded and not yet used
+
 
 class ArrayAudio:
     """Samples of an array already in memory, handed out like `FileAudio`'s."""
@@ -34,8 +40,10 @@ class ArrayAudio:
 class FileAudio:
     """A file's audio as float32 mono at `sample_rate`, decoded by ffmpeg and read from its pipe on demand.
 
-    Use as a context manager; errors (no such file, no audio stream, undecodable) are `MediaError`s
-    naming the file, raised when reading reaches them (at the latest when the stream ends)."""
+    A thread keeps up to PREFETCH_BLOCKS blocks of the pipe read ahead, so ffmpeg decodes while the
+    caller computes (a pipe holds 64 KB: without it, ffmpeg would wait for each read). Use as a context
+    manager; errors (no such file, no audio stream, undecodable) are `MediaError`s naming the file,
+    raised when reading reaches them (at the latest when the stream ends)."""
 
     def __init__(self, path: str, sample_rate: int):
         if not os.path.isfile(path):
@@ -50,25 +58,43 @@ class FileAudio:
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=self._stderr)
+        self._blocks: queue.Queue[bytes] = queue.Queue(maxsize=PREFETCH_BLOCKS)
+        self._pending = b""  # the part of a block not handed out yet
         self._ended = False
+        self._thread = threading.Thread(target=self._pump, name="audio-reader", daemon=True)
+        self._thread.start()
         self.samples = 0  # handed out so far
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                block = self._process.stdout.read(BLOCK_BYTES)
+                self._blocks.put(block)
+                if not block:  # end of stream
+                    return
+        except (OSError, ValueError):  # the pipe closed under us by close()
+            self._blocks.put(b"")
 
     def read(self, count: int) -> np.ndarray:
         """Up to `count` samples; fewer only at the end of the stream (then checked for ffmpeg errors)."""
         if self._ended or count <= 0:
             return np.zeros(0, np.float32)
-        buffer = np.empty(count, np.float32)
-        view, got = memoryview(buffer).cast("B"), 0
-        while got < len(view):
-            n = self._process.stdout.readinto(view[got:])
-            if not n:
+        wanted, parts, got = 4 * count, [], 0
+        while got < wanted:
+            block = self._pending or self._blocks.get()
+            self._pending = b""
+            if not block:
+                self._finish()
                 break
-            got += n
-        if got < len(view):
-            self._finish()
+            take = block[: wanted - got]
+            self._pending = block[len(take):]
+            parts.append(take)
+            got += len(take)
+        data = b"".join(parts)
         # A partial sample at the end (never from ffmpeg's f32le) is dropped.
-        self.samples += got // 4
-        return buffer[: got // 4]
+        samples = np.frombuffer(data[: len(data) - len(data) % 4], "<f4").astype(np.float32)
+        self.samples += len(samples)
+        return samples
 
     def _finish(self) -> None:
         self._ended = True
@@ -83,10 +109,15 @@ class FileAudio:
             raise MediaError(f"{self.path}: ffmpeg cannot decode it ({tail})")
 
     def close(self) -> None:
-        """Stop ffmpeg if it is still running and release its pipe."""
+        """Stop ffmpeg if it is still running, end the reading thread and release the pipe."""
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
+        while self._thread.is_alive():  # it may wait to put a block into a full queue
+            try:
+                self._blocks.get(timeout=0.1)
+            except queue.Empty:
+                pass
         self._process.stdout.close()
         self._stderr.close()
 
