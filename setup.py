@@ -31,12 +31,15 @@ setup(
         "ffmpeg-python>=0.2",
         "imageio-ffmpeg>=0.5",
         "scikit-learn>=1.3",
+        "scipy>=1.6",  # resample_poly: arrays handed to predict/embed at another sample rate (scikit-learn pulls it too)
         "matplotlib>=3.7",
         "google-crc32c>=1.5",  # TFRecord framing for shards written through any file system
     ],
     extras_require={
-        # The emulator and Beam's GCS client let the tests write a dataset to a GCS server on 127.0.0.1.
-        "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp]>=2.60"],
+        # The emulator and Beam's GCS client let the tests write a dataset to a GCS server on 127.0.0.1;
+        # tensorflow-hub (which pulls tf-keras) lets them load an export with hub.KerasLayer's defaults.
+        "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp]>=2.60",
+                 "tensorflow-hub>=0.16"],
         "litert": ["ai-edge-litert"],
         "beam": ["apache-beam[tfrecord]>=2.60"],
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner

@@ -417,10 +417,10 @@ def test_predict_and_embed_memory_is_flat_in_recording_length(tmp_path):
 
 
 @pytest.mark.parametrize("example", ["savedmodel_app.py", "litert_app.py", "tfsmlayer_app.py"])
-def test_readme_snippets_run_and_are_in_the_readme(exported, example):
+def test_example_apps_run_and_are_in_the_exports_page(exported, example):
     code = (ROOT / "examples" / example).read_text()
-    readme = (ROOT / "README.md").read_text()
-    assert code.strip() in readme, f"README does not show examples/{example} verbatim"
+    page = (ROOT / "docs" / "exports.md").read_text()
+    assert code.strip() in page, f"docs/exports.md does not show examples/{example} verbatim"
     # The usage line is a command that works from the project root, where the demo exports.
     usage = re.search(r"^\s+python (\S+) saved_models/demo sound\.wav$", code, flags=re.M)
     assert usage and (ROOT / usage.group(1)).is_file(), code.splitlines()[:3]
@@ -428,11 +428,12 @@ def test_readme_snippets_run_and_are_in_the_readme(exported, example):
                             env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip()
-    if example == "tfsmlayer_app.py":
-        assert re.search(r"\(50, 2\)", result.stdout)
+    if example == "tfsmlayer_app.py":  # TFSMLayer's default endpoint, then the features under a classifier
+        assert re.search(r"^\(3, 8\)$", result.stdout, flags=re.M) and re.search(r"\(50, 2\)", result.stdout)
     if example == "savedmodel_app.py":  # 50 timeline rows, all the tone's class (as predict finds it)
         rows = re.findall(r"^\s*(\d+\.\d\d) s  (.+)$", result.stdout, flags=re.M)
         assert len(rows) == 50 and float(rows[1][0]) == pytest.approx(0.04) and len({r[1] for r in rows}) == 1
+        assert "embeddings: (50, 16)" in result.stdout and "logits of two windows: (2, 8)" in result.stdout
     # b.wav is 44.1 kHz stereo: refused with its format and the expected one, not misread.
     refused = subprocess.run([sys.executable, usage.group(1), str(exported["export"]), exported["b"]],
                              env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
