@@ -122,7 +122,7 @@ print(json.dumps(out))
 
 
 def relative_diff(a, b):
-    """Largest difference relative to the logits' scale (at least 1), as the README states parity."""
+    """Largest difference relative to the logits' scale (at least 1), as docs/exports.md states parity."""
     return float(np.abs(np.asarray(a) - np.asarray(b)).max()) / max(1.0, float(np.abs(b).max()))
 
 
@@ -208,7 +208,7 @@ def test_litert_runs_both_tflite_files_and_int8_agrees_with_float(exported):
     assert relative_diff(outputs["model.tflite"], expected) <= 1e-5
     int8 = outputs["model_int8.tflite"]
     assert int8.shape == expected.shape and np.all(np.isfinite(int8))
-    # The README's level: the int8 model's top-1 agrees with the float model's on >= 95 % of real windows.
+    # The documented level (docs/exports.md): the int8 model's top-1 agrees with the float model's on >= 95 % of real windows.
     real = len(held_out)
     assert real >= 40
     agreement = float(np.mean(int8[:real].argmax(1) == outputs["model.tflite"][:real].argmax(1)))
@@ -417,7 +417,7 @@ def test_predict_and_embed_memory_is_flat_in_recording_length(tmp_path):
 
 
 @pytest.mark.parametrize("example", ["savedmodel_app.py", "litert_app.py", "tfsmlayer_app.py"])
-def test_example_apps_run_and_are_in_the_exports_page(exported, example):
+def test_export_page_snippets_run_and_are_on_the_page(exported, example):
     code = (ROOT / "examples" / example).read_text()
     page = (ROOT / "docs" / "exports.md").read_text()
     assert code.strip() in page, f"docs/exports.md does not show examples/{example} verbatim"
@@ -442,10 +442,10 @@ def test_example_apps_run_and_are_in_the_exports_page(exported, example):
 
 
 @pytest.mark.slow
-def test_inference_benchmark_prints_the_readme_rows_and_their_sizes(tmp_path):
-    """The README's inference table is the benchmark's output: same rows, same file sizes (speed varies
+def test_inference_benchmark_prints_the_speed_page_rows_and_their_sizes(tmp_path):
+    """The speed page's inference table is the benchmark's output: same rows, same file sizes (speed varies
     by run; a 1 s recording keeps this quick), and the int8 saving stated in the text is the table's."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "speed.md").read_text()
     section = readme[readme.index("python benchmarks/inference.py"):]
     rows = dict(re.findall(r"^\| (.+?) \| ([\d,]+) bytes \|", section, flags=re.M))
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--seconds", "1",
