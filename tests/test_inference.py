@@ -133,31 +133,38 @@ def test_streamed_file_errors_name_the_file(tmp_path):
         assert path in str(caught.value)
 
 
-def test_arrays_are_taken_at_their_own_sample_rate(saved):
-    """One second at 44.1 kHz is 25 windows of 40 ms, not 68; the answer is the 16 kHz array's."""
+def test_arrays_are_taken_at_their_own_sample_rate(saved, tmp_path):
+    """One second at 44.1 kHz is 25 windows of 40 ms, not 68; the answer is the 16 kHz array's, and the
+    same file's; an array without its rate is refused."""
     model, path = saved
     student = inference.load_student(path)
     t = np.arange(44100) / 44100
     tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    result = inference.predict_array(student, tone, 44100)
+    result = inference.predict(student, tone, 44100)
     assert result["scores"].shape == (25, 5) and result["logits"].shape == (25, 5)
     np.testing.assert_allclose(result["times"], np.arange(25) * 0.04)
     np.testing.assert_allclose(result["scores"].sum(axis=1), 1.0, rtol=1e-5)
     at_16k = inference.predict_array(student, np.sin(2 * np.pi * 440 * np.arange(16000) / 16000) * 0.5, 16000)
-    # Resampled, not reinterpreted: the classes of each window are those of the same tone at 16 kHz.
+    # Resampled, not reinterpreted: each window's class is that of the same tone given at 16 kHz.
     assert np.mean(result["scores"].argmax(1)[1:-1] == at_16k["scores"].argmax(1)[1:-1]) == 1.0
     stereo_int16 = (np.repeat(tone[:, None], 2, axis=1) * 32767).astype(np.int16)
     np.testing.assert_allclose(inference.predict_array(student, stereo_int16, 44100)["scores"], result["scores"],
                                atol=1e-3)
+    from_file = inference.predict(student, write_wav(tmp_path / "tone.wav", tone, 44100))  # ffmpeg resamples
+    assert from_file["scores"].shape == (25, 5)
+    assert np.mean(from_file["scores"].argmax(1)[1:-1] == at_16k["scores"].argmax(1)[1:-1]) == 1.0
     with pytest.raises(AudioNetError, match="sample rate"):
-        inference.predict_array(student, tone, None)
+        inference.predict(student, tone)
+    with pytest.raises(AudioNetError, match="give no sample_rate"):
+        inference.predict(student, str(tmp_path / "tone.wav"), 44100)
     with pytest.raises(AudioNetError, match=r"shape \(2, 44100\)"):
         inference.predict_array(student, np.stack([tone, tone]), 44100)
-    embedded = embed.embed_array(student, tone, 44100)
+    embedded = inference.embed(student, tone, 44100)
     assert embedded["embeddings"].shape == (25, 16)
     np.testing.assert_allclose(embedded["times"], result["times"])
-    twenty = embed.embed_array(student, tone, 44100, hop_seconds=0.02, layer="conv")
+    twenty = inference.embed(student, tone, 44100, hop_seconds=0.02, layer="conv")
     assert twenty["embeddings"].shape == (49, 48)
+    assert inference.embed(student, str(tmp_path / "tone.wav"))["embeddings"].shape == (25, 16)
 
 
 def test_a_stream_left_early_stops_ffmpeg_and_its_reader(tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
-"""Sound embeddings from the student: per window, pooled features or conv-map statistics, a recording
-read and embedded in chunks of windows (memory flat in its length)."""
+"""The embed command's library part: embeddings of a file or waveform (computed by `inference`, chunk by
+chunk) and the `.npz` files they go to."""
 from __future__ import annotations
 
 import io
 import os
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -12,59 +12,18 @@ from audionet_tf.core.errors import AudioNetError
 from audionet_tf.serving import audio, inference
 
 
-def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
-    """Mean, std and max over time of the max-pooled conv maps: `[N, 48]`."""
-    maps = inference.keras_runner(model, "conv")(windows)
-    return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
-
-
-def _embedder(student: inference.Student, layer: str) -> Callable[[np.ndarray], np.ndarray]:
-    if layer == "conv":
-        if student.keras_model is None:
-            raise AudioNetError(f"--layer conv needs a .keras model, not {student.source}")
-        return lambda windows: conv_statistics(student.keras_model, windows)
-    if layer != "pooled":
-        raise AudioNetError(f"layer must be pooled or conv, got {layer!r}")
-    if student.embed is None:
-        raise AudioNetError(f"{student.source} has no embedding signature")
-    return lambda windows: inference.batched(student.embed, windows)
-
-
-def _embed_source(student: inference.Student, source: audio.ArrayAudio | audio.FileAudio, hop: int, layer: str,
-                  where: str) -> tuple[np.ndarray, np.ndarray]:
-    embedder = _embedder(student, layer)
-    values, starts = [], []
-    for windows, chunk_starts in inference.window_chunks(source, student.window_samples, hop, where):
-        values.append(embedder(windows).astype(np.float32))
-        starts.append(chunk_starts)
-    return np.concatenate(values), (np.concatenate(starts) / student.sample_rate).astype(np.float32)
+conv_statistics = inference.conv_statistics
 
 
 def embed_wave(student: inference.Student, wave: np.ndarray, hop: int, layer: str, where: str):
     """Embeddings and window start times for one waveform already at the student's sample rate."""
-    return _embed_source(student, audio.ArrayAudio(np.asarray(wave, np.float32)), hop, layer, where)
+    return inference.embed_source(student, audio.ArrayAudio(np.asarray(wave, np.float32)), hop, layer, where)
 
 
 def embed_file(student: inference.Student, path: str, hop: int, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and window start times for any file ffmpeg reads, decoded and embedded chunk by chunk."""
     with inference.open_audio(path, student.sample_rate) as source:
-        return _embed_source(student, source, hop, layer, path)
-
-
-def embed_array(student: inference.Student, samples: np.ndarray, sample_rate: int, *,
-                hop_seconds: float | None = None, layer: str = "pooled") -> dict[str, Any]:
-    """Embeddings of each window of an array at `sample_rate` (resampled to the student's rate):
-    `embeddings` `[M, D]` (D = 16 pooled, 48 conv statistics) and `times` `[M]` (window starts, s)."""
-    source = inference.array_audio(samples, sample_rate, student)
-    values, times = _embed_source(student, source, inference.hop_for(student, hop_seconds), layer, "audio")
-    return {"embeddings": values, "times": times}
-
-
-def embed_path(student: inference.Student, path: str, *, hop_seconds: float | None = None,
-               layer: str = "pooled") -> dict[str, Any]:
-    """`embed_array`'s answer for any file ffmpeg reads, decoded and embedded chunk by chunk."""
-    values, times = embed_file(student, path, inference.hop_for(student, hop_seconds), layer)
-    return {"embeddings": values, "times": times}
+        return inference.embed_source(student, source, hop, layer, path)
 
 
 def write_npz(path: str, embedding: np.ndarray, timestamps: np.ndarray) -> None:

@@ -213,3 +213,74 @@ def predict_path(student: Student, path: str, *, hop_seconds: float | None = Non
     """`predict_array`'s answer for any file ffmpeg reads, decoded and classified chunk by chunk."""
     with open_audio(path, student.sample_rate) as source:
         return _scores(student, source, hop_for(student, hop_seconds), path)
+
+
+def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
+    """Mean, std and max over time of the max-pooled conv maps: `[N, 48]`."""
+    maps = keras_runner(model, "conv")(windows)
+    return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
+
+
+def embedder(student: Student, layer: str = "pooled") -> Callable[[np.ndarray], np.ndarray]:
+    """Windows → embeddings: `pooled` (16 features, any student but a .tflite) or `conv` (48, a .keras)."""
+    if layer == "conv":
+        if student.keras_model is None:
+            raise AudioNetError(f"--layer conv needs a .keras model, not {student.source}")
+        return lambda windows: conv_statistics(student.keras_model, windows)
+    if layer != "pooled":
+        raise AudioNetError(f"layer must be pooled or conv, got {layer!r}")
+    if student.embed is None:
+        raise AudioNetError(f"{student.source} has no embedding signature")
+    return lambda windows: batched(student.embed, windows)
+
+
+def embed_source(student: Student, source: audio.ArrayAudio | audio.FileAudio, hop: int, layer: str,
+                 where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings `[M, D]` float32 and window starts `[M]` (s, float32) of `source`, chunk by chunk."""
+    embed_windows = embedder(student, layer)
+    values, starts = [], []
+    for windows, chunk_starts in window_chunks(source, student.window_samples, hop, where):
+        values.append(embed_windows(windows).astype(np.float32))
+        starts.append(chunk_starts)
+    return np.concatenate(values), (np.concatenate(starts) / student.sample_rate).astype(np.float32)
+
+
+def embed_array(student: Student, samples: np.ndarray, sample_rate: int, *,
+                hop_seconds: float | None = None, layer: str = "pooled") -> dict[str, Any]:
+    """Embeddings of each window of an array at `sample_rate` (resampled to the student's rate):
+    `embeddings` `[M, D]` (D = 16 pooled, 48 conv statistics) and `times` `[M]` (window starts, s)."""
+    source = array_audio(samples, sample_rate, student)
+    values, times = embed_source(student, source, hop_for(student, hop_seconds), layer, "audio")
+    return {"embeddings": values, "times": times}
+
+
+def embed_path(student: Student, path: str, *, hop_seconds: float | None = None,
+               layer: str = "pooled") -> dict[str, Any]:
+    """`embed_array`'s answer for any file ffmpeg reads, decoded and embedded chunk by chunk."""
+    with open_audio(path, student.sample_rate) as source:
+        values, times = embed_source(student, source, hop_for(student, hop_seconds), layer, path)
+    return {"embeddings": values, "times": times}
+
+
+def _is_path(audio_or_path: Any) -> bool:
+    return isinstance(audio_or_path, (str, os.PathLike))
+
+
+def predict(student: Student, audio_or_path: np.ndarray | str | os.PathLike, sample_rate: int | None = None, *,
+            hop_seconds: float | None = None) -> dict[str, Any]:
+    """`predict_array` for an array with its `sample_rate`, `predict_path` for a file path (no rate)."""
+    if _is_path(audio_or_path):
+        if sample_rate is not None:
+            raise AudioNetError(f"{audio_or_path}: a file's sample rate is read from the file; give no sample_rate")
+        return predict_path(student, os.fspath(audio_or_path), hop_seconds=hop_seconds)
+    return predict_array(student, audio_or_path, sample_rate, hop_seconds=hop_seconds)
+
+
+def embed(student: Student, audio_or_path: np.ndarray | str | os.PathLike, sample_rate: int | None = None, *,
+          hop_seconds: float | None = None, layer: str = "pooled") -> dict[str, Any]:
+    """`embed_array` for an array with its `sample_rate`, `embed_path` for a file path (no rate)."""
+    if _is_path(audio_or_path):
+        if sample_rate is not None:
+            raise AudioNetError(f"{audio_or_path}: a file's sample rate is read from the file; give no sample_rate")
+        return embed_path(student, os.fspath(audio_or_path), hop_seconds=hop_seconds, layer=layer)
+    return embed_array(student, audio_or_path, sample_rate, hop_seconds=hop_seconds, layer=layer)
