@@ -6,7 +6,8 @@
 SoundNet-style transfer representation). `conv`: statistics over time of the 16 max-pooled
 conv maps per window (mean, standard deviation and maximum: 48 values); it needs the
 Keras model (a `.keras` file or a run directory's `model.keras`). Timestamps are window
-starts in seconds. Files that cannot be read are reported and skipped (exit code 1).
+starts in seconds. Files that cannot be read are reported and skipped (exit code 1). A
+recording is decoded and embedded in chunks of windows, so memory does not grow with its length.
 
 Each input writes `<out>/<file name without extension>.npz`. Inputs whose names would write
 the same file (`a.wav` and `a.mp4`, or `x/a.wav` and `y/a.wav`) are refused before anything

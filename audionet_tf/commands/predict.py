@@ -8,7 +8,8 @@ Prints, per file, the top-k classes of each window (at the training hop) and of 
 second (probabilities averaged over its windows). `--model` takes an export directory, a
 `.keras` or a `.tflite` file (default: the newest export under saved_models/). With
 several files, one that cannot be read is reported and the others are still processed;
-the exit code is then 1.
+the exit code is then 1. A recording is decoded and classified in chunks of windows, so
+memory does not grow with its length (an hour runs in under 1 GB).
 """
 from __future__ import annotations
 
