@@ -170,8 +170,10 @@ def test_arrays_are_taken_at_their_own_sample_rate(saved, tmp_path):
 def test_a_stream_left_early_stops_ffmpeg_and_its_reader(tmp_path, monkeypatch):
     """An error in the middle of a recording leaves no ffmpeg process and no reading thread behind."""
     import threading
+    import time
 
-    path = write_wav(tmp_path / "long.wav", np.zeros(16000 * 120), 16000)
+    # 10 minutes: more than the reading thread may hold ahead (8 MB), so it waits on a full queue when left.
+    path = write_wav(tmp_path / "long.wav", np.zeros(16000 * 600), 16000)
     monkeypatch.setattr(inference, "CHUNK_WINDOWS", 256)
     threads = threading.active_count()
     processes = []
@@ -180,6 +182,7 @@ def test_a_stream_left_early_stops_ffmpeg_and_its_reader(tmp_path, monkeypatch):
             with inference.open_audio(path, 16000) as audio:
                 processes.append(audio._process)
                 for windows, _ in inference.window_chunks(audio, 640, 640, path):
+                    time.sleep(1.0)  # a slow consumer: the thread fills its queue and waits
                     raise RuntimeError("stop")
     assert all(process.poll() is not None for process in processes)
     assert threading.active_count() == threads
