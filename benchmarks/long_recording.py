@@ -6,7 +6,7 @@ Builds a 1000-class student with random weights (time and memory do not depend o
 exports it with `python -m audionet_tf.export`, makes a 16 kHz mono WAV of pink noise of each
 length with ffmpeg's lavfi source, then runs each command in a fresh process, as a user
 would: `predict FILE --quiet --json out.json` (every window's top 5 written) and
-`embed FILE --out DIR`. Peak memory is the process's high-water mark (VmHWM, from wait4);
+`embed FILE --out DIR`. Peak memory is the process's high-water mark (VmHWM, read at its exit);
 time is the whole command's wall time, TensorFlow's start-up included. `--python-path` runs
 the commands from another checkout of the package (to compare versions in one run).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -23,17 +24,28 @@ import time
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
+# The command runs as `python -m` runs it and reports its own VmHWM at exit (a child's ru_maxrss from
+# wait4 would include its parent's high-water mark, which Linux carries across fork and exec).
+PEAK = """
+import re, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+finally:
+    status = open("/proc/self/status").read()
+    sys.stderr.write("\\nVmHWM " + re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1) + "\\n")
+"""
+
+
 def run(args: list[str], cwd: str, env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of `python -m <args>` in a fresh process."""
+    """Wall seconds and peak resident MB (VmHWM) of `python -m <args>` in a fresh process."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    result = subprocess.run([sys.executable, "-c", PEAK, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{stderr.decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return seconds, int(re.findall(r"^VmHWM (\d+)$", result.stderr, flags=re.M)[-1]) / 1024
 
 
 def main() -> None:

@@ -373,15 +373,26 @@ def test_predict_and_embed_stream_with_the_whole_files_results(exported, tmp_pat
         np.testing.assert_allclose(got["timestamps"], np.arange(9999) * 0.02, atol=1e-4)
 
 
+# Runs a module as `python -m` does and reports the process's own VmHWM when it exits. (A child's
+# ru_maxrss from wait4 is no use here: Linux carries the parent's high-water mark across fork and exec,
+# so a child of a large pytest process reports at least the parent's peak.)
+PEAK = """
+import re, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+finally:
+    status = open("/proc/self/status").read()
+    sys.stderr.write("\\nVmHWM " + re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1) + "\\n")
+"""
+
+
 def peak_memory_mb(args, cwd):
     """Run `python -m audionet_tf.<command> ...` in a fresh process; its peak resident memory (VmHWM) in MB."""
-    process = subprocess.Popen([sys.executable, "-m", *args], env=ENV, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage: ru_maxrss is its VmHWM, in KB
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0, stderr.decode()[-2000:]
-    return usage.ru_maxrss / 1024
+    result = subprocess.run([sys.executable, "-c", PEAK, *args], env=ENV, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(re.findall(r"^VmHWM (\d+)$", result.stderr, flags=re.M)[-1]) / 1024
 
 
 @pytest.mark.slow
