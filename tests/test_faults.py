@@ -99,27 +99,45 @@ def wait_for(predicate, process, seconds=240):
     return False
 
 
+# The train command, sending itself a real SIGTERM or SIGINT once `where` steps are trained: the stop then comes
+# at a known step, between two of the backups taken every 10 steps, so a stop that did not save would leave the run
+# at the older backup (an exact resume from there would still end in the uninterrupted state).
+SIGNAL_SCRIPT = """
+import os, signal, sys
+import keras
+from audionet_tf.commands import train
+signum, where = int(sys.argv[1]), int(sys.argv[2])
+
+class SignalAt(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == where:
+            os.kill(os.getpid(), signum)
+
+command_train = train.train
+train.train = lambda config, **kw: command_train(config, **{**kw, "extra_callbacks": [SignalAt()]})
+sys.exit(train.main(sys.argv[3:]))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_ctrl_c_saves_mid_epoch_and_the_same_command_ends_in_the_uninterrupted_state(
         dataset, tmp_path, uninterrupted, signum):
     args = flags(dataset, "term")
-    process = subprocess.Popen(command(*args), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: (newest(tmp_path, "term") or {}).get("iterations", 0) >= 20, process), \
-        "training ended before it could be stopped"
-    process.send_signal(signum)
-    err = process.communicate(timeout=120)[1]
-    assert process.returncode == EXIT_STOPPED, err[-3000:]
+    stopped = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, str(int(signum)), "37", *args], cwd=tmp_path,
+                             env=ENV, capture_output=True, text=True, timeout=300)
+    err = stopped.stderr
+    assert stopped.returncode == EXIT_STOPPED, err[-3000:]
     assert f"stopped by {signum.name}" in err and "run the same command to continue" in err
     assert "Traceback" not in err
+    # Saved where training was when the signal came: the signal is sent after step 37 (epoch 1, step 12) once
+    # the backup callback has seen that step, so the next step boundary, 38, saves; not the backup of step 35.
     saved = newest(tmp_path, "term")
-    assert saved["iterations"] == saved["epoch"] * 25 + saved["step"]
+    assert (saved["iterations"], saved["epoch"], saved["step"]) == (38, 1, 13), saved
     assert f"epoch {saved['epoch']}, step {saved['step']}" in err
     resumed = run(args, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    if saved["step"]:
-        assert f"continuing epoch {saved['epoch'] + 1} at step {saved['step']} of 25" in resumed.stderr
+    assert f"continuing epoch {saved['epoch'] + 1} at step {saved['step']} of 25" in resumed.stderr
     assert_same_state(saved_state(tmp_path / "runs" / "term" / "model.keras"), uninterrupted)
     history = (tmp_path / "runs" / "term" / "history.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in history] == [1, 2, 3, 4]

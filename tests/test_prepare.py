@@ -187,7 +187,7 @@ def test_offline_seed_pipeline_lists_every_clip_and_never_loads_the_teacher(tmp_
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": str(tmp_path / "keras")}
     result = subprocess.run([sys.executable, "-m", "audionet_tf.train", "--pipeline", "seed.toml"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr[-3000:]
     clips = runner.list_clips(cfg.load_pipeline(str(tmp_path / "seed.toml")))
     assert len(clips) == 10
     for clip in clips:
@@ -252,13 +252,28 @@ def _write(path, text):
     return str(path)
 
 
-def test_registry_teacher_builds_offline_with_its_preprocessing():
+# One teacher whose preprocessing is inside the model (as EfficientNetV2B0's), one with Keras's caffe-style
+# function (as VGG16's).
+@pytest.mark.parametrize("name,module", [("MobileNetV3Large", "mobilenet_v3"), ("ResNet50", "resnet50")])
+def test_registry_teacher_builds_offline_with_its_preprocessing(name, module):
+    """Each registry teacher's logits are its Keras application's own on frames through that family's
+    `preprocess_input` (the same seed gives both networks the same random weights)."""
+    import keras
+
     from audionet_tf.preparation.teacher import load_teacher
 
-    teacher = load_teacher("MobileNetV3Large", weights=None, batch_size=2)
-    logits = teacher.logits(np.zeros((3, 224, 224, 3), np.uint8))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    keras.utils.set_random_seed(5)
+    teacher = load_teacher(name, weights=None, batch_size=2)
+    logits = teacher.logits(frames)
     assert logits.shape == (3, 1000) and np.isfinite(logits).all()
     assert teacher.class_names[0] == "tench" and len(teacher.class_names) == 1000
+    keras.utils.set_random_seed(5)
+    reference = getattr(keras.applications, name)(weights=None, classifier_activation=None, input_shape=(224, 224, 3))
+    preprocess = getattr(keras.applications, module).preprocess_input
+    expected = reference(preprocess(frames.astype(np.float32)), training=False).numpy()
+    # Relative to the logits' scale: random MobileNetV3 weights give logits near 1e-11.
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.slow
@@ -298,5 +313,11 @@ def test_holdout_fraction_is_deterministic_and_keeps_both_sides():
     assert len(runner.holdout_ids(clips[:2], "0.01")) == 1  # at least one held out
     assert len(runner.holdout_ids(clips[:2], "0.99")) == 1  # never all
     assert runner.holdout_ids(clips, "clip-3,clip-7") == {"clip-3", "clip-7"}
+    # The list grows (or is cut back): every clip keeps its side, so no held-out clip ever moves into training.
+    grown = clips + [Clip(id=f"clip-{i}", url=f"/x/{i}", start=0, duration=1) for i in range(20, 400)]
+    held = runner.holdout_ids(grown, "0.25")
+    assert held & {c.id for c in clips} == chosen
+    assert runner.holdout_ids(grown[:150], "0.25") == held & {c.id for c in grown[:150]}
+    assert 0.15 < len(held) / len(grown) < 0.35
     with pytest.raises(AudioNetError, match="not in the list"):
         runner.holdout_ids(clips, "clip-3,nope")
