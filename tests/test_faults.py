@@ -15,6 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
+from writes import renames_under, run_recording, unsynced_renames
+
 from audionet_tf.commands import train
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 
@@ -341,3 +343,18 @@ def test_backups_by_time_fall_inside_epochs(dataset, tmp_path):
     assert [(b["epoch"], b["step"]) for b in backups] == [(2, 0), (1, 24), (1, 23)]
     assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == sorted(
         [b["weights"] for b in backups] + ["state.json"])
+
+
+def test_backups_are_fsynced_before_their_rename(dataset, tmp_path):
+    """A backup survives a power cut only if its weights and state.json reach the disk before the rename names
+    them (a SIGKILL never loses the page cache, so the kill tests cannot see it)."""
+    done, events = run_recording("audionet_tf.train", flags(dataset, "sync", 1), str(tmp_path / "writes.json"),
+                                 str(tmp_path), ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    backup = tmp_path / "runs" / "sync" / "backup"
+    renamed = [os.path.basename(dst) for _, dst in renames_under(events, str(backup))]
+    # Backups after steps 10 and 20 and at the end of the epoch, each a weights file, then state.json.
+    assert renamed == ["epoch-000000-step-000000010.weights.h5", "state.json",
+                       "epoch-000000-step-000000020.weights.h5", "state.json",
+                       "epoch-000001-step-000000000.weights.h5", "state.json"], renamed
+    assert unsynced_renames(events, str(backup)) == []
