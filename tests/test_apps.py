@@ -2,8 +2,10 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -193,6 +195,48 @@ def test_predict_processes_good_files_and_names_the_bad_one(exported, tmp_path, 
     capsys.readouterr()
     assert predict_cmd.main([exported["b"], "--model", str(exported["export"]), "--json", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_predict_per_second_figures_average_the_windows_probabilities(exported, tmp_path, capsys):
+    out = tmp_path / "all.json"
+    assert predict_cmd.main([exported["b"], "--model", str(exported["export"]), "--top-k", "8", "--json",
+                             str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())[0]
+    probabilities = np.zeros((len(result["windows"]), 8))
+    for row, window in zip(probabilities, result["windows"]):
+        for entry in window["top"]:
+            row[entry["index"]] = entry["probability"]
+    seconds = np.floor([w["time"] for w in result["windows"]]).astype(int)
+    assert [s["second"] for s in result["seconds"]] == [0, 1]  # 1.5 s of audio
+    for second in result["seconds"]:
+        mean = probabilities[seconds == second["second"]].mean(axis=0)
+        got = {e["index"]: e["probability"] for e in second["top"]}
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+        for index, value in got.items():
+            assert value == pytest.approx(mean[index], abs=1e-6)
+        top = max(got, key=got.get)
+        assert f"{second['second']:4d} s  {second['top'][0]['class']} {got[top]:.2f}" in printed
+
+
+def test_predict_defaults_to_the_newest_export(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    now = time.time()
+    for age, name in ((100, "older"), (0, "newer"), (200, "oldest")):
+        shutil.copytree(exported["export"], tmp_path / "saved_models" / name)
+        labels = tmp_path / "saved_models" / name / "labels.txt"
+        labels.write_text("".join(f"{name} {line}\n" for line in labels.read_text().splitlines()))
+        os.utime(tmp_path / "saved_models" / name, (now - age, now - age))
+    out = tmp_path / "result.json"
+    assert predict_cmd.main([exported["a"], "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())[0]
+    assert result["model"] == os.path.join("saved_models", "newer")
+    assert all(w["top"][0]["class"].startswith("newer ") for w in result["windows"])
+    # With no export at all: one message saying how to make one.
+    monkeypatch.chdir(tmp_path / "saved_models")
+    capsys.readouterr()
+    assert predict_cmd.main([exported["a"]]) == 2
+    assert "no exported model under saved_models/" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make,message", [
