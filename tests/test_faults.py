@@ -18,6 +18,7 @@ import pytest
 from writes import renames_under, run_recording, unsynced_renames
 
 from audionet_tf.commands import train
+from audionet_tf.core import config as cfg
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -344,6 +345,37 @@ def test_backups_by_time_fall_inside_epochs(dataset, tmp_path):
     assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == sorted(
         [b["weights"] for b in backups] + ["state.json"])
 
+
+
+def test_a_whole_epoch_per_execution_is_cut_at_100_steps_so_backups_fall_inside_long_epochs(dataset, tmp_path):
+    """--steps-per-execution 0 (the default): an epoch of 200 steps runs as two executions of 100, and backups
+    (and a stop request) act at their boundary, not only at the epoch's end."""
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=dataset, epochs=1, batch_size=1, learning_rate=0.01, runs_dir=str(tmp_path / "runs"), name="cap",
+        export=False, report=False, quiet=True, cache="none", steps_per_execution=0, checkpoint_every=100,
+        backup_every_steps=1, keep_backups=3))
+    run_dir = train.train(config)
+    backups = json.loads(open(os.path.join(run_dir, "backup", "state.json")).read())["backups"]
+    assert [(b["epoch"], b["step"], b["iterations"]) for b in backups] == [(1, 0, 200), (0, 100, 100)]
+
+
+def test_an_unfinished_run_started_with_other_settings_is_refused_listing_the_differences(dataset, tmp_path,
+                                                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert train.main(flags(dataset, "changed", 1)) == 0
+    os.unlink(tmp_path / "runs" / "changed" / "metrics.json")  # as if killed before its end
+    before = sorted(os.listdir(tmp_path / "runs" / "changed"))
+    capsys.readouterr()
+    assert train.main(flags(dataset, "changed", 2, "--learning-rate", "0.02", "--batch-size", "10")) == 2
+    err = capsys.readouterr().err
+    assert "run runs/changed is unfinished and was started with other settings" in err
+    assert "train.batch_size: 8 then, 10 now" in err and "train.learning_rate: 0.01 then, 0.02 now" in err
+    assert "Traceback" not in err and sorted(os.listdir(tmp_path / "runs")) == ["changed"]
+    assert sorted(os.listdir(tmp_path / "runs" / "changed")) == before
+    # What may change on a resume (here the epochs) is no difference: the same command with more epochs goes on.
+    assert train.main(flags(dataset, "changed", 2)) == 0
+    history = (tmp_path / "runs" / "changed" / "history.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in history] == [1, 2]
 
 def test_backups_are_fsynced_before_their_rename(dataset, tmp_path):
     """A backup survives a power cut only if its weights and state.json reach the disk before the rename names
