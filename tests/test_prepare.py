@@ -1,4 +1,5 @@
 """Data preparation with real ffmpeg, real yt-dlp over loopback, and offline teachers."""
+import dataclasses
 import os
 import shutil
 
@@ -163,6 +164,77 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
         sorted(s.file for s in after.shards)
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Two one-second local clips (green, red) prepared with the demo teacher, one clip per commit."""
+    root = tmp_path_factory.mktemp("prepared")
+    clips = [{"url": make_clip(str(root / f"{c}.mp4"), 1.0, video=f"color=c={c}:size=32x24:rate=25"), "start": 0,
+              "duration": 1, "label": c} for c in ("green", "red")]
+    summary = runner.prepare(pipeline(root, clips, shard_clips=1))
+    assert len(summary.written) == 2
+    return root, clips
+
+
+def _teacher_file(path):
+    """A user's .keras teacher of the demo's classes (the mean colour against six prototypes, scaled differently)."""
+    import keras
+
+    from audionet_tf.preparation.teacher import DEMO_COLOURS
+
+    inputs = keras.Input((16, 16, 3))
+    dense = keras.layers.Dense(len(DEMO_COLOURS))
+    outputs = dense(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = keras.Model(inputs, outputs)
+    prototypes = np.array(list(DEMO_COLOURS.values()), np.float32)
+    dense.set_weights([10 * prototypes.T, -5 * np.sum(prototypes ** 2, axis=1)])
+    model.save(str(path))
+    (path.parent / "colours.txt").write_text("\n".join(DEMO_COLOURS) + "\n")
+    return {"teacher": str(path), "labels": str(path.parent / "colours.txt")}
+
+
+@pytest.mark.parametrize("change", ["window", "teacher", "formats", "held out", "nothing that shapes examples"])
+def test_a_rerun_with_a_changed_setting_relabels_the_committed_clips(prepared, tmp_path, change):
+    root, clips = prepared
+    shutil.copytree(root / "data", tmp_path / "data")
+    green, red = (clip_entry(c["url"], 0, 1, c["label"], "test").id for c in clips)
+    audio = AudioConfig()
+    values = {"shard_clips": 1}
+    if change == "window":
+        audio = AudioConfig(window_ms=80.0)
+    elif change == "teacher":
+        values.update(_teacher_file(tmp_path / "teacher.keras"))
+    elif change == "formats":
+        values.update(audio_format="float32", logits_format="float32")
+    elif change == "held out":
+        values.update(holdout=red)
+    else:
+        values.update(teacher_batch=7)  # how frames are batched, not what they become
+    config = cfg.PipelineConfig(audio=audio, prepare=dataclasses.replace(pipeline(tmp_path, clips).prepare, **values))
+    summary = runner.prepare(config)
+    relabelled = {"held out": [red], "nothing that shapes examples": []}.get(change, [green, red])
+    assert sorted(summary.written) == sorted(relabelled) and sorted(summary.skipped) == sorted({green, red} -
+                                                                                              set(relabelled))
+    description = catalog.read_description(str(tmp_path / "data"))
+    spec = description.spec
+    examples = {}
+    for shard in description.shards:
+        found = records.read_examples(str(tmp_path / "data" / shard.file), spec)
+        for clip_id, window, row in zip(found["clip_id"], found["audio"], found["logits"]):
+            examples.setdefault(clip_id, []).append((shard.split, window.shape, row.dtype))
+    assert sorted(examples) == sorted([green, red]) and all(len(v) == 25 for v in examples.values())
+    if change == "window":
+        assert spec.window_samples == 1280 and {e[1] for v in examples.values() for e in v} == {(1280,)}
+    if change == "teacher":
+        assert spec.teacher == "teacher.keras"
+    if change == "formats":
+        assert (spec.audio_format, spec.logits_format) == ("float32", "float32")
+        assert {e[2] for v in examples.values() for e in v} == {np.dtype(np.float32)}
+    splits = {cid: {e[0] for e in v} for cid, v in examples.items()}
+    assert splits == {green: {"train"}, red: {"validation" if change == "held out" else "train"}}
+    # Once relabelled, the same command finds everything done.
+    assert sorted(runner.prepare(config).skipped) == sorted([green, red])
+
+
 def test_strict_makes_a_failure_fatal_and_writes_nothing(served, tmp_path):
     server, _ = served
     clips = [{"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"}]
@@ -245,6 +317,22 @@ def test_user_teachers_keras_and_savedmodel(tmp_path):
         load_teacher("NotANet")
     with pytest.raises(AudioNetError, match="has 3 names, but .* gives 5 logits"):
         load_teacher(str(tmp_path / "teacher.keras"), _write(tmp_path / "three.txt", "a\nb\nc\n"))
+
+
+def test_a_keras_teacher_with_a_lambda_layer_is_refused(tmp_path):
+    """A user's .keras teacher is loaded with safe_mode=True: a Lambda layer (Python bytecode in the file) is
+    refused with one message naming the file, before anything could run it."""
+    import keras
+
+    from audionet_tf.preparation.teacher import load_teacher
+
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(lambda x: x / 255)(inputs)))
+    keras.Model(inputs, outputs).save(str(tmp_path / "lambda.keras"))
+    with pytest.raises(AudioNetError, match="Lambda") as info:
+        load_teacher(str(tmp_path / "lambda.keras"))
+    assert f"teacher model {tmp_path / 'lambda.keras'}: cannot load it" in str(info.value)
+    assert "safe_mode" in str(info.value)
 
 
 def _write(path, text):
