@@ -1,7 +1,12 @@
 """Data preparation with real ffmpeg, real yt-dlp over loopback, and offline teachers."""
 import dataclasses
+import functools
+import http.server
 import os
 import shutil
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -67,6 +72,66 @@ def test_a_missing_video_fails_with_its_reason(served, tmp_path):
     with pytest.raises(DownloadError, match="404"):
         Downloader(str(tmp_path / "cache"), retries=2, backoff_s=0.01).fetch(clip)
     assert server.requests[before:] == ["/removed.mp4"]  # asked once: a 404 is not retried
+
+
+class FlakyServer:
+    """A file server on 127.0.0.1 whose first requests fail as listed: "429" (Too Many Requests) or "drop" (the
+    connection closed without an answer); every request is logged with its time and fault."""
+
+    def __init__(self, directory: str, faults: list[str]):
+        self.faults, self.log = list(faults), []
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                fault = outer.faults.pop(0) if outer.faults else None
+                outer.log.append((time.monotonic(), self.path, fault))
+                if fault == "429":
+                    self.send_response(429)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=directory))
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_network_errors_and_http_429_are_retried_with_back_off(served, tmp_path):
+    _, root = served
+    server = FlakyServer(str(root), ["429", "drop", "429"])
+    try:
+        clip = clip_entry(f"{server.url}/tone.mp4", 0.5, 1.0, "red", "test")
+        got = Downloader(str(tmp_path / "cache"), retries=3, backoff_s=0.25, margin_s=0.2).fetch(clip)
+        assert os.path.isfile(got.path) and not got.cached
+        assert len(decode_clip(got.path, got.offset, 1.0, AudioConfig(), (24, 32)).frames) == 25
+        faulted = [t for t, _, fault in server.log if fault]
+        first_good = next(t for t, _, fault in server.log if not fault)
+        assert len(faulted) == 3 and all(path == "/tone.mp4" for _, path, _ in server.log)
+        # Waits of 0.25, 0.5 and 1 s: the back-off doubles after each failed attempt.
+        gaps = np.diff(faulted + [first_good])
+        assert all(gap >= wait - 0.05 for gap, wait in zip(gaps, (0.25, 0.5, 1.0))), gaps
+
+        # Retries run out: the clip fails with the last reason, after 1 + retries attempts.
+        server.faults, server.log = ["429"] * 5, []
+        other = clip_entry(f"{server.url}/tone.mp4", 1.0, 1.0, "red", "test")
+        with pytest.raises(DownloadError, match="429"):
+            Downloader(str(tmp_path / "cache"), retries=2, backoff_s=0.01, margin_s=0.2).fetch(other)
+        assert [fault for _, _, fault in server.log] == ["429"] * 3
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("make,seconds,message", [
