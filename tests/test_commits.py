@@ -266,6 +266,19 @@ def test_a_kill_while_the_index_is_written_leaves_the_older_index_and_readers_us
     assert "has not finished" not in caplog.text
 
 
+def test_a_resume_with_nothing_to_do_does_not_import_tensorflow(clip_list, tmp_path):
+    out, cache = tmp_path / "data", tmp_path / "cache"
+    runner.prepare(config_for(clip_list, out, cache))
+    # -X importtime lists every module the command imports, on stderr.
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "audionet_tf.prepare",
+                           *flags(clip_list, out, cache)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "audionet_tf.preparation.runner" in imported
+    assert not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
+    assert "12 already committed" in done.stderr and "0 to prepare" in done.stderr
+
+
 def test_commits_are_fsynced_before_their_rename(clip_list, tmp_path):
     """A commit survives a power cut only if its shards and record reach the disk before the rename names them."""
     out = tmp_path / "data"

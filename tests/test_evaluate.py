@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audionet_tf.commands import evaluate as evaluate_cmd, train
+from audionet_tf.commands import evaluate as evaluate_cmd, report as report_cmd, train
 from audionet_tf.core import config as cfg
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.dataset import reader
@@ -238,3 +238,16 @@ def test_report_page_shows_valid_pngs_per_clip_and_fold_tables_and_no_machine_pa
             text = written.read_text()
             for path in (str(tmp_path), str(work), os.path.abspath(str(work / "data"))):
                 assert path not in text, (written.name, path)
+
+
+def test_report_clips_draws_that_many_timelines_held_out_clips_first(run, tmp_path, capsys):
+    work, trained = run
+    run_dir = tmp_path / "copy" / "ev"
+    shutil.copytree(trained, run_dir)
+    assert report_cmd.main([str(run_dir), "--data", str(work / "data"), "--clips", "3"]) == 0
+    index = capsys.readouterr().out.strip().splitlines()[-1]
+    assert index == str(run_dir / "report" / "index.html")
+    page = Path(index).read_text()
+    timelines = [part.split("'")[0] for part in page.split("<img src='")[1:] if part.startswith("timeline-")]
+    assert timelines == ["timeline-synthetic_0004.png", "timeline-synthetic_0005.png", "timeline-synthetic_0000.png"]
+
