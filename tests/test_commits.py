@@ -280,6 +280,43 @@ def test_a_resume_with_nothing_to_do_does_not_import_tensorflow(clip_list, tmp_p
     assert "12 already committed" in done.stderr and "0 to prepare" in done.stderr
 
 
+@pytest.mark.slow
+def test_a_prepare_adding_clips_does_not_disturb_a_training_reading_the_dataset(clip_list, tmp_path):
+    """Training takes the shards committed when it starts; a prepare committing more clips meanwhile (and
+    removing files no record names) leaves it running to its end on what it took."""
+    first_four = os.path.join(os.path.dirname(clip_list), "first-four.csv")
+    with open(clip_list) as whole, open(first_four, "w") as part:
+        part.write("".join(whole.readlines()[:5]))
+    from audionet_tf.preparation.manifest import read_manifest
+
+    out, cache = tmp_path / "data", tmp_path / "cache"
+
+    def one_held_out(manifest):
+        # Held-out clips named outright: a fraction holds out at least one clip of a short list, and that forced
+        # choice can change as the list grows (a changed setting, which relabels the clip).
+        args = [*flags(manifest, out, cache), "--holdout", read_manifest(first_four)[0].id]
+        return prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args(args))
+
+    runner.prepare(one_held_out(first_four))
+    before = catalog.read_description(str(out))
+    training = subprocess.Popen(
+        [sys.executable, "-m", "audionet_tf.train", "--data", str(out), "--epochs", "60", "--batch-size", "8",
+         "--cache", "none", "--quiet", "--no-export", "--no-report", "--name", "reader", "--checkpoint-every", "1"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(training, lambda: (tmp_path / "runs" / "reader" / "backup" / "state.json").exists(), 240)
+        summary = runner.prepare(one_held_out(clip_list))
+        assert len(summary.written) == 8 and len(summary.skipped) == 4
+        assert training.poll() is None, "the training ended before the prepare did: nothing was tested"
+        err = training.communicate(timeout=600)[1]
+    finally:
+        training.kill()
+    assert training.returncode == 0, err[-3000:]
+    config = json.loads((tmp_path / "runs" / "reader" / "config.json").read_text())
+    assert config["dataset"]["train_examples"] == before.examples("train") < \
+        catalog.read_description(str(out)).examples("train")
+
+
 def test_commits_are_fsynced_before_their_rename(clip_list, tmp_path):
     """A commit survives a power cut only if its shards and record reach the disk before the rename names them."""
     out = tmp_path / "data"
