@@ -2,15 +2,17 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from audionet_tf.commands import embed as embed_cmd, predict as predict_cmd, train
+from audionet_tf.commands import embed as embed_cmd, export as export_cmd, predict as predict_cmd, train
 from audionet_tf.core import config as cfg
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.model.student import load_model
@@ -243,6 +245,48 @@ def test_predict_processes_good_files_and_names_the_bad_one(exported, tmp_path, 
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
 
 
+def test_predict_per_second_figures_average_the_windows_probabilities(exported, tmp_path, capsys):
+    out = tmp_path / "all.json"
+    assert predict_cmd.main([exported["b"], "--model", str(exported["export"]), "--top-k", "8", "--json",
+                             str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())[0]
+    probabilities = np.zeros((len(result["windows"]), 8))
+    for row, window in zip(probabilities, result["windows"]):
+        for entry in window["top"]:
+            row[entry["index"]] = entry["probability"]
+    seconds = np.floor([w["time"] for w in result["windows"]]).astype(int)
+    assert [s["second"] for s in result["seconds"]] == [0, 1]  # 1.5 s of audio
+    for second in result["seconds"]:
+        mean = probabilities[seconds == second["second"]].mean(axis=0)
+        got = {e["index"]: e["probability"] for e in second["top"]}
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+        for index, value in got.items():
+            assert value == pytest.approx(mean[index], abs=1e-6)
+        top = max(got, key=got.get)
+        assert f"{second['second']:4d} s  {second['top'][0]['class']} {got[top]:.2f}" in printed
+
+
+def test_predict_defaults_to_the_newest_export(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    now = time.time()
+    for age, name in ((100, "older"), (0, "newer"), (200, "oldest")):
+        shutil.copytree(exported["export"], tmp_path / "saved_models" / name)
+        labels = tmp_path / "saved_models" / name / "labels.txt"
+        labels.write_text("".join(f"{name} {line}\n" for line in labels.read_text().splitlines()))
+        os.utime(tmp_path / "saved_models" / name, (now - age, now - age))
+    out = tmp_path / "result.json"
+    assert predict_cmd.main([exported["a"], "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())[0]
+    assert result["model"] == os.path.join("saved_models", "newer")
+    assert all(w["top"][0]["class"].startswith("newer ") for w in result["windows"])
+    # With no export at all: one message saying how to make one.
+    monkeypatch.chdir(tmp_path / "saved_models")
+    capsys.readouterr()
+    assert predict_cmd.main([exported["a"]]) == 2
+    assert "no exported model under saved_models/" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda p: p.mkdir(), "not an export directory"),
     (lambda p: p.with_suffix(".tflite").write_bytes(b"TFL3" + b"\0" * 20), "TFLite"),
@@ -282,6 +326,62 @@ def test_embed_writes_npz_with_embeddings_and_timestamps(exported, tmp_path):
                        "--hop-ms", "20"]) == 0
     conv = np.load(conv_out / "a.npz")
     assert conv["embedding"].shape == (99, 48) and conv["timestamps"][1] == pytest.approx(0.02)
+
+
+def test_embed_names_audio_shorter_than_one_window_and_goes_on(exported, tmp_path, capsys):
+    short = write_wav(tmp_path / "short.wav", 0.03, TONES[0])  # 480 samples, the window is 640
+    out = tmp_path / "emb"
+    assert embed_cmd.main([short, exported["a"], "--out", str(out), "--model", str(exported["export"])]) == 1
+    err = capsys.readouterr().err
+    assert f"{short}: 480 samples of audio, shorter than one window (640)" in err and "Traceback" not in err
+    assert sorted(os.listdir(out)) == ["a.npz"]
+    assert embed_cmd.main([short, "--out", str(out), "--model", str(exported["export"])]) == 1
+    assert "shorter than one window" in capsys.readouterr().err
+
+
+def test_export_command_from_a_run_and_from_a_keras_file_records_its_parity(exported, tmp_path, capsys):
+    """`python -m audionet_tf.export runs/NAME` (int8 calibrated on the run's dataset) and `MODEL.keras --labels`
+    (no dataset: dynamic-range int8 and random-noise windows); the parity figures are recomputed here."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    done = subprocess.run([sys.executable, "-m", "audionet_tf.export", str(exported["run"]), "--out",
+                           str(tmp_path / "from-run")], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "from-run" / "metadata.json").read_text())
+    assert meta["int8_quantization"] == "int8 (calibrated on dataset windows)"
+    assert meta["parity"]["windows_source"] == "dataset" and meta["parity"]["windows"] == 200
+    assert json.loads(done.stdout) == meta["parity"]
+    assert (tmp_path / "from-run" / "labels.txt").read_text() == (exported["export"] / "labels.txt").read_text()
+
+    labels = tmp_path / "names.txt"
+    labels.write_text("".join(f"name {i}\n" for i in range(8)))
+    out = tmp_path / "from-file"
+    assert export_cmd.main([str(exported["run"] / "model.keras"), "--out", str(out), "--labels", str(labels)]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["int8_quantization"] == "dynamic-range (no dataset at hand)"
+    assert meta["parity"]["windows_source"] == "random noise"
+    assert (out / "labels.txt").read_text() == labels.read_text()
+    # The figures, recomputed on the same windows (64 of noise from seed 0, as the export documents).
+    windows = (0.3 * np.random.default_rng(0).standard_normal((64, 640))).astype(np.float32)
+    expected = load_model(str(exported["run"] / "model.keras")).predict(windows[..., None], verbose=0)
+    logits = {}
+    for name in ("model.tflite", "model_int8.tflite"):
+        interpreter = Interpreter(model_path=str(out / name))
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, list(windows.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, windows)
+        interpreter.invoke()
+        logits[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    parity = meta["parity"]
+    assert parity["windows"] == 64 and parity["logits_scale"] == pytest.approx(max(1.0, np.abs(expected).max()))
+    assert parity["tflite_float_max_abs_diff"] == pytest.approx(relative_diff(logits["model.tflite"], expected),
+                                                                rel=1e-3)
+    assert parity["tflite_float_max_abs_diff"] <= 1e-5 and parity["savedmodel_max_abs_diff"] <= 1e-5
+    assert parity["int8_top1_agreement_with_float"] == float(
+        np.mean(logits["model_int8.tflite"].argmax(1) == logits["model.tflite"].argmax(1)))
+    assert (out / "model_int8.tflite").stat().st_size < 0.9 * (out / "model.tflite").stat().st_size  # quantised
 
 
 def test_embed_never_overwrites_silently(exported, tmp_path, capsys):

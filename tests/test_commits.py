@@ -11,6 +11,7 @@ import time
 import pytest
 from committed import example_multiset
 from loopback import make_clip
+from writes import renames_under, run_recording, unsynced_renames
 
 from audionet_tf.core.config import PrepareConfig
 from audionet_tf.core.errors import AudioNetError, DatasetError
@@ -219,6 +220,114 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
     assert set(summary.written) == torn_clips | lost_clips | cut_clips
     assert len(summary.skipped) == 12 - len(summary.written)
     assert example_multiset(out) == expected
+
+
+# Runs prepare and SIGKILLs it at the moment its new index replaces the old one: the new index is written in
+# full under its temporary name, and the rename is what the audit hook (raised before it runs) stops.
+KILL_AT_INDEX = """
+import os, runpy, signal, sys
+
+def kill_at_index(event, args):
+    if event == "os.rename" and os.path.basename(os.fsdecode(args[1])) == "index.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(kill_at_index)
+sys.argv[0] = "audionet_tf.prepare"
+runpy.run_module("audionet_tf.prepare", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_kill_while_the_index_is_written_leaves_the_older_index_and_readers_use_the_records(
+        clip_list, tmp_path, caplog):
+    first_four = os.path.join(os.path.dirname(clip_list), "first-four.csv")
+    with open(clip_list) as whole, open(first_four, "w") as part:
+        part.write("".join(whole.readlines()[:5]))
+    out, cache = tmp_path / "data", tmp_path / "cache"
+    runner.prepare(config_for(first_four, out, cache))
+    older = (out / commits.INDEX_FILE).read_bytes()
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_INDEX, *flags(clip_list, out, cache)], env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / commits.INDEX_FILE).read_bytes() == older
+    assert [n for n in os.listdir(out) if n.startswith(".index.json.")]  # the new one, never renamed
+    # Readers take the older index and the records it lacks: every clip, and say the run has not finished.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert len(committed_ok(out)) == 12
+    assert "its preparation has not finished (or is running); using the 12 clips committed so far" in caplog.text
+    assert "rerun the same prepare command" in caplog.text
+    check_consistent(out)
+    # The same command labels nothing and writes the new index.
+    summary = runner.prepare(config_for(clip_list, out, cache))
+    assert not summary.written and len(summary.skipped) == 12
+    assert len(json.loads((out / commits.INDEX_FILE).read_text())["commits"]) == commit_count(out) == 6
+    assert not [n for n in os.listdir(out) if n.startswith(".index.json.")]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        committed_ok(out)
+    assert "has not finished" not in caplog.text
+
+
+def test_a_resume_with_nothing_to_do_does_not_import_tensorflow(clip_list, tmp_path):
+    out, cache = tmp_path / "data", tmp_path / "cache"
+    runner.prepare(config_for(clip_list, out, cache))
+    # -X importtime lists every module the command imports, on stderr.
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "audionet_tf.prepare",
+                           *flags(clip_list, out, cache)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "audionet_tf.preparation.runner" in imported
+    assert not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
+    assert "12 already committed" in done.stderr and "0 to prepare" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_prepare_adding_clips_does_not_disturb_a_training_reading_the_dataset(clip_list, tmp_path):
+    """Training takes the shards committed when it starts; a prepare committing more clips meanwhile (and
+    removing files no record names) leaves it running to its end on what it took."""
+    first_four = os.path.join(os.path.dirname(clip_list), "first-four.csv")
+    with open(clip_list) as whole, open(first_four, "w") as part:
+        part.write("".join(whole.readlines()[:5]))
+    from audionet_tf.preparation.manifest import read_manifest
+
+    out, cache = tmp_path / "data", tmp_path / "cache"
+
+    def one_held_out(manifest):
+        # Held-out clips named outright: a fraction holds out at least one clip of a short list, and that forced
+        # choice can change as the list grows (a changed setting, which relabels the clip).
+        args = [*flags(manifest, out, cache), "--holdout", read_manifest(first_four)[0].id]
+        return prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args(args))
+
+    runner.prepare(one_held_out(first_four))
+    before = catalog.read_description(str(out))
+    training = subprocess.Popen(
+        [sys.executable, "-m", "audionet_tf.train", "--data", str(out), "--epochs", "60", "--batch-size", "8",
+         "--cache", "none", "--quiet", "--no-export", "--no-report", "--name", "reader", "--checkpoint-every", "1"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(training, lambda: (tmp_path / "runs" / "reader" / "backup" / "state.json").exists(), 240)
+        summary = runner.prepare(one_held_out(clip_list))
+        assert len(summary.written) == 8 and len(summary.skipped) == 4
+        assert training.poll() is None, "the training ended before the prepare did: nothing was tested"
+        err = training.communicate(timeout=600)[1]
+    finally:
+        training.kill()
+    assert training.returncode == 0, err[-3000:]
+    config = json.loads((tmp_path / "runs" / "reader" / "config.json").read_text())
+    assert config["dataset"]["train_examples"] == before.examples("train") < \
+        catalog.read_description(str(out)).examples("train")
+
+
+def test_commits_are_fsynced_before_their_rename(clip_list, tmp_path):
+    """A commit survives a power cut only if its shards and record reach the disk before the rename names them."""
+    out = tmp_path / "data"
+    done, events = run_recording("audionet_tf.prepare", flags(clip_list, out, tmp_path / "cache"),
+                                 str(tmp_path / "writes.json"), str(tmp_path), ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    renamed = [os.path.relpath(dst, out) for _, dst in renames_under(events, str(out))]
+    assert sum(n.startswith("commits" + os.sep) for n in renamed) == 6
+    assert sum(n.endswith(records.SHARD_SUFFIX) for n in renamed) == len(catalog.read_description(str(out)).shards)
+    assert unsynced_renames(events, str(out)) == []
 
 
 def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(clip_list, tmp_path):
