@@ -11,7 +11,7 @@ import time
 import pytest
 from committed import example_multiset
 from loopback import make_clip
-from writes import renames_under, run_recording, unsynced_renames
+from writes import renames_left_unsynced_in_their_directory, renames_under, run_recording, unsynced_renames
 
 from audionet_tf.core.config import PrepareConfig
 from audionet_tf.core.errors import AudioNetError, DatasetError
@@ -328,6 +328,7 @@ def test_commits_are_fsynced_before_their_rename(clip_list, tmp_path):
     assert sum(n.startswith("commits" + os.sep) for n in renamed) == 6
     assert sum(n.endswith(records.SHARD_SUFFIX) for n in renamed) == len(catalog.read_description(str(out)).shards)
     assert unsynced_renames(events, str(out)) == []
+    assert renames_left_unsynced_in_their_directory(events, str(out)) == []
 
 
 def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(clip_list, tmp_path):

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from writes import renames_under, run_recording, unsynced_renames
+from writes import renames_left_unsynced_in_their_directory, renames_under, run_recording, unsynced_renames
 
 from audionet_tf.commands import train
 from audionet_tf.core import config as cfg
@@ -390,3 +390,4 @@ def test_backups_are_fsynced_before_their_rename(dataset, tmp_path):
                        "epoch-000000-step-000000020.weights.h5", "state.json",
                        "epoch-000001-step-000000000.weights.h5", "state.json"], renamed
     assert unsynced_renames(events, str(backup)) == []
+    assert renames_left_unsynced_in_their_directory(events, str(backup)) == []

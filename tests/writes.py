@@ -59,3 +59,16 @@ def unsynced_renames(events: list[list[str]], directory: str) -> list[str]:
         elif os.path.realpath(event[2]).startswith(root) and os.path.realpath(event[1]) not in synced:
             missing.append(os.path.relpath(event[2], directory))
     return missing
+
+
+def renames_left_unsynced_in_their_directory(events: list[list[str]], directory: str) -> list[str]:
+    """Destinations inside `directory` of renames whose directory was not fsynced after them: a power cut
+    could lose the new name even though the file's data is on disk."""
+    pending, root = {}, os.path.realpath(directory) + os.sep
+    for event in events:
+        if event[0] == "rename" and os.path.realpath(event[2]).startswith(root):
+            pending[os.path.realpath(event[2])] = os.path.relpath(event[2], directory)
+        elif event[0] == "fsync":
+            synced = os.path.realpath(event[1])
+            pending = {dst: name for dst, name in pending.items() if os.path.dirname(dst) != synced}
+    return sorted(pending.values())
