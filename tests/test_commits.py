@@ -63,7 +63,8 @@ def check_consistent(directory):
     counts = collections.Counter(key[1] for key in example_multiset(directory).elements())
     assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
     # The training input reads exactly the committed examples, whatever else lies in the directory.
-    read = sum(int(x.shape[0]) for x, _ in reader.make_dataset(str(directory), "all", 64, shuffle=False))
+    batches = reader.make_dataset(str(directory), "all", 64, reader.ReadOptions(shuffle=False))
+    read = sum(int(x.shape[0]) for x, _ in batches)
     assert read == sum(counts.values())
 
 

@@ -12,7 +12,7 @@ from audionet_tf.dataset.records import DESCRIPTION_FILE, SPLITS, Description, f
 log = logging.getLogger("audionet_tf.dataset")
 
 
-HOW_TO_PREPARE = ("make one with `python -m audionet_tf.prepare --pipeline pipelines/demo.toml` "
+HOW_TO_PREPARE = ("make one with `python -m audionet_tf.prepare --pipeline demo` "
                   "(offline) or `python -m audionet_tf.prepare --manifest FILE.csv --out DIR`")
 RERUN = "rerun the same prepare command (it relabels only the clips that are not committed)"
 

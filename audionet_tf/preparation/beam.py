@@ -1,6 +1,6 @@
 """Data preparation as an Apache Beam pipeline: the same labelling core and commit format, on any Beam runner.
 
-    python -m audionet_tf.prepare --pipeline pipelines/seed.toml --runner DirectRunner \\
+    python -m audionet_tf.prepare --pipeline seed --runner DirectRunner \\
         --direct_num_workers 2 --direct_running_mode multi_processing
     python -m audionet_tf.prepare --manifest vggsound.csv --out gs://BUCKET/vggsound --runner DataflowRunner \\
         --project P --region R --temp_location gs://BUCKET/tmp --setup_file ./setup.py
