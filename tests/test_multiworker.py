@@ -311,6 +311,7 @@ def test_sigterm_to_any_worker_stops_the_cluster_at_one_step_and_the_same_comman
         logs = finish_cluster(workers, timeout=180)
         assert [w.returncode for w in workers] == [75, 75], logs[0][-3000:] + logs[1][-3000:]
         assert all("Traceback" not in log for log in logs)
+        assert (run / "backup" / "state.json").is_file(), "the chief saved nothing: " + logs[0][-1500:]
         saved = json.loads((run / "backup" / "state.json").read_text())["backups"][0]
         # Every worker stopped on the signal (none lost its peer), at the chief's newest backup, naming the signal.
         where = f"(epoch {saved['epoch']}, step {saved['step']}); run the same command to continue"
