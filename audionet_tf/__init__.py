@@ -9,10 +9,11 @@ The Python API (importing the package loads no TensorFlow; each entry point load
     vectors = an.embed(student, audio, sample_rate=44100)
 
     config = an.load_pipeline("demo")                        # a built-in recipe by name, or a TOML file
+    config = an.override(config, "train", {"epochs": 10})
     an.prepare(config)                                       # clips → a dataset in config.data_dir
     run_dir = an.train(config)                               # train (then export and report, as the pipeline says)
     an.export(run_dir, "saved_models/mine")
-    print(an.evaluate(run_dir, config.data_dir)["overall"])
+    print(an.evaluate(run_dir, config.data_dir)["student"])
     an.report(run_dir)
     model = an.build_student()                               # the slides' network as a Keras model
 
@@ -36,6 +37,7 @@ _ENTRY_POINTS = {
     "build_student": "audionet_tf.model.student:build_audionet",
     "load_pipeline": "audionet_tf.core.config:load_pipeline",
     "PipelineConfig": "audionet_tf.core.config:PipelineConfig",
+    "override": "audionet_tf.core.config:override",
     "prepare": "audionet_tf.preparation.runner:prepare",
     "train": "audionet_tf.commands.train:train",
     "export": "audionet_tf.serving.export:export_run",

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from wheel import install_wheel
@@ -71,3 +72,20 @@ def test_the_installed_command_is_python_m(installed, tmp_path):
     assert unknown.returncode == 2 and "unknown command 'prepair'" in unknown.stderr
     assert run([str(installed / "audionet"), "--version"], tmp_path).stdout.strip() == \
         f"audionet_tf {audionet_tf.__version__}"
+
+
+@pytest.mark.slow
+def test_the_readme_python_api_runs_as_written(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    assert len(blocks) == 2
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    agreement = re.search(r"held-out top-1 agreement (\d+)%, prior (\d+)%", result.stdout)
+    assert agreement and int(agreement.group(1)) > int(agreement.group(2)), result.stdout
+    # What the comments promise: one second at 44.1 kHz is 25 windows of 16 kHz audio, 6 demo classes.
+    assert "(25, 6) [0.   0.04 0.08]" in result.stdout, result.stdout
+    assert (tmp_path / "saved_models" / "demo" / "saved_model.pb").is_file()

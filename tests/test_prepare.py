@@ -134,9 +134,9 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
     assert len(summary.written) == 2 and list(summary.failed) and "404" in next(iter(summary.failed.values()))
     description = catalog.read_description(str(tmp_path / "data"))
     assert description.examples() == 100 and description.spec.num_classes == 6
-    status = {c["label"]: c for c in description.clips}
-    assert status["gone"]["status"] == "failed" and "404" in status["gone"]["error"]
-    splits = {c["id"]: c["split"] for c in description.clips if c["status"] == "ok"}
+    status = {c.label: c for c in description.clips}
+    assert status["gone"].status == "failed" and "404" in status["gone"].error
+    splits = {c.id: c.split for c in description.clips if c.status == "ok"}
     assert splits[green_id] == "validation" and sorted(splits.values()) == ["train", "validation"]
     arrays = records.read_examples
     for shard in description.shards:

@@ -27,7 +27,6 @@ from audionet_tf.core.errors import AudioNetError
 from audionet_tf.training.trainer import PeerLost
 
 
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
