@@ -391,3 +391,71 @@ def test_backups_are_fsynced_before_their_rename(dataset, tmp_path):
                        "epoch-000001-step-000000000.weights.h5", "state.json"], renamed
     assert unsynced_renames(events, str(backup)) == []
     assert renames_left_unsynced_in_their_directory(events, str(backup)) == []
+
+
+def _prepare_pipeline(path, clips):
+    entries = ",\n".join(f'  {{url = "{c}", start = 0, duration = 2, label = "{os.path.basename(c)[:-4]}"}}'
+                         for c in clips)
+    path.write_text(f'[prepare]\nteacher = "demo-colour"\nout = "data"\ncache_dir = "cache"\nholdout = "0"\n'
+                    f'shard_clips = 1\nclips = [\n{entries}\n]\n')
+    return str(path)
+
+
+def _prepare(pipeline, cwd, *extra):
+    return subprocess.run([sys.executable, "-m", "audionet_tf.prepare", "--pipeline", pipeline, "--quiet", *extra],
+                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _files(directory):
+    """Every file of a dataset but its locks (who holds them is written there): name -> (size, mtime)."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            if not (name.endswith(".lock") or ".readers" in os.path.relpath(path, directory)):
+                found[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+    return found
+
+
+@pytest.mark.slow
+def test_a_prepare_that_would_withdraw_shards_a_training_reads_is_refused_naming_it_and_adding_clips_is_not(
+        tmp_path):
+    from loopback import make_clip
+
+    red, blue, green = (make_clip(str(tmp_path / f"{c}.mp4"), 2.0, video=f"color=c={c}:s=32x24:rate=25")
+                        for c in ("red", "blue", "green"))
+    two = _prepare_pipeline(tmp_path / "two.toml", [red, blue])
+    first = _prepare(two, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    training = subprocess.Popen(command("--data", "data", "--epochs", "1000", "--batch-size", "8", "--quiet",
+                                        "--no-export", "--no-report", "--name", "reading", "--cache", "none",
+                                        "--backup-every-steps", "5", "--histogram-every", "1000"),
+                                cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: (newest(tmp_path, "reading") or {}).get("iterations", 0) >= 5, training), \
+            "the training did not start"
+        before = _files(tmp_path / "data")
+        # Every clip relabelled (--overwrite), or one clip's settings changed (held out now): both would delete
+        # shards the training streams. Refused, naming the training, and the dataset is left as it was.
+        blue_held = _prepare(two, tmp_path, "--holdout", "0.99")
+        for refused in (_prepare(two, tmp_path, "--overwrite"), blue_held):
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert "Traceback" not in refused.stderr
+            assert f"data is being read by process {training.pid}" in refused.stderr
+            assert "--name reading" in refused.stderr and "nothing was changed" in refused.stderr
+            assert _files(tmp_path / "data") == before
+        # Adding a clip to the dataset being read stays allowed, and the training goes on.
+        added = _prepare(_prepare_pipeline(tmp_path / "three.toml", [red, blue, green]), tmp_path)
+        assert added.returncode == 0, added.stderr[-3000:]
+        assert "written now: 1 clips; already there: 2" in added.stdout
+        steps = newest(tmp_path, "reading")["iterations"]
+        assert wait_for(lambda: newest(tmp_path, "reading")["iterations"] >= steps + 20, training), \
+            training.stderr.read()[-3000:] if training.poll() is not None else "the training stalled"
+    finally:
+        training.send_signal(signal.SIGTERM)
+        err = training.communicate(timeout=120)[1]
+    assert training.returncode == EXIT_STOPPED, err[-3000:]
+    # Once the training has ended, the same overwrite goes ahead.
+    again = _prepare(two, tmp_path, "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "written now: 2 clips" in again.stdout

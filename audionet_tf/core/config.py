@@ -92,7 +92,10 @@ class TrainConfig:
     temperature: float = 1.0
     devices: int | None = None  # None: every visible GPU, or one CPU replica
     strategy: str = "mirrored"  # mirrored | multiworker
-    collective_timeout_s: float = 60.0  # multiworker: the others fail this long after a worker dies
+    # multiworker: a worker that sends no heartbeat for this long (dead, frozen, unreachable) is
+    # lost, and the others stop with exit status 75. A heartbeat timeout of TensorFlow's
+    # coordination service, not a timeout on each collective (those leaked a thread each).
+    collective_timeout_s: float = 60.0
     name: str | None = None  # run name; None: the pipeline file's or the dataset directory's name
     runs_dir: str = "runs"
     export_dir: str = "saved_models"

@@ -39,6 +39,7 @@ import numpy as np
 
 from audionet_tf.core import storage
 from audionet_tf.core.errors import DatasetError
+from audionet_tf.core.lock import LockHeld, WithdrawGuard
 from audionet_tf.dataset import records
 
 log = logging.getLogger(__name__)
@@ -432,6 +433,8 @@ def plan(directory: str, keys: dict[str, str], overwrite: bool = False, clean: b
         log.warning("%s: withdrawn; its clips are labelled again", why)
         withdrawn.append(name)
     done: set[str] = set()
+    withdrawals: list[tuple[str, list[str]]] = []
+    relabelled = 0
     for name, record in state.accepted:
         problem = _shard_problem(directory, record, state.listing)
         ok = [d for d in record["clips"] if d.get("status") == "ok"]
@@ -441,12 +444,30 @@ def plan(directory: str, keys: dict[str, str], overwrite: bool = False, clean: b
                         storage.join(directory, COMMITS_DIR, name), problem, len(ok))
         if problem or stale or not ok:  # a record of failures only: those clips are tried again
             withdrawn.append(name)
-            retire(directory, [name], [s["file"] for s in record["shards"] if not problem])
+            withdrawals.append((name, [s["file"] for s in record["shards"] if not problem]))
+            relabelled += 0 if problem else len(stale)
             continue
         done.update(d["id"] for d in ok)
-    retire(directory, [n for n in withdrawn if n in state.torn])
-    if clean:
-        remove_orphans(directory)
+    # Withdrawn shards vanish under a training that reads them: refused while one does (a local
+    # directory: `clean`; object stores have no locks), before anything is changed.
+    guard = WithdrawGuard(directory) if clean and any(files for _, files in withdrawals) else None
+    if guard is not None:
+        try:
+            guard.acquire()
+        except LockHeld as exc:
+            why = "--overwrite" if overwrite else "their entries or settings changed"
+            raise LockHeld(f"{exc}, and this prepare would withdraw {relabelled} committed clips ({why}) and delete "
+                           f"their shards under it; nothing was changed; wait for that to finish or stop it, "
+                           f"or prepare into another directory") from None
+    try:
+        for name, files in withdrawals:
+            retire(directory, [name], files)
+        retire(directory, [n for n in withdrawn if n in state.torn])
+        if clean:
+            remove_orphans(directory)
+    finally:
+        if guard is not None:
+            guard.release()
     return done
 
 
