@@ -57,7 +57,6 @@ def make_label_group(config_doc: dict, held_out: Sequence[str], keys: dict[str, 
             if storage.is_remote(self.config.prepare.out):
                 storage.use_beam_filesystems(PipelineOptions(list(beam_args)))
             self.labeller = labelling.Labeller(self.config, set(held_out), keys, weights)
-            self.header = False
 
         def process(self, group: dict[str, Any]):
             from audionet_tf.preparation.manifest import Clip
@@ -66,17 +65,8 @@ def make_label_group(config_doc: dict, held_out: Sequence[str], keys: dict[str, 
             # Commits only at the group's end or at a full shard: a retried bundle commits the same groups.
             writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=len(group["clips"]) + 1)
             try:
-                for item in group["clips"]:
-                    outcome = self.labeller.run(Clip(**item))
-                    if outcome.ok:
-                        spec = self.labeller.spec
-                        if not self.header:
-                            commits.ensure_header(pc.out, spec, self.labeller.teacher.class_names,
-                                                  labelling.settings(self.config))
-                            self.header = True
-                        writer.add(outcome.doc, spec, outcome.windows, outcome.logits, outcome.times, outcome.splits)
-                    else:
-                        writer.add(outcome.doc)
+                for outcome in self.labeller.label_clips([Clip(**item) for item in group["clips"]]):
+                    self.labeller.write(outcome, writer)
                 writer.commit()
             except BaseException:
                 writer.abort()
