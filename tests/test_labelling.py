@@ -150,7 +150,7 @@ def test_batches_across_clips_and_chunks_keep_each_clip_whole_and_a_failure_mid_
     assert sorted(f for f in os.listdir(tmp_path / "data") if f.endswith(records.SHARD_SUFFIX)) == sorted(named)
 
 
-@pytest.mark.parametrize("kind", ["registry", "keras", "savedmodel"])
+@pytest.mark.parametrize("kind", [pytest.param("registry", marks=pytest.mark.slow), "keras", "savedmodel"])
 def test_compiled_teacher_gives_the_eager_call_logits(tmp_path, kind):
     """The teacher runs as one compiled function with a fixed batch (the last batch padded); its logits are
     the model's eager call's, for registry, `.keras` and SavedModel teachers."""
@@ -159,10 +159,12 @@ def test_compiled_teacher_gives_the_eager_call_logits(tmp_path, kind):
 
     from audionet_tf.preparation.teacher import load_teacher
 
-    frames = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    size = 224 if kind == "registry" else 64
+    rng = np.random.default_rng(1)  # frames of different brightness, so that each frame's logits differ
+    frames = (rng.integers(0, 256, (5, size, size, 3)) * np.linspace(0.2, 1.0, 5)[:, None, None, None])
+    frames = frames.astype(np.uint8)
     if kind == "registry":
-        teacher = load_teacher("MobileNetV3Large", weights=None, batch_size=2)
-        frames = np.random.default_rng(1).integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
+        teacher = load_teacher("EfficientNetV2B0", weights=None, batch_size=2)
     else:
         inputs = keras.Input((64, 64, 3))
         x = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
@@ -176,7 +178,11 @@ def test_compiled_teacher_gives_the_eager_call_logits(tmp_path, kind):
     eager = teacher.call(tf.constant(frames, tf.float32)).numpy()
     compiled = teacher.logits(frames)
     assert compiled.shape == eager.shape and teacher._compiled is not None
-    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(eager).max())))
+    tolerance = 1e-4 * float(np.abs(eager).max())
+    # The frames' logits differ from each other far beyond the tolerance, so a frame's logits in another's
+    # place would show.
+    assert np.abs(eager[1:] - eager[0]).max(axis=1).min() > 20 * tolerance
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=tolerance)
 
 
 PEAK_SCRIPT = """
