@@ -218,3 +218,19 @@ def test_peak_memory_does_not_grow_with_the_clip_length(tmp_path):
         assert examples == seconds * 25
         peaks[seconds] = peak_kb
     assert peaks[300] < 1.2 * peaks[60], peaks
+
+
+def test_a_teacher_that_cannot_load_stops_the_run_with_one_message(tmp_path):
+    """A fault of the run, not of a clip: the teacher file is not a model. The run stops with the teacher's
+    message (raised from the decoding thread to the caller), and no clip is recorded as failed for it."""
+    from audionet_tf.core.errors import AudioNetError
+
+    clips = [{"url": make_clip(str(tmp_path / f"{c}.mp4"), 1.0, video=f"color=c={c}:size=32x24:rate=25"),
+              "start": 0, "duration": 1, "label": c} for c in ("red", "green")]
+    (tmp_path / "teacher.keras").write_bytes(b"not a model")
+    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
+        out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher=str(tmp_path / "teacher.keras"),
+        clips=tuple(clips), holdout="0"))
+    with pytest.raises(AudioNetError, match="teacher model .*teacher.keras: cannot load it"):
+        runner.prepare(config)
+    assert not os.path.isdir(tmp_path / "data" / "commits") or not os.listdir(tmp_path / "data" / "commits")

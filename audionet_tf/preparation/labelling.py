@@ -296,6 +296,8 @@ class Labeller:
                 if not put(item):
                     return
             put(("done", None, None))
+        except BaseException as exc:  # outside any one clip: the consumer must not wait for ever
+            put(("fault", None, exc))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -348,10 +350,11 @@ class Labeller:
             if kind == "done":
                 break
             if kind == "fault":
-                if isinstance(value, OSError) or not isinstance(value, AudioNetError):
-                    raise AudioNetError(f"clip {clips[index].id}: {value}; the run cannot go on (the clips "
-                                        f"committed so far are kept: rerun the same command)") from value
-                raise value
+                if isinstance(value, AudioNetError):
+                    raise value
+                where = f"clip {clips[index].id}: " if index is not None else "decoding: "
+                raise AudioNetError(f"{where}{type(value).__name__}: {value}; the run cannot go on (the clips "
+                                    f"committed so far are kept: rerun the same command)") from value
             state = states.setdefault(index, _ClipState(clips[index], self.frame_count(clips[index])
                                                         > pc.chunk_frames))
             if kind == "start":

@@ -5,6 +5,7 @@ Two clips download at once and a background thread decodes ahead while the teach
 killed run loses only the open group."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -52,33 +53,37 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
 
 def _label_all(todo: list[Clip], labeller: labelling.Labeller, writer: commits.CommitWriter, summary: Summary,
                config: cfg.PipelineConfig) -> None:
-    pc = config.prepare
-    started, frames_done, done = time.time(), 0, 0
     progress = console.Progress(len(todo), "prepare", log)
-    for outcome in labeller.label_clips(todo):
-        if isinstance(outcome, labelling.Labelled) and not outcome.ok:
-            clip_id = outcome.doc["id"]
-            if pc.strict:
-                raise AudioNetError(f"clip {clip_id} failed (--strict): {outcome.doc['error']}")
-            summary.failed[clip_id] = outcome.doc["error"]
-            log.warning("clip %s failed: %s", clip_id, outcome.doc["error"])
-        try:
-            labeller.write(outcome, writer)
-        except (OSError, tf_errors()) as exc:
-            raise AudioNetError(f"cannot write to {pc.out}: {exc}. Free space (or fix the storage) and "
-                                f"rerun the same command: the clips committed so far are kept") from None
-        if isinstance(outcome, labelling.Part):
-            frames_done += len(outcome.windows)
-            continue
-        done += 1
-        if outcome.ok:
-            if outcome.windows is not None:
-                frames_done += len(outcome.windows)
-            summary.written.append(outcome.doc["id"])
-        rate = frames_done / max(time.time() - started, 1e-6)
-        progress.update(done, f"clips; {outcome.doc['id']}: {outcome.doc['examples']} frames "
-                              f"({outcome.doc['split']}), {rate:.0f} frames/s")
+    counts = {"started": time.time(), "frames": 0, "clips": 0}
+    with contextlib.closing(labeller.label_clips(todo)) as outcomes:  # closed at once on an error: decoding stops
+        for outcome in outcomes:
+            _take(outcome, labeller, writer, summary, config.prepare, progress, counts)
     progress.close()
+
+
+def _take(outcome: labelling.Part | labelling.Labelled, labeller: labelling.Labeller, writer: commits.CommitWriter,
+          summary: Summary, pc: cfg.PrepareConfig, progress: console.Progress, counts: dict) -> None:
+    if isinstance(outcome, labelling.Labelled) and not outcome.ok:
+        clip_id = outcome.doc["id"]
+        if pc.strict:
+            raise AudioNetError(f"clip {clip_id} failed (--strict): {outcome.doc['error']}")
+        summary.failed[clip_id] = outcome.doc["error"]
+        log.warning("clip %s failed: %s", clip_id, outcome.doc["error"])
+    try:
+        labeller.write(outcome, writer)
+    except (OSError, tf_errors()) as exc:
+        raise AudioNetError(f"cannot write to {pc.out}: {exc}. Free space (or fix the storage) and "
+                            f"rerun the same command: the clips committed so far are kept") from None
+    if isinstance(outcome, labelling.Part):
+        counts["frames"] += len(outcome.windows)
+        return
+    counts["clips"] += 1
+    if outcome.ok:
+        counts["frames"] += 0 if outcome.windows is None else len(outcome.windows)
+        summary.written.append(outcome.doc["id"])
+    rate = counts["frames"] / max(time.time() - counts["started"], 1e-6)
+    progress.update(counts["clips"], f"clips; {outcome.doc['id']}: {outcome.doc['examples']} frames "
+                                     f"({outcome.doc['split']}), {rate:.0f} frames/s")
 
 
 def tf_errors() -> type:
