@@ -1,45 +1,44 @@
-"""Installs audionet_tf: an audio student distilled from an ImageNet teacher."""
+"""Installs audionet_tf: an audio student distilled from an ImageNet teacher, and its `audionet` command."""
+import re
+
 from setuptools import find_packages, setup
 
-ENTRY_POINTS = {
-    "audionet-train": "audionet_tf.commands.train:main",
-    "audionet-prepare": "audionet_tf.commands.prepare:main",
-    "audionet-export": "audionet_tf.commands.export:main",
-    "audionet-predict": "audionet_tf.commands.predict:main",
-    "audionet-embed": "audionet_tf.commands.embed:main",
-    "audionet-evaluate": "audionet_tf.commands.evaluate:main",
-    "audionet-report": "audionet_tf.commands.report:main",
-}
+# The version lives in one place: the package reads it from the same file.
+VERSION = re.search(r'__version__ = "([^"]+)"', open("audionet_tf/core/version.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="audionet_tf",
-    version="0.1.0",
+    version=VERSION,
     description="AudioNet: a small 1-D conv student that learns to hear what an ImageNet teacher sees.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["audionet_tf", "audionet_tf.*"]),
-    package_data={"audionet_tf": ["resources/*"]},
+    # The recipes stay in one copy at the top of the repository (pipelines/) and ship inside the
+    # package as audionet_tf.recipes, so `--pipeline demo` works from an installed wheel.
+    packages=find_packages(include=["audionet_tf", "audionet_tf.*"]) + ["audionet_tf.recipes"],
+    package_dir={"audionet_tf.recipes": "pipelines"},
+    package_data={"audionet_tf": ["resources/*"], "audionet_tf.recipes": ["*.toml"]},
     install_requires=[
-        "tensorflow==2.21.*",
-        "keras>=3.10",
-        "tensorboard>=2.20",
-        "numpy",
-        "tomli>=2; python_version<'3.11'",
-        "yt-dlp[default]",
-        "deno",
-        "ffmpeg-python>=0.2",
-        "imageio-ffmpeg>=0.5",
-        "scikit-learn>=1.3",
-        "matplotlib>=3.7",
+        "tensorflow==2.21.*",  # the student, tf.data, distribution strategies, SavedModel and TFLite export
+        "keras>=3.10",  # the student and its training loop (Keras 3 on the TensorFlow backend)
+        "tensorboard>=2.20",  # training curves and timelines (TensorFlow 2.21 no longer installs it)
+        "numpy",  # arrays everywhere
+        "tomli>=2; python_version<'3.11'",  # pipeline TOML files on Python 3.10 (3.11 has tomllib)
+        "yt-dlp[default]",  # section downloads; the extra brings the JavaScript challenge solver YouTube needs
+        "deno",  # the JavaScript runtime that solver runs on, as a wheel
+        "ffmpeg-python>=0.2",  # decoding filter graphs (16 kHz audio, a frame every 40 ms)
+        "imageio-ffmpeg>=0.5",  # the ffmpeg binary itself, as a wheel: no system ffmpeg needed
+        "scikit-learn>=1.3",  # transfer evaluation: standardisation + logistic regression, folds
+        "matplotlib>=3.7",  # the report's and TensorBoard's figures
         "google-crc32c>=1.5",  # TFRecord framing for shards written through any file system
     ],
     extras_require={
-        # The emulator and Beam's GCS client let the tests write a dataset to a GCS server on 127.0.0.1.
+        # The tests: LiteRT runs the exported .tflite files; the GCS emulator and Beam's GCS client
+        # let them write a dataset to a GCS server on 127.0.0.1.
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp]>=2.60"],
-        "litert": ["ai-edge-litert"],
-        "beam": ["apache-beam[tfrecord]>=2.60"],
+        "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
+        "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner
     },
-    entry_points={"console_scripts": [f"{name}={target}" for name, target in ENTRY_POINTS.items()]},
+    entry_points={"console_scripts": ["audionet=audionet_tf.commands.main:run"]},
 )

@@ -1,7 +1,5 @@
-"""`python -m audionet_tf` is `python -m audionet_tf.train`."""
-from audionet_tf.commands.train import main
+"""`python -m audionet_tf COMMAND ...` is the installed `audionet COMMAND ...`."""
+from audionet_tf.commands.main import run
 
 if __name__ == "__main__":
-    from audionet_tf.core.console import run_command
-
-    raise SystemExit(run_command(main))
+    raise SystemExit(run())

@@ -6,7 +6,7 @@ Trains nothing: builds a student with random weights (speed does not depend on t
 exports it with the project's own export code (calibrating int8 on windows of a synthetic
 dataset), then times windows/s and the real-time factor (seconds of audio per second of
 compute) for Keras, the SavedModel, TFLite float and TFLite int8, TFLite on one thread, and
-prints the README's table rows (file sizes included).
+prints docs/speed.md's table rows (file sizes included).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _keras_size(model, tmp: str) -> int:
 
 
 def main(argv=None) -> int:
-    """Time every artifact and print the README's table rows."""
+    """Time every artifact and print docs/speed.md's table rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=120.0, help="length of the recording")
     parser.add_argument("--repeats", type=int, default=3)
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     base = seconds["Keras `model.predict`"]
     audio_seconds = len(windows) * WINDOW / RATE
     float_size, int8_size = sizes["TFLite float, 1 thread"], sizes["TFLite int8, 1 thread"]
-    # The rows are printed exactly as the README's table shows them.
+    # The rows are printed exactly as docs/speed.md's table shows them.
     print(f"| artifact ({audio_seconds:.0f} s recording, {len(windows)} windows, 1000 classes, best of "
           f"{args.repeats}) | file size | × real time | relative to Keras |")
     print("|---|---|---|---|")

@@ -36,7 +36,7 @@ BATCH = 512
 
 def read_rate(data_dir: str, cache: str, batches: int) -> float:
     """examples/s of iterating the input pipeline (after one warm-up pass when cached)."""
-    ds = reader.make_dataset(data_dir, "train", BATCH, cache=cache, repeat=True, verify=False)
+    ds = reader.make_dataset(data_dir, "train", BATCH, reader.ReadOptions(cache=cache, repeat=True, verify=False))
     iterator = iter(ds)
     warm = batches if cache == "memory" else 2
     for _ in range(warm):

@@ -99,7 +99,7 @@ def synthetic_description(directory: str, clips: int = 200000, per_commit: int =
                         {"listed": clips, "ok": clips, "failed": 0})
 
 
-LOAD = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf import records\n"
+LOAD = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf.dataset import catalog\n"
         "d = catalog.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
         "peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024\n"
         "print(len(d.clips), seconds, peak)\n")

@@ -9,7 +9,7 @@ stream starts at the interrupted pass and skips only the part of it already seen
 of a streamed (`cache="none"`) dataset of `--clips` 10-second synthetic clips (more windows
 than the shuffle buffer), against a fresh start and against skipping every trained batch
 from the start of the stream (`.skip(N)`, what a resume without the pass seeds must do),
-and prints the README's rows.
+and prints docs/speed.md's rows.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
 def first_batch_seconds(data_dir: str, batch: int, skip: int, naive: bool = False) -> float:
     """Seconds from building the input to holding its first batch after `skip` steps."""
     start = time.perf_counter()
-    ds = reader.make_dataset(data_dir, "train", batch, shuffle=True, seed=0, cache="none", repeat=True, verify=False,
-                           skip_steps=0 if naive else skip)
+    options = reader.ReadOptions(shuffle=True, seed=0, cache="none", repeat=True, verify=False)
+    ds = reader.make_dataset(data_dir, "train", batch, options, skip_steps=0 if naive else skip)
     next(iter(ds.skip(skip) if naive else ds))
     return time.perf_counter() - start
 

@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         rows.append(f"| {name} | {med:.0f} ms ({epoch.min():.0f}–{epoch.max():.0f}) | {np.median(steps):.0f} ms | "
                     f"{over:.0f} ms ({over / med:.0%}) | {speed:.2f}× |")
     flags = f" --validate-every {args.validate_every}" if args.validate_every != cfg.TrainConfig.validate_every else ""
-    print(f"\nREADME rows ({COMMAND} --epochs {args.epochs} --repeats {args.repeats}{flags}):")
+    print(f"\ndocs/speed.md rows ({COMMAND} --epochs {args.epochs} --repeats {args.repeats}{flags}):")
     print("| way to train | time per epoch (median, range) | in the steps | overhead | speed vs the faster PyTorch |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))

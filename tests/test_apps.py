@@ -99,7 +99,7 @@ print(json.dumps(out))
 
 
 def relative_diff(a, b):
-    """Largest difference relative to the logits' scale (at least 1), as the README states parity."""
+    """Largest difference relative to the logits' scale (at least 1), as docs/exports.md states parity."""
     return float(np.abs(np.asarray(a) - np.asarray(b)).max()) / max(1.0, float(np.abs(b).max()))
 
 
@@ -160,7 +160,7 @@ def test_litert_runs_both_tflite_files_and_int8_agrees_with_float(exported):
     assert relative_diff(outputs["model.tflite"], expected) <= 1e-5
     int8 = outputs["model_int8.tflite"]
     assert int8.shape == expected.shape and np.all(np.isfinite(int8))
-    # The README's level: the int8 model's top-1 agrees with the float model's on >= 95 % of real windows.
+    # The documented level (docs/exports.md): the int8 model's top-1 agrees with the float model's on >= 95 % of real windows.
     real = len(held_out)
     assert real >= 40
     agreement = float(np.mean(int8[:real].argmax(1) == outputs["model.tflite"][:real].argmax(1)))
@@ -265,10 +265,10 @@ def test_embed_never_overwrites_silently(exported, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("example", ["savedmodel_app.py", "litert_app.py", "tfsmlayer_app.py"])
-def test_readme_snippets_run_and_are_in_the_readme(exported, example):
+def test_export_page_snippets_run_and_are_on_the_page(exported, example):
     code = (ROOT / "examples" / example).read_text()
-    readme = (ROOT / "README.md").read_text()
-    assert code.strip() in readme, f"README does not show examples/{example} verbatim"
+    page = (ROOT / "docs" / "exports.md").read_text()
+    assert code.strip() in page, f"docs/exports.md does not show examples/{example} verbatim"
     # The usage line is a command that works from the project root, where the demo exports.
     usage = re.search(r"^\s+python (\S+) saved_models/demo sound\.wav$", code, flags=re.M)
     assert usage and (ROOT / usage.group(1)).is_file(), code.splitlines()[:3]
@@ -289,10 +289,10 @@ def test_readme_snippets_run_and_are_in_the_readme(exported, example):
 
 
 @pytest.mark.slow
-def test_inference_benchmark_prints_the_readme_rows_and_their_sizes(tmp_path):
-    """The README's inference table is the benchmark's output: same rows, same file sizes (speed varies
+def test_inference_benchmark_prints_the_speed_page_rows_and_their_sizes(tmp_path):
+    """The speed page's inference table is the benchmark's output: same rows, same file sizes (speed varies
     by run; a 1 s recording keeps this quick), and the int8 saving stated in the text is the table's."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "speed.md").read_text()
     section = readme[readme.index("python benchmarks/inference.py"):]
     rows = dict(re.findall(r"^\| (.+?) \| ([\d,]+) bytes \|", section, flags=re.M))
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--seconds", "1",

@@ -70,7 +70,7 @@ def test_direct_runner_resumes_grows_and_writes_the_same_examples(served, single
     assert beam_examples == single_examples  # every example, with its window and logits bytes
     description = catalog.read_description(str(out))
     catalog.verify_shards(str(out), description)
-    assert {c["status"] for c in description.clips} == {"ok", "failed"} and description.finished["listed"] == 4
+    assert {c.status for c in description.clips} == {"ok", "failed"} and description.finished["listed"] == 4
     # Nothing left to do: a third run labels nothing.
     again = run_beam(config(out, clips, tmp_path / "cache", "DirectRunner"), [])
     assert not again.written and len(again.skipped) == 3
@@ -172,8 +172,8 @@ def test_beam_writes_commits_and_resumes_on_a_gcs_server(served, single, gcs_emu
 
 def test_the_single_process_path_never_imports_beam(tmp_path):
     local = make_clip(str(tmp_path / "green.mp4"), 1.0, video="color=c=green:size=32x24:rate=25")
-    script = ("import sys\nfrom audionet_tf import prepare\n"
-              f"code = local.main(['--manifest', {str(tmp_path / 'clips.csv')!r}, '--teacher', 'demo-colour', "
+    script = ("import sys\nfrom audionet_tf.commands import prepare\n"
+              f"code = prepare.main(['--manifest', {str(tmp_path / 'clips.csv')!r}, '--teacher', 'demo-colour', "
               f"'--out', {str(tmp_path / 'out')!r}, '--cache-dir', {str(tmp_path / 'cache')!r}])\n"
               "print(code, 'apache_beam' in sys.modules)\n")
     (tmp_path / "clips.csv").write_text(f"url,start,duration,label\n{local},0,1,green\n")
@@ -199,5 +199,6 @@ def test_setup_file_ships_the_package_to_remote_workers(tmp_path, monkeypatch):
     (sdist,) = [p for p in staging.iterdir() if p.name.endswith(".tar.gz")]
     with tarfile.open(sdist) as archive:
         names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
-    for module in ("beam_prepare", "labelling", "commits", "storage", "records", "media", "teacher"):
+    for module in ("preparation/beam", "preparation/labelling", "dataset/commits", "core/storage", "dataset/records",
+                   "preparation/media", "preparation/teacher"):
         assert f"audionet_tf/{module}.py" in names

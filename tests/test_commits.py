@@ -49,7 +49,7 @@ def committed_ok(directory):
         description = catalog.read_description(str(directory))
     except DatasetError:
         return set()
-    return {c["id"] for c in description.clips if c["status"] == "ok"}
+    return {c.id for c in description.clips if c.status == "ok"}
 
 
 def check_consistent(directory):
@@ -61,9 +61,10 @@ def check_consistent(directory):
         return
     catalog.verify_shards(str(directory), description, checksums=True)
     counts = collections.Counter(key[1] for key in example_multiset(directory).elements())
-    assert counts == {c["id"]: c["examples"] for c in description.clips if c["status"] == "ok"}
+    assert counts == {c.id: c.examples for c in description.clips if c.status == "ok"}
     # The training input reads exactly the committed examples, whatever else lies in the directory.
-    read = sum(int(x.shape[0]) for x, _ in reader.make_dataset(str(directory), "all", 64, shuffle=False))
+    batches = reader.make_dataset(str(directory), "all", 64, reader.ReadOptions(shuffle=False))
+    read = sum(int(x.shape[0]) for x, _ in batches)
     assert read == sum(counts.values())
 
 
@@ -221,7 +222,7 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
 
 def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(clip_list, tmp_path):
     out = tmp_path / "data"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom audionet_tf.lock import DirectoryLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom audionet_tf.core.lock import DirectoryLock\n"
                                f"DirectoryLock({str(out)!r}, '.prepare.lock', 'prepared').acquire()\n"
                                "print('held', flush=True)\ntime.sleep(600)\n"], env=ENV, stdout=subprocess.PIPE,
                               text=True)
@@ -284,7 +285,7 @@ def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
     state = commits.State(header=None, accepted=accepted)
     commits.write_index(str(tmp_path), state, {"listed": 200000, "ok": 200000, "failed": 0})
     # VmHWM: this process's peak resident memory (ru_maxrss would include the forking pytest's).
-    script = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf import records\n"
+    script = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf.dataset import catalog\n"
               "d = catalog.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
               "peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
               "print(len(d.clips), d.examples(), d.finished['ok'], seconds, peak / 1024)\n")

@@ -59,8 +59,8 @@ def check_pass(batches, expected_count):
 @pytest.mark.parametrize("cache", ["memory", "none"])
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_shuffled_batches_keep_each_window_with_its_logits(dataset, cache, deterministic):
-    ds = reader.make_dataset(dataset, "train", batch_size=32, shuffle=True, seed=5, cache=cache,
-                           deterministic=deterministic, shuffle_buffer=64)
+    ds = reader.make_dataset(dataset, "train", 32, reader.ReadOptions(shuffle=True, seed=5, cache=cache,
+                                                                      deterministic=deterministic, shuffle_buffer=64))
     first = check_pass(ds, CLIPS * PER_CLIP)
     check_pass(ds, CLIPS * PER_CLIP)  # a second iteration too
     assert first != list(range(CLIPS * PER_CLIP))  # shuffled, not read in order
@@ -69,7 +69,8 @@ def test_shuffled_batches_keep_each_window_with_its_logits(dataset, cache, deter
 
 
 def test_repeated_dataset_keeps_pairs_across_epochs(dataset):
-    ds = reader.make_dataset(dataset, "train", batch_size=54, shuffle=True, seed=1, cache="memory", repeat=True)
+    ds = reader.make_dataset(dataset, "train", 54,
+                             reader.ReadOptions(shuffle=True, seed=1, cache="memory", repeat=True))
     epoch = CLIPS * PER_CLIP // 54
     batches = list(ds.take(2 * epoch))
     first = check_pass(batches[:epoch], CLIPS * PER_CLIP)

@@ -134,9 +134,9 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
     assert len(summary.written) == 2 and list(summary.failed) and "404" in next(iter(summary.failed.values()))
     description = catalog.read_description(str(tmp_path / "data"))
     assert description.examples() == 100 and description.spec.num_classes == 6
-    status = {c["label"]: c for c in description.clips}
-    assert status["gone"]["status"] == "failed" and "404" in status["gone"]["error"]
-    splits = {c["id"]: c["split"] for c in description.clips if c["status"] == "ok"}
+    status = {c.label: c for c in description.clips}
+    assert status["gone"].status == "failed" and "404" in status["gone"].error
+    splits = {c.id: c.split for c in description.clips if c.status == "ok"}
     assert splits[green_id] == "validation" and sorted(splits.values()) == ["train", "validation"]
     arrays = records.read_examples
     for shard in description.shards:
@@ -192,7 +192,7 @@ def test_offline_seed_pipeline_lists_every_clip_and_never_loads_the_teacher(tmp_
     assert len(clips) == 10
     for clip in clips:
         assert re.search(rf"failed {re.escape(clip.id)}: .*127\.0\.0\.1", result.stderr), result.stderr[-3000:]
-    assert "pipelines/demo.toml" in result.stderr and "Traceback" not in result.stderr
+    assert "try the offline demo: audionet demo" in result.stderr and "Traceback" not in result.stderr
     assert "Downloading data" not in result.stdout + result.stderr and not (tmp_path / "keras" / "models").exists()
 
 
@@ -213,7 +213,7 @@ def test_a_dataset_on_an_in_memory_file_system_prepares_and_trains(tmp_path):
     assert len(runner.prepare(config).skipped) == 2
     description = catalog.read_description(out)
     catalog.verify_shards(out, description)
-    batches = list(reader.make_dataset(out, "all", batch_size=10, shuffle=False))
+    batches = list(reader.make_dataset(out, "all", 10, reader.ReadOptions(shuffle=False)))
     assert sum(int(x.shape[0]) for x, _ in batches) == 50
     names = catalog.read_class_names(out)
     argmax = np.concatenate([y.numpy().argmax(axis=1) for _, y in batches])

@@ -77,15 +77,19 @@ def test_nothing_is_readable_until_committed_and_no_temporary_files_left(tmp_pat
 
 def test_pipeline_batches_windows_and_logits(tmp_path):
     write_dataset(tmp_path)
-    ds = reader.make_dataset(str(tmp_path), "train", batch_size=8, seed=1, deterministic=True)
+    ds = reader.make_dataset(str(tmp_path), "train", 8, reader.ReadOptions(seed=1, deterministic=True))
     batches = list(ds)
     assert [b[0].shape[0] for b in batches] == [8, 8, 4]
     assert batches[0][0].shape[1:] == (64, 1) and batches[0][1].shape[1:] == (6,)
     seen = np.sort(np.concatenate([b[0].numpy()[:, 0, 0] for b in batches]))
     np.testing.assert_allclose(seen, np.sort([(c * 100 + k) / 1000 for c in (0, 1) for k in range(10)]), atol=1e-4)
+
     # The same seed gives the same order; another seed another.
-    again = np.concatenate([b[0].numpy()[:, 0, 0] for b in reader.make_dataset(str(tmp_path), "train", 8, seed=1)])
-    other = np.concatenate([b[0].numpy()[:, 0, 0] for b in reader.make_dataset(str(tmp_path), "train", 8, seed=2)])
+    def first_samples(seed):
+        return np.concatenate([b[0].numpy()[:, 0, 0] for b in
+                               reader.make_dataset(str(tmp_path), "train", 8, reader.ReadOptions(seed=seed))])
+
+    again, other = first_samples(1), first_samples(2)
     first = np.concatenate([b[0].numpy()[:, 0, 0] for b in batches])
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
@@ -108,7 +112,7 @@ def test_held_out_clips_stay_out_of_training(tmp_path):
 def test_refuses_a_dataset_that_does_not_fit_the_model(tmp_path, expect, message):
     write_dataset(tmp_path)
     with pytest.raises(DatasetError, match=message) as info:
-        reader.make_dataset(str(tmp_path), **expect)
+        reader.make_dataset(str(tmp_path), options=reader.ReadOptions(**expect))
     assert str(tmp_path) in str(info.value)
 
 

@@ -125,15 +125,15 @@ def test_no_audio_sample_of_a_held_out_window_reaches_training_with_80_ms_window
     settings = description.extra["settings"]
     assert (settings["holdout_part"], settings["holdout_at"], settings["frame_fit"]) == ("0.25", "end", "crop")
     for clip in description.clips:
-        assert clip["split"] == "time"
-        part = clip["held_out_part"]
+        assert clip.split == "time"
+        part = clip.held_out_part
         assert (part["start_s"], part["end_s"], part["frames"]) == (3.0, 4.0, 25)
         assert part["guard_frames"] == 1  # an 80 ms window reaches one 40 ms frame further
-        assert clip["examples"] == 100 - 1
-        wave = read_audio(clip["url"], 16000, 0.0, 4.0)
+        assert clip.examples == 100 - 1
+        wave = read_audio(clip.url, 16000, 0.0, 4.0)
         ranges = {}
         for name in ("train", "validation"):
-            arrays = reader.load_arrays(str(root / "wide"), name, clip_ids=[clip["id"]])
+            arrays = reader.load_arrays(str(root / "wide"), name, clip_ids=[clip.id])
             ranges[name] = sample_ranges(arrays["audio"], wave, 1280)
             if name == "validation":  # the held-out windows are the last second's frames
                 assert np.allclose(arrays["time"], np.arange(75, 100) * 0.04, atol=1e-4)
@@ -169,12 +169,12 @@ def test_each_clip_its_own_class_time_split_beats_the_prior_and_a_clip_holdout_s
     page = open(report.make_report(run_dir, str(tmp_path / "time"))).read()
     assert "Per clip, on each clip&#x27;s held-out part" in page
     for clip in catalog.read_description(str(tmp_path / "time")).clips:
-        assert f"timeline-{clip['id']}.png" in page
-        teacher_class = clip["label"]  # each clip shows its colour: the demo teacher's class of that name
-        assert re.search(rf"<td>{clip['id']}</td><td>{teacher_class}</td><td>{teacher_class} 100%</td>", page)
+        assert f"timeline-{clip.id}.png" in page
+        teacher_class = clip.label  # each clip shows its colour: the demo teacher's class of that name
+        assert re.search(rf"<td>{clip.id}</td><td>{teacher_class}</td><td>{teacher_class} 100%</td>", page)
     # TensorBoard: the timeline of the first two held-out clips as images, and their audio.
     tags = timeline_tags(tmp_path / "runs" / "seedlike" / "logs" / "timelines")
-    first_two = [c["id"] for c in catalog.read_description(str(tmp_path / "time")).clips][:2]
+    first_two = [c.id for c in catalog.read_description(str(tmp_path / "time")).clips][:2]
     assert {f"timeline/{c}" for c in first_two} <= tags and {f"clip/{c}" for c in first_two} <= tags
 
 

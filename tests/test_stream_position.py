@@ -24,8 +24,8 @@ def batches(ds, count):
 
 
 def stream(dataset, cache, skip=0, context=None, batch=32):
-    return reader.make_dataset(dataset, "train", batch, shuffle=True, seed=3, cache=cache, repeat=True,
-                             shuffle_buffer=64, verify=False, skip_steps=skip, input_context=context)
+    options = reader.ReadOptions(shuffle=True, seed=3, cache=cache, repeat=True, shuffle_buffer=64, verify=False)
+    return reader.make_dataset(dataset, "train", batch, options, skip_steps=skip, input_context=context)
 
 
 @pytest.mark.parametrize("cache", ["none", "memory"])

@@ -1,7 +1,7 @@
 """Prepare a dataset: clip list → download → decode → teacher → sharded TFRecords.
 
-    python -m audionet_tf.prepare --pipeline pipelines/seed.toml        # the slides' ten clips
-    python -m audionet_tf.prepare --pipeline pipelines/demo.toml        # offline demo clips
+    python -m audionet_tf.prepare --pipeline seed        # the slides' ten clips
+    python -m audionet_tf.prepare --pipeline demo        # offline demo clips
     python -m audionet_tf.prepare --manifest clips.csv --teacher ResNet50 --out data/mine
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The prepare command's flags (each overrides the pipeline file's value)."""
     p = argparse.ArgumentParser(prog="python -m audionet_tf.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", help="pipeline TOML file")
+    p.add_argument("--pipeline", help="pipeline TOML file, or a built-in recipe: demo, seed")
     for name, kind in PREPARE_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     p.add_argument("--window-ms", type=float, help="audio window per frame (default: one frame period)")

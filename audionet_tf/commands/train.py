@@ -1,7 +1,7 @@
 """Train the AudioNet student on a prepared dataset.
 
     python -m audionet_tf.train --data data/demo --epochs 50 --name demo
-    python -m audionet_tf.train --pipeline pipelines/demo.toml     # prepares what is missing, then trains
+    python -m audionet_tf.train --pipeline demo                    # prepares what is missing, then trains
     python -m audionet_tf.train                                     # the slides' seed experiment
 
 Defaults are the slides' recipe (batch 512, Adam 1e-4, 5000 epochs, KL to the teacher's
@@ -25,17 +25,6 @@ from audionet_tf.core import config as cfg, console
 from audionet_tf.core.config import PipelineConfig
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.training.trainer import PeerLost
-
-SEED_PIPELINE = "pipelines/seed.toml"
-DEMO_PIPELINE = "pipelines/demo.toml"
-
-
-def default_pipeline(name: str) -> str:
-    """A shipped pipeline: relative to the working directory, else beside the package (a source checkout)."""
-    if os.path.isfile(name):
-        return name
-    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
-    return beside if os.path.isfile(beside) else name
 
 
 def _positive_int(text: str) -> int:
@@ -70,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The train command's flags (each overrides the pipeline file's value)."""
     p = argparse.ArgumentParser(prog="python -m audionet_tf.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", help="pipeline TOML file (default: pipelines/seed.toml when --data is not given)")
+    p.add_argument("--pipeline", help="pipeline TOML file, or a built-in recipe: demo, seed (default: seed when --data is not given)")
     p.add_argument("--data", help="prepared dataset directory (default: the pipeline's local.out)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int, help="global batch, split across replicas")
@@ -107,7 +96,7 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     """Defaults ← pipeline file ← flags."""
     pipeline = args.pipeline
     if pipeline is None and args.data is None:
-        pipeline = default_pipeline(SEED_PIPELINE)
+        pipeline = "seed"
     config = cfg.load_pipeline(pipeline)
     train_keys = {f.name for f in dataclasses.fields(cfg.TrainConfig)}
     config = cfg.override(config, "train", {k: v for k, v in vars(args).items() if k in train_keys})
@@ -139,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = resolve_config(args)
         if args.pipeline is None and args.data is None:
-            print(f"no --data or --pipeline: running the slides' seed experiment ({SEED_PIPELINE}); "
-                  f"for the offline demo: python -m audionet_tf.train --pipeline {DEMO_PIPELINE}", file=sys.stderr)
+            print("no --data or --pipeline: running the slides' seed experiment (--pipeline seed); "
+                  "for the offline demo: python -m audionet_tf.train --pipeline demo", file=sys.stderr)
         train(config, prepare_missing=args.prepare)
     except (Stopped, PeerLost) as exc:
         print(f"stopped: {exc}", file=sys.stderr)

@@ -67,7 +67,7 @@ class ModelConfig:
     conv_filters: int = 16
     # Waveforms in [-1, 1] are multiplied by this inside the model. SoundNet feeds about +-256;
     # on the seed-shaped synthetic set with Adam 1e-4, after about 135 epochs the training KL
-    # was 2.28 at scale 1, 0.36 at 16 and 0.41 at 256 (KL 1.0 by epoch 30): see README, "Input scale".
+    # was 2.28 at scale 1, 0.36 at 16 and 0.41 at 256 (KL 1.0 by epoch 30): see docs/training.md, "Input scale".
     input_scale: float = 256.0
 
     def __post_init__(self) -> None:
@@ -108,7 +108,7 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs between checkpoints and backups (a crash replays at most these)
     # Epochs between evaluations of the held-out clips. Checkpoint epochs and the last epoch are
     # always evaluated (best.keras is picked on fresh val_kl). Evaluating every epoch made an
-    # epoch on the seed set about 1.5 times as long: README, "Speed".
+    # epoch on the seed set about 1.5 times as long: docs/speed.md.
     validate_every: int = 10
     backup_every_steps: int = 0  # also back up after this many steps (0: off); at execution boundaries
     backup_every_minutes: float = 30.0  # also back up when this much time has passed (0: off)
@@ -266,13 +266,45 @@ def build_section(cls: type, values: Mapping[str, Any], where: str, base: Any = 
         raise ConfigError(f"{where}: {exc}") from None
 
 
+RECIPES = ("demo", "seed")  # the built-in pipelines (`pipelines/*.toml`, shipped in the wheel as audionet_tf.recipes)
+
+
+def recipe_path(name: str) -> str | None:
+    """The file of a built-in recipe (`demo`, `seed`): from the installed package, else beside it in a checkout."""
+    if name not in RECIPES:
+        return None
+    try:
+        from importlib import resources
+
+        shipped = resources.files("audionet_tf.recipes").joinpath(f"{name}.toml")
+        if shipped.is_file():
+            return str(shipped)
+    except (ModuleNotFoundError, TypeError):
+        pass  # a source checkout run from PYTHONPATH: no recipes package, the files are in pipelines/
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "pipelines", f"{name}.toml")
+    return beside if os.path.isfile(beside) else None
+
+
+def find_pipeline(path: str | os.PathLike) -> str:
+    """A pipeline file as given when it exists, else the built-in recipe it names (`demo`, `pipelines/demo.toml`)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    stem = os.path.basename(path)
+    stem = stem[:-5] if stem.endswith(".toml") else stem
+    if path in (stem, f"{stem}.toml", os.path.join("pipelines", f"{stem}.toml")):
+        found = recipe_path(stem)
+        if found:
+            return found
+    raise ConfigError(f"pipeline file {path} does not exist (built-in recipes by name: {', '.join(RECIPES)})")
+
+
 def load_pipeline(path: str | os.PathLike | None) -> PipelineConfig:
-    """Read a pipeline TOML file (or return the defaults for None)."""
+    """Read a pipeline TOML file, or a built-in recipe by name (`demo`, `seed`); the defaults for None."""
     if path is None:
         return PipelineConfig()
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"pipeline file {path} does not exist")
+    path = find_pipeline(path)
     try:
         with open(path, "rb") as handle:
             raw = tomllib.load(handle)

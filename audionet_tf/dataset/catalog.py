@@ -7,12 +7,12 @@ from typing import Sequence
 from audionet_tf.core import storage
 from audionet_tf.core.errors import DatasetError
 from audionet_tf.dataset import commits
-from audionet_tf.dataset.records import DESCRIPTION_FILE, SPLITS, Description, file_sha256, spec_from_header
+from audionet_tf.dataset.records import DESCRIPTION_FILE, SPLITS, Description, LazyClips, file_sha256, spec_from_header
 
 log = logging.getLogger("audionet_tf.dataset")
 
 
-HOW_TO_PREPARE = ("make one with `python -m audionet_tf.prepare --pipeline pipelines/demo.toml` "
+HOW_TO_PREPARE = ("make one with `python -m audionet_tf.prepare --pipeline demo` "
                   "(offline) or `python -m audionet_tf.prepare --manifest FILE.csv --out DIR`")
 RERUN = "rerun the same prepare command (it relabels only the clips that are not committed)"
 
@@ -31,7 +31,7 @@ def read_description(directory: str) -> Description:
     if state.torn:
         name, why = sorted(state.torn.items())[0]
         raise DatasetError(f"{why}; {RERUN}: it withdraws that record and relabels its clips")
-    description = Description(spec=spec, shards=state.shards(), clips=state.clip_docs(),
+    description = Description(spec=spec, shards=state.shards(), clips=LazyClips(state.clip_docs()),
                               extra=dict(state.header.get("extra") or {}))
     index = state.index or {}
     complete = index.get("finished") and set(index.get("commits", {})) >= {n for n, _ in state.accepted}
@@ -39,7 +39,7 @@ def read_description(directory: str) -> Description:
     if not description.shards:
         raise DatasetError(f"{directory} has no committed examples yet; {RERUN}")
     if description.finished is None:
-        ok = sum(1 for c in description.clips if c.get("status") == "ok")
+        ok = sum(1 for c in description.clips if c.ok)
         log.warning("dataset %s: its preparation has not finished (or is running); using the %d clips committed "
                     "so far; %s", directory, ok, RERUN)
     return description

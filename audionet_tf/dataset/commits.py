@@ -79,7 +79,7 @@ class State:
     def clip_docs(self) -> Sequence[dict[str, Any]]:
         """Each clip once: its committed record, else its latest failure (each names its `commit`)."""
         if self.lines is not None:
-            return records.LazyClips(self.lines)
+            return records.LazyClips(self.lines, as_records=False)
         ok: dict[str, dict] = {}
         failed: dict[str, dict] = {}
         for _, record in self.accepted:

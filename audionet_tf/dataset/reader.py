@@ -12,6 +12,7 @@ middle of training. Paths may be local or URLs (`gs://`, `ram://`): see `storage
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -57,51 +58,68 @@ def decoded_bytes(description: records.Description, split: str = "all") -> int:
     return count * 4 * (description.spec.window_samples + description.spec.num_classes)
 
 
-def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, shuffle: bool = True,
-                 seed: int = 0, cache: str = "auto", deterministic: bool = False, repeat: bool = False,
-                 clip_ids: Iterable[str] | None = None, exclude_clip_ids: Iterable[str] | None = None,
-                 expect_window: int | None = None, expect_sample_rate: int | None = None,
-                 expect_classes: int | None = None, drop_remainder: bool = False,
-                 shuffle_buffer: int = 10000, cache_limit_mb: int = DEFAULT_CACHE_LIMIT_MB,
-                 input_context=None, verify: bool = True, skip_steps: int = 0):
+@dataclass(frozen=True)
+class ReadOptions:
+    """How `make_dataset` reads a split: order, caching, which clips, and what to check first."""
+
+    shuffle: bool = True
+    seed: int = 0
+    cache: str = "auto"  # "memory", "none", or "auto": in memory when the decoded split fits cache_limit_mb
+    deterministic: bool = False
+    repeat: bool = False
+    clip_ids: tuple[str, ...] | None = None  # only these clips
+    exclude_clip_ids: tuple[str, ...] | None = None
+    expect_window: int | None = None  # refuse a dataset whose window, rate or class count differs
+    expect_sample_rate: int | None = None
+    expect_classes: int | None = None
+    drop_remainder: bool = False
+    shuffle_buffer: int = 10000
+    cache_limit_mb: int = DEFAULT_CACHE_LIMIT_MB
+    verify: bool = True  # check shard sizes (and checksums, up to CHECKSUM_LIMIT_BYTES) before reading
+
+
+def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, options: ReadOptions | None = None, *,
+                 description: records.Description | None = None, input_context=None, skip_steps: int = 0):
     """Batches of (windows `[B, L, 1]` float32 in [-1, 1], teacher logits `[B, C]` float32).
 
-    `batch_size` is the global batch. With an `input_context` (from
-    `strategy.distribute_datasets_from_function`) the dataset yields per-replica batches:
-    a split cached in memory is read whole by every worker, which takes its slice of each
-    global batch (so N workers see exactly the batches one would); a streamed split is
-    sharded by file across workers (by example when there are fewer files than workers).
+    `batch_size` is the global batch. `description` is the dataset's, when the caller has read it
+    already. With an `input_context` (from `strategy.distribute_datasets_from_function`) the dataset
+    yields per-replica batches: a split cached in memory is read whole by every worker, which takes
+    its slice of each global batch (so N workers see exactly the batches one would); a streamed split
+    is sharded by file across workers (by example when there are fewer files than workers).
 
-    A shuffled, repeated stream's order is a function of `seed` alone (each pass's order, a
+    A shuffled, repeated stream's order is a function of the seed alone (each pass's order, a
     permutation of the cached split or of the streamed files, is drawn from the seed and the
     pass's number), so `skip_steps` (the global steps already trained) restarts it exactly
     where it stopped, reading at most one pass.
     """
     import tensorflow as tf
 
-    description = catalog.read_description(data_dir)
-    check_description(data_dir, description, expect_window=expect_window, expect_sample_rate=expect_sample_rate,
-                      expect_classes=expect_classes)
+    o = options or ReadOptions()
+    shuffle, seed, cache, repeat, drop_remainder = o.shuffle, o.seed, o.cache, o.repeat, o.drop_remainder
+    description = description or catalog.read_description(data_dir)
+    check_description(data_dir, description, expect_window=o.expect_window, expect_sample_rate=o.expect_sample_rate,
+                      expect_classes=o.expect_classes)
     files = split_files(data_dir, description, split)
     if not files:
         raise DatasetError(f"dataset {data_dir} has no examples in its {split!r} split")
-    if verify:
+    if o.verify:
         total = sum(s.bytes for s in description.shards if split == "all" or s.split == split)
         catalog.verify_shards(data_dir, description, checksums=total <= CHECKSUM_LIMIT_BYTES,
                               splits=records.SPLITS if split == "all" else (split,))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     spec = description.spec
-    include = None if clip_ids is None else sorted(set(clip_ids))
-    exclude = None if exclude_clip_ids is None else sorted(set(exclude_clip_ids))
+    include = None if o.clip_ids is None else sorted(set(o.clip_ids))
+    exclude = None if o.exclude_clip_ids is None else sorted(set(o.exclude_clip_ids))
 
     in_memory = cache == "memory" or (cache == "auto" and
-                                      decoded_bytes(description, split) <= cache_limit_mb * (1 << 20))
+                                      decoded_bytes(description, split) <= o.cache_limit_mb * (1 << 20))
     if cache not in ("auto", "memory", "none"):
         raise ValueError(f"cache must be 'auto', 'memory' or 'none', got {cache!r}")
     # A cached split is read once: reading it in order costs nothing and makes the order
     # depend on the seed alone.
-    ordered = deterministic or in_memory
+    ordered = o.deterministic or in_memory
     workers = input_context.num_input_pipelines if input_context is not None else 1
     worker = input_context.input_pipeline_id if input_context is not None else 0
     per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context is not None else batch_size
@@ -173,7 +191,7 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
             mine = _pipeline_examples(my_files, data_dir, description, count, shard_files, shard_examples,
                                       workers, worker)
             first_pass, offset = _position(skip_steps * (batch_size // workers), mine, include or exclude)
-            buffer = max(1, min(shuffle_buffer, count))
+            buffer = max(1, min(o.shuffle_buffer, count))
 
             def one_pass(index):
                 # The pass's own file order (a stateless shuffle of (seed, pass)), then the buffer's
@@ -190,7 +208,7 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
             if in_memory:
                 ds = ds.cache()
             if shuffle:
-                ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
+                ds = ds.shuffle(max(1, min(o.shuffle_buffer, count)), seed=seed, reshuffle_each_iteration=True)
             if repeat:
                 ds = ds.repeat()
             if skip_steps:
@@ -203,13 +221,13 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, *, 
         else:
             ds = ds.batch(per_replica, drop_remainder=drop_remainder)
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = bool(deterministic)
+    tf_options = tf.data.Options()
+    tf_options.deterministic = bool(o.deterministic)
     if input_context is None:
         # The shards are assigned to workers by file when there are enough, else by data.
-        options.experimental_distribute.auto_shard_policy = (
+        tf_options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.FILE if len(files) >= 2 else tf.data.experimental.AutoShardPolicy.DATA)
-    return ds.with_options(options)
+    return ds.with_options(tf_options)
 
 
 def _position(examples: int, per_pass: int, filtered) -> tuple[int, int]:

@@ -81,16 +81,67 @@ class ShardInfo:
     bytes: int
 
 
+HELD_OUT_SPLITS = ("validation", "time")  # a held-out clip, or a clip with a held-out part
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One clip as a commit record lists it: its entry, where its examples went, and its outcome."""
+
+    id: str
+    status: str  # "ok" or "failed"
+    split: str = "train"  # "train", "validation" (held out whole) or "time" (a part held out)
+    url: str = ""
+    start: float = 0.0
+    duration: float = 0.0
+    label: str = ""
+    source: str = ""
+    video_id: str = ""
+    row: int | None = None  # the line of the clip list it came from
+    key: str | None = None  # its entry and settings: a rerun relabels a clip whose key changed
+    error: str | None = None  # why it failed
+    examples: int = 0
+    teacher_top: dict[str, Any] | None = None  # the teacher's most frequent class per split, training classes
+    held_out_part: dict[str, float] | None = None  # {"start_s", "end_s"} under the time split
+    commit: str | None = None  # the commit record that holds it
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "ClipRecord":
+        """The record of a clip document (fields this version does not know are left out)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+    @property
+    def ok(self) -> bool:
+        """Whether the clip was labelled (its examples are in the dataset)."""
+        return self.status == "ok"
+
+    @property
+    def held_out_span(self) -> tuple[float, float] | None:
+        """The held-out part's (start, end) in seconds, under the time split."""
+        part = self.held_out_part
+        return (part["start_s"], part["end_s"]) if part else None
+
+    @property
+    def held_out(self) -> bool:
+        """Whether some of its examples are held out (the whole clip, or a part of it)."""
+        return self.ok and self.split in HELD_OUT_SPLITS
+
+
 @dataclass
 class Description:
     """A dataset as readers see it: its spec, committed shards and clips, and whether it is finished."""
 
     spec: DatasetSpec
     shards: list[ShardInfo] = field(default_factory=list)
-    clips: Sequence[dict[str, Any]] = field(default_factory=list)
+    clips: Sequence[ClipRecord] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     finished: dict[str, Any] | None = None  # what the last finished run recorded; None while preparing
+
+    def held_out_clip_ids(self) -> list[str]:
+        """The clips with held-out examples, in the order the dataset lists them."""
+        return [c.id for c in self.clips if c.held_out]
 
     def shards_for(self, split: str) -> list[ShardInfo]:
         """The shards of one split."""
@@ -108,17 +159,19 @@ class Description:
             "window_ms": 1000.0 * self.spec.window_samples / self.spec.sample_rate,
             "examples": {split: self.examples(split) for split in SPLITS},
             "shards": [dataclasses.asdict(s) for s in self.shards],
-            "clips": list(self.clips),
+            "clips": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.clips],
             "finished": self.finished,
             **({"extra": self.extra} if self.extra else {}),
         }
 
 
 class LazyClips(Sequence):
-    """Clip records kept as JSON lines and decoded when read (a large dataset opens without decoding them)."""
+    """Clip records kept as JSON lines (or documents) and made `ClipRecord`s when read (a large dataset opens
+    without decoding them)."""
 
-    def __init__(self, items: Sequence[Any]):
+    def __init__(self, items: Sequence[Any], as_records: bool = True):
         self._items = items
+        self._as_records = as_records  # False: the clip documents themselves (for the commit protocol)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -127,7 +180,8 @@ class LazyClips(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         item = self._items[index]
-        return json.loads(item) if isinstance(item, (bytes, str)) else item
+        doc = json.loads(item) if isinstance(item, (bytes, str)) else item
+        return ClipRecord.from_doc(doc) if self._as_records else doc
 
 
 def spec_from_header(doc: Any, where: str) -> DatasetSpec:

@@ -203,17 +203,17 @@ def top_classes(logits: np.ndarray, labels: Sequence[str | None]) -> dict:
     return out
 
 
-def unseen_class_warnings(clip_docs: Sequence[dict], class_names: Sequence[str]) -> list[str]:
-    """A sentence for each held-out clip whose most frequent teacher class is no training frame's top class."""
-    trained = {c for d in clip_docs if d.get("status") == "ok"
-               for c in (d.get("teacher_top") or {}).get("train_classes", [])}
+def unseen_class_warnings(clips: Sequence, class_names: Sequence[str]) -> list[str]:
+    """A sentence for each held-out clip (`ClipRecord`s) whose most frequent teacher class is no training frame's
+    top class."""
+    trained = {c for clip in clips if clip.ok for c in (clip.teacher_top or {}).get("train_classes", [])}
     notes = []
-    for doc in clip_docs:
-        top = (doc.get("teacher_top") or {}).get(VALIDATION)
-        if doc.get("status") != "ok" or top is None or top in trained:
+    for clip in clips:
+        top = (clip.teacher_top or {}).get(VALIDATION)
+        if not clip.ok or top is None or top in trained:
             continue
         name = class_names[top] if 0 <= top < len(class_names) else f"class {top}"
-        notes.append(f"held-out clip {doc['id']}: the teacher's most frequent class on it ({name}) is the top class "
+        notes.append(f"held-out clip {clip.id}: the teacher's most frequent class on it ({name}) is the top class "
                      f"of no training frame, so no student can agree with it there; when each clip is its own "
                      f"class, hold out a part of every clip instead (holdout_part = \"0.2\", holdout = \"0\")")
     return notes

@@ -43,11 +43,6 @@ def prior_logits(train_logits: np.ndarray, count: int) -> np.ndarray:
     return np.repeat(np.log(mean + 1e-12)[None, :], count, axis=0)
 
 
-def held_out_clip_ids(description: records.Description) -> list[str]:
-    """Clips with held-out examples: whole held-out clips and time-split clips (their held-out part)."""
-    return [c["id"] for c in description.clips if c.get("status") == "ok" and c.get("split") in ("validation", "time")]
-
-
 def unseen_classes(train_logits: np.ndarray, val: dict[str, np.ndarray]) -> dict[str, int]:
     """Held-out clips whose most frequent teacher class is the top class of no training window."""
     trained = set(train_logits.argmax(axis=1).tolist())
@@ -65,7 +60,7 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
     from audionet_tf.model.student import load_model
 
     description = catalog.read_description(data_dir)
-    held_out = held_out_clip_ids(description)
+    held_out = description.held_out_clip_ids()
     if not held_out or not description.examples("validation"):
         raise AudioNetError(f"dataset {data_dir} holds nothing out; prepare it with --holdout (whole clips) or "
                             f"--holdout-part (a part of every clip) to evaluate on unseen audio")
@@ -83,7 +78,7 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
         log.warning("held-out clip %s: the teacher's most frequent class on it (%s) is the top class of no "
                     "training window, so no student can agree with it there; hold out a part of every clip "
                     "instead (--holdout-part 0.2 --holdout 0)", cid, names[top])
-    splits = {c["id"]: c.get("split") for c in description.clips}
+    splits = {c.id: c.split for c in description.clips}
     result: dict[str, Any] = {
         # Names, not machine paths: the report is shared.
         "run": os.path.basename(os.path.normpath(run_dir)), "data": os.path.basename(os.path.normpath(data_dir)),
@@ -109,7 +104,7 @@ def fold_masks(arrays: dict[str, np.ndarray], description: records.Description, 
     from audionet_tf.dataset import split as split_lib
 
     clips = sorted(set(arrays["clip_id"]))
-    time_split = any(c.get("split") == "time" for c in description.clips) or len(clips) < folds
+    time_split = any(c.split == "time" for c in description.clips) or len(clips) < folds
     if not time_split:
         masks = []
         for fold in range(folds):

@@ -106,7 +106,7 @@ def _rows_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
 def clip_table(result: dict, description: records.Description, arrays: dict[str, np.ndarray] | None,
                student: dict[str, np.ndarray], class_names: Sequence[str]) -> str:
     """Per clip: its label, the teacher's and the student's top classes on its held-out part, agreement, prior."""
-    labels = {c["id"]: c.get("label", "") for c in description.clips}
+    labels = {c.id: c.label for c in description.clips}
     rows = []
     for cid, scores in result["per_clip"].items():
         teacher_part = student_part = ""
@@ -161,14 +161,14 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) 
     if data_dir and os.path.isfile(os.path.join(data_dir, records.DESCRIPTION_FILE)):
         description = catalog.read_description(data_dir)
         names = catalog.read_class_names(data_dir, description)
-        ok = [c for c in description.clips if c.get("status") == "ok"]
-        held = set(evaluate.held_out_clip_ids(description))
+        ok = [c for c in description.clips if c.ok]
+        held = set(description.held_out_clip_ids())
         result = None
         if held and description.examples("validation"):
             # The agreement tables come from evaluate's own computation (reused when evaluate wrote it).
             result = json.load(open(distill_path, encoding="utf-8")) if os.path.isfile(distill_path) else \
                 evaluate.distill(run_dir, data_dir)
-        ordered = [c["id"] for c in ok if c["id"] in held] + [c["id"] for c in ok if c["id"] not in held]
+        ordered = [c.id for c in ok if c.id in held] + [c.id for c in ok if c.id not in held]
         chosen = ordered[:max_clips]
         arrays = None
         if chosen:
@@ -181,13 +181,12 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) 
         student = {}
         hop = int(dataset.get("hop_samples") or description.spec.window_samples)
         for clip_id in chosen:
-            doc = next(c for c in ok if c["id"] == clip_id)
+            clip = next(c for c in ok if c.id == clip_id)
             mine = arrays["clip_id"] == clip_id
             student[clip_id] = model.predict(arrays["audio"][mine][..., None], verbose=0, batch_size=512)
-            part = doc.get("held_out_part")
-            span = (part["start_s"], part["end_s"]) if part else None
-            kind = {"validation": "held out", "time": "held-out part shaded"}.get(doc.get("split"), "training")
-            label = f" [{doc['label']}]" if doc.get("label") else ""
+            span = clip.held_out_span
+            kind = {"validation": "held out", "time": "held-out part shaded"}.get(clip.split, "training")
+            label = f" [{clip.label}]" if clip.label else ""
             title = f"{clip_id}{label} ({kind}): teacher's top class vs the student's"
             images.append((f"{clip_id}{label} ({kind})",
                            plot_timeline(model, arrays, clip_id, names, sample_rate, out, hop, span, title)))

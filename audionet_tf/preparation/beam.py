@@ -1,6 +1,6 @@
 """Data preparation as an Apache Beam pipeline: the same labelling core and commit format, on any Beam runner.
 
-    python -m audionet_tf.prepare --pipeline pipelines/seed.toml --runner DirectRunner \\
+    python -m audionet_tf.prepare --pipeline seed --runner DirectRunner \\
         --direct_num_workers 2 --direct_running_mode multi_processing
     python -m audionet_tf.prepare --manifest vggsound.csv --out gs://BUCKET/vggsound --runner DataflowRunner \\
         --project P --region R --temp_location gs://BUCKET/tmp --setup_file ./setup.py
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from audionet_tf.core import config as cfg, storage
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.dataset import catalog, commits
+from audionet_tf.dataset import catalog, commits, records
 from audionet_tf.preparation import labelling
 
 log = logging.getLogger("audionet_tf.beam_prepare")
@@ -123,15 +123,12 @@ def run_beam(config: cfg.PipelineConfig, beam_args: Sequence[str] = (), weights:
                 raise AudioNetError(f"the Beam job failed: {exc}. The clips committed so far are kept; rerun the "
                                     f"same command to label the others") from None
         state = commits.finalise(out, len(clips), clean=not remote)
-        docs = {d["id"]: d for d in state.clip_docs()}
-        wanted = {c.id for c in todo}
-        summary.written = [c.id for c in todo if docs.get(c.id, {}).get("status") == "ok"]
-        summary.failed = {c.id: docs[c.id]["error"] for c in todo
-                          if c.id in wanted and docs.get(c.id, {}).get("status") == "failed"}
-        if not any(d.get("status") == "ok" for d in docs.values()):
+        records_by_id = {c.id: c for c in records.LazyClips(state.clip_docs())}
+        outcomes = [records_by_id.get(c.id) for c in todo]
+        summary.written = [r.id for r in outcomes if r is not None and r.ok]
+        summary.failed = {r.id: r.error for r in outcomes if r is not None and r.status == "failed"}
+        if not any(r.ok for r in records_by_id.values()):
             raise labelling.nothing_prepared(summary)
-        from audionet_tf.dataset import records
-
         description = catalog.read_description(out)
         summary.examples = {split: description.examples(split) for split in records.SPLITS}
     return summary

@@ -146,8 +146,7 @@ class Downloader:
                     raise
                 if OFFLINE.search(message):
                     raise DownloadError(f"{clip.url}: cannot reach the host ({message}); without network, "
-                                        f"try the offline demo: python -m audionet_tf.train --pipeline "
-                                        f"pipelines/demo.toml") from None
+                                        "try the offline demo: audionet demo") from None
                 wait = self.backoff_s * (2 ** attempt)
                 log.warning("%s: %s; retrying in %.0f s", clip.id, message, wait)
                 time.sleep(wait)

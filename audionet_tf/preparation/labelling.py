@@ -491,4 +491,4 @@ def nothing_prepared(summary: "Summary") -> NothingPrepared:
     return NothingPrepared("\n".join([f"no clip could be prepared into {summary.out}; "
                                        f"{len(summary.failed)} failed:", *lines,
                                        "without internet, try the offline demo: "
-                                       "python -m audionet_tf.train --pipeline pipelines/demo.toml"]), summary)
+                                       "audionet demo"]), summary)

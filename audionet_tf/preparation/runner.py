@@ -40,10 +40,10 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
             writer.abort()  # the open shards only: every committed clip stays
             raise
         state = commits.finalise(pc.out, len(clips), clean=not storage.is_remote(pc.out))
-        docs = state.clip_docs()
-        if not any(d.get("status") == "ok" for d in docs):
+        clips = records.LazyClips(state.clip_docs())
+        if not any(c.ok for c in clips):
             raise nothing_prepared(summary)
-        for warning in split.unseen_class_warnings(docs, catalog.read_class_names(pc.out)):
+        for warning in split.unseen_class_warnings(clips, catalog.read_class_names(pc.out)):
             log.warning("%s", warning)
             summary.warnings.append(warning)
         description = catalog.read_description(pc.out)

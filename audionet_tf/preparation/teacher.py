@@ -153,7 +153,7 @@ def load_teacher(spec: str, labels: str | None = None, weights: str | None = "im
             model = build(weights=weights, classifier_activation=None, input_shape=(224, 224, 3))
         except Exception as exc:  # a failed weights download surfaces as several exception types
             raise AudioNetError(f"teacher {spec}: cannot build it with weights={weights!r} ({exc}); "
-                                f"without internet, use the offline demo (pipelines/demo.toml) or your own "
+                                f"without internet, use the offline demo (audionet demo) or your own "
                                 f"model file") from None
         size = tuple(int(d) for d in model.input_shape[1:3])
         names = imagenet_class_names() if labels is None else _read_labels(labels, 1000, spec)

@@ -11,9 +11,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from audionet_tf.core.version import __version__
 from audionet_tf.core import storage
 from audionet_tf.core.errors import AudioNetError
+from audionet_tf.core.version import __version__
 from audionet_tf.dataset import catalog, records
 
 log = logging.getLogger(__name__)

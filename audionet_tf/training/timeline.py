@@ -26,8 +26,8 @@ def figure_image(fig) -> np.ndarray:
 class TimelineImages(keras.callbacks.Callback):
     """Every `every` epochs, the teacher's top class against the student's over each chosen clip."""
 
-    def __init__(self, log_dir: str, arrays: dict[str, np.ndarray], clips: Sequence[dict], class_names: Sequence[str],
-                 sample_rate: int, hop: int, every: int = 10):
+    def __init__(self, log_dir: str, arrays: dict[str, np.ndarray], clips: Sequence[records.ClipRecord],
+                 class_names: Sequence[str], sample_rate: int, hop: int, every: int = 10):
         super().__init__()
         self.log_dir = log_dir
         self.arrays = arrays
@@ -53,9 +53,9 @@ class TimelineImages(keras.callbacks.Callback):
 
         with self._writer_ready().as_default():
             for clip in self.clips:
-                mine = self.arrays["clip_id"] == clip["id"]
+                mine = self.arrays["clip_id"] == clip.id
                 wave = clip_audio(self.arrays["audio"][mine], self.arrays["time"][mine], self.hop, self.sample_rate)
-                tf.summary.audio(f"clip/{clip['id']}", wave[None, :, None], self.sample_rate, step=0)
+                tf.summary.audio(f"clip/{clip.id}", wave[None, :, None], self.sample_rate, step=0)
         self._writer.flush()
 
     def _log(self, step: int) -> None:
@@ -68,17 +68,16 @@ class TimelineImages(keras.callbacks.Callback):
         self._last = step
         with self._writer_ready().as_default():
             for clip in self.clips:
-                mine = self.arrays["clip_id"] == clip["id"]
+                mine = self.arrays["clip_id"] == clip.id
                 windows, times = self.arrays["audio"][mine], self.arrays["time"][mine]
                 # A plain call, not predict(): no collective step, so only the chief needs to run it.
                 student = np.concatenate([np.asarray(self.model(windows[i:i + 512, :, None], training=False))
                                           for i in range(0, len(windows), 512)])
-                part = clip.get("held_out_part")
                 fig = timeline_figure(self.arrays["logits"][mine], student, times,
                                       clip_audio(windows, times, self.hop, self.sample_rate), self.class_names,
-                                      self.sample_rate, f"{clip['id']} at epoch {step}",
-                                      (part["start_s"], part["end_s"]) if part else None)
-                tf.summary.image(f"timeline/{clip['id']}", figure_image(fig)[None], step=step)
+                                      self.sample_rate, f"{clip.id} at epoch {step}",
+                                      clip.held_out_span)
+                tf.summary.image(f"timeline/{clip.id}", figure_image(fig)[None], step=step)
         self._writer.flush()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -97,10 +96,10 @@ class TimelineImages(keras.callbacks.Callback):
 def timeline_callbacks(data_dir: str, description: records.Description, log_dir: str, every: int,
                        hop: int, write: bool = True) -> list[keras.callbacks.Callback]:
     """The timeline callback for the first held-out clips of a dataset (none without held-out data)."""
-    held = [c for c in description.clips if c.get("status") == "ok" and c.get("split") in ("validation", "time")]
+    held = [c for c in description.clips if c.held_out]
     if not write or not held or not description.examples("validation"):
         return []
     chosen = held[:TIMELINE_CLIPS]
-    arrays = reader.load_arrays(data_dir, "all", clip_ids=[c["id"] for c in chosen])
+    arrays = reader.load_arrays(data_dir, "all", clip_ids=[c.id for c in chosen])
     return [TimelineImages(os.path.join(log_dir, "timelines"), arrays, chosen,
                            catalog.read_class_names(data_dir, description), description.spec.sample_rate, hop, every)]

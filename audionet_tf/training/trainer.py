@@ -90,18 +90,19 @@ def choose_run_dir(config: PipelineConfig, name: str, chief: bool = True) -> str
         return candidate
 
 
-def _dataset_ready(data_dir: str) -> bool:
-    """Whether the dataset's preparation has finished (every clip of its list committed or failed)."""
+def _finished_description(data_dir: str) -> records.Description | None:
+    """The dataset's description when its preparation has finished (every clip committed or failed)."""
     try:
-        return catalog.read_description(data_dir).finished is not None
+        description = catalog.read_description(data_dir)
     except AudioNetError:
-        return False
+        return None
+    return description if description.finished is not None else None
 
 
 def ensure_dataset(config: PipelineConfig, prepare: Callable[[PipelineConfig], None] | None,
-                   chief: bool = True) -> None:
-    """Prepare the pipeline's dataset when it is missing or unfinished and the pipeline lists clips
-    (train --pipeline FILE): a prepare killed part-way goes on, labelling only what is not committed.
+                   chief: bool = True) -> records.Description:
+    """The dataset's description, after preparing it when it is missing or unfinished and the pipeline
+    lists clips (train --pipeline FILE): a prepare killed part-way goes on, labelling only what is not committed.
 
     In a cluster only the chief prepares; the other workers wait (at most `train.dataset_wait_s`)
     until the dataset reads back finished.
@@ -110,26 +111,28 @@ def ensure_dataset(config: PipelineConfig, prepare: Callable[[PipelineConfig], N
     has_list = bool(config.prepare.clips or config.prepare.manifest or config.prepare.demo)
     ours = prepare is not None and has_list and config.train.data in (None, config.prepare.out)
     exists = storage.exists(storage.join(data_dir, records.DESCRIPTION_FILE))
-    if exists and (not ours or _dataset_ready(data_dir)):
-        return  # finished, or not ours to finish (readers use what is committed, with a warning)
     if not ours:
-        catalog.read_description(data_dir)  # raises the "how to make one" message
+        return catalog.read_description(data_dir)  # as committed, with a warning; or the "how to make one" message
+    if exists:
+        description = _finished_description(data_dir)
+        if description is not None:
+            return description
     if not chief:
         wait = config.train.dataset_wait_s
         log.info("dataset %s is %s: waiting up to %g s for the chief to prepare it", data_dir,
                  "unfinished" if exists else "missing", wait)
         deadline = time.monotonic() + wait
-        while not _dataset_ready(data_dir):
+        while (description := _finished_description(data_dir)) is None:
             if time.monotonic() > deadline:
                 raise AudioNetError(f"dataset {data_dir} was not ready after {wait:g} s (train.dataset_wait_s); "
                                     f"the chief prepares it: see its log, or run "
                                     f"`python -m audionet_tf.prepare` first and start the cluster again")
             time.sleep(2.0)
-        return
+        return description
     log.info("dataset %s is %s: preparing it from %s", data_dir, "unfinished" if exists else "missing",
              config.source or "the clip list")
     prepare(config)
-    catalog.read_description(data_dir)
+    return catalog.read_description(data_dir)
 
 
 def make_strategy(devices: int | None, kind: str = "mirrored", collective_timeout_s: float = 60.0):
@@ -209,9 +212,8 @@ def train(config: PipelineConfig, *, prepare: Callable[[PipelineConfig], None] |
     # First: the strategy must exist before anything initialises the TF runtime's devices.
     strategy = make_strategy(tc.devices, tc.strategy, tc.collective_timeout_s)
     chief = _is_chief(strategy)
-    ensure_dataset(config, prepare, chief)
+    description = ensure_dataset(config, prepare, chief)
     data_dir = config.data_dir
-    description = catalog.read_description(data_dir)
     reader.check_description(data_dir, description, expect_window=config.audio.window_samples,
                            expect_sample_rate=config.audio.sample_rate)
     name = run_name(config)
@@ -278,13 +280,18 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     if tc.batch_size % replicas:
         raise ConfigError(f"batch size {tc.batch_size} does not split evenly across {replicas} replicas")
 
+    # Shards were verified once above; every pipeline built below reads the same description.
+    train_options = reader.ReadOptions(shuffle=True, seed=tc.seed, cache=tc.cache, deterministic=tc.deterministic,
+                                       repeat=True, shuffle_buffer=tc.shuffle_buffer, cache_limit_mb=tc.cache_limit_mb,
+                                       verify=False)
+    val_options = reader.ReadOptions(shuffle=False, cache=tc.cache, deterministic=True,
+                                     cache_limit_mb=tc.cache_limit_mb, verify=False)
+
     def train_input(context=None, skip: int = 0):
         # `skip`: the global steps already trained. The example order is a function of the seed
         # alone, so the stream starts again where it stopped (reading at most one pass).
-        return reader.make_dataset(data_dir, "train", tc.batch_size, shuffle=True, seed=tc.seed, cache=tc.cache,
-                                 deterministic=tc.deterministic, repeat=True, shuffle_buffer=tc.shuffle_buffer,
-                                 cache_limit_mb=tc.cache_limit_mb, verify=False, input_context=context,
-                                 skip_steps=skip)
+        return reader.make_dataset(data_dir, "train", tc.batch_size, train_options, description=description,
+                                   input_context=context, skip_steps=skip)
 
     def train_data(skip: int = 0):
         # Several replicas or workers: built per input pipeline from the same seed (see val_ds below).
@@ -296,9 +303,8 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         tc.batch_size
 
     def val_input(context=None):
-        return reader.make_dataset(data_dir, "validation", val_batch, shuffle=False, cache=tc.cache,
-                                 deterministic=True, cache_limit_mb=tc.cache_limit_mb, verify=False,
-                                 input_context=context)
+        return reader.make_dataset(data_dir, "validation", val_batch, val_options, description=description,
+                                   input_context=context)
 
     train_ds = train_data()
     if replicas > 1 or tc.strategy == "multiworker":
