@@ -88,11 +88,11 @@ def test_prepare_over_loopback_downloads_together_and_a_clip_that_breaks_yt_dlp_
     assert f"failed {broken}: unexpected ValueError" in result.stdout
     assert "written now: 4 clips" in result.stdout
     description = catalog.read_description(str(tmp_path / "data"))
-    status = {c["label"]: c for c in description.clips}
-    assert status["x"]["status"] == "failed" and "ValueError" in status["x"]["error"]
-    assert all(status[c]["status"] == "ok" and status[c]["examples"] == 38 for c in colours)
+    status = {c.label: c for c in description.clips}
+    assert status["x"].status == "failed" and "ValueError" in status["x"].error
+    assert all(status[c].status == "ok" and status[c].examples == 38 for c in colours)
     names = catalog.read_class_names(str(tmp_path / "data"))
-    assert {c: names[status[c]["teacher_top"]["train"]] for c in colours} == {c: c for c in colours}
+    assert {c: names[status[c].teacher_top["train"]] for c in colours} == {c: c for c in colours}
 
 
 def test_streamed_chunks_are_the_whole_clip_decode(tmp_path):
@@ -143,8 +143,8 @@ def test_batches_across_clips_and_chunks_keep_each_clip_whole_and_a_failure_mid_
         np.testing.assert_allclose(np.stack([l for _, _, l in got]), expected, rtol=1e-5, atol=1e-4)
         np.testing.assert_array_equal(np.stack([a for _, a, _ in got]),
                                       frame_windows(whole.audio, len(whole.frames), AudioConfig()))
-    by_id = {c["id"]: c for c in description.clips}
-    assert by_id[short_id]["status"] == "failed"
+    by_id = {c.id: c for c in description.clips}
+    assert by_id[short_id].status == "failed"
     # The failed clip's written parts are gone from disk too, not only unnamed.
     named = {s.file for s in description.shards}
     assert sorted(f for f in os.listdir(tmp_path / "data") if f.endswith(records.SHARD_SUFFIX)) == sorted(named)
