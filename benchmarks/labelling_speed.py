@@ -12,7 +12,9 @@ round measures, in this one process:
 - `prepare`: `runner.prepare` on all clips into a fresh directory, timed from the call to its
   return: loading the teacher, tracing it, decoding, labelling, writing and committing;
 - `labelling`: the same run's frames over its time after the teacher was ready (the run minus the
-  teacher's load and first call, which this script times separately in the same round).
+  teacher's load and first call, both timed inside the run);
+- `in prepare`: the frames/s of the teacher's batches inside the run (every call but the first),
+  which shows how much of the gap is the teacher itself slowed by decoding on the same cores.
 
 It prints frames/s for each and the ratios to `compiled` within the round, then the spread of the
 ratios over the rounds. The command's own start (importing TensorFlow, a few seconds) is not counted.
@@ -20,6 +22,7 @@ ratios over the rounds. The command's own start (importing TensorFlow, a few sec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
@@ -66,6 +69,34 @@ def compiled_rate(model_path: str, batch: int) -> tuple[float, float]:
     return best, ready
 
 
+@contextlib.contextmanager
+def timed(calls: list[float], loading: list[float]):
+    """Time every `Teacher.forward` call and the teacher's load while the block runs (this script only)."""
+    from audionet_tf.preparation import teacher as teachers
+
+    forward, load = teachers.Teacher.forward, teachers.load_teacher
+
+    def timed_forward(self, batch):
+        start = time.perf_counter()
+        try:
+            return forward(self, batch)
+        finally:
+            calls.append(time.perf_counter() - start)
+
+    def timed_load(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return load(*args, **kwargs)
+        finally:
+            loading.append(time.perf_counter() - start)
+
+    teachers.Teacher.forward, teachers.load_teacher = timed_forward, timed_load
+    try:
+        yield
+    finally:
+        teachers.Teacher.forward, teachers.load_teacher = forward, load
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -89,15 +120,21 @@ def main(argv=None) -> int:
             config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
                 out=os.path.join(tmp, f"data{round_}"), cache_dir=os.path.join(tmp, "cache"), teacher=model_path,
                 teacher_batch=args.batch, clips=entries, holdout="0"))
+            calls: list[float] = []
+            loading: list[float] = []
             start = time.perf_counter()
-            summary = runner.prepare(config)
+            with timed(calls, loading):
+                summary = runner.prepare(config)
             seconds = time.perf_counter() - start
             best = max(best, compiled_rate(model_path, args.batch)[0])
             assert summary.examples["train"] == frames, summary
-            rows.append((best, frames / seconds, frames / max(seconds - ready, 1e-6)))
+            start_up = sum(loading) + calls[0]
+            inside = args.batch * (len(calls) - 1) / sum(calls[1:])
+            rows.append((best, frames / seconds, frames / max(seconds - start_up, 1e-6)))
             print(f"round {round_ + 1}: compiled {best:.1f} frames/s; prepare {frames / seconds:.1f} "
                   f"({frames / seconds / best:.2f}x) in {seconds:.1f} s; labelling {rows[-1][2]:.1f} "
-                  f"({rows[-1][2] / best:.2f}x; teacher load + first call {ready:.1f} s)", flush=True)
+                  f"({rows[-1][2] / best:.2f}x; teacher load + first call {start_up:.1f} s); in prepare "
+                  f"{inside:.1f} ({inside / best:.2f}x)", flush=True)
     whole = [r[1] / r[0] for r in rows]
     labelling = [r[2] / r[0] for r in rows]
     print(f"\n{len(clips)} clips of {args.seconds:g} s, {frames} frames, EfficientNetV2B0 (weights=None) .keras, "
