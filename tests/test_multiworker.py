@@ -208,3 +208,19 @@ def test_two_workers_train_on_a_dataset_with_held_out_clips_and_report_val_metri
     # The held-out figure is the model's agreement on the held-out clip, computed here independently.
     expected = float(np.mean(predicted.argmax(1) == val["logits"].argmax(1)))
     assert metrics["validation"]["top1_agreement"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_workers_train_on_a_streamed_dataset_split_by_file(tmp_path):
+    """--cache none: the dataset is not held in memory; each worker streams its own shards (the split itself is
+    checked batch by batch in test_stream_position), and the cluster trains and agrees."""
+    data = tmp_path / "data"
+    write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
+    common = ["--data", str(data), "--epochs", "2", "--batch-size", "64", "--learning-rate", "0.01", "--quiet",
+              "--no-export", "--no-report", "--seed", "7", "--cache", "none", "--name", "streamed"]
+    logs = run_cluster(common, tmp_path)
+    run = tmp_path / "runs" / "streamed"
+    assert json.loads((run / "config.json").read_text())["train"]["cache"] == "none"
+    assert len((run / "history.csv").read_text().splitlines()) == 3
+    assert all("Traceback" not in log for log in logs)
+

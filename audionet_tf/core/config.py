@@ -181,6 +181,7 @@ class PrepareConfig:
     overwrite: bool = False
     demo: bool = False  # make the offline demo clips instead of downloading
     runner: str | None = None  # Apache Beam runner; None: single process
+    index_every: int = 128  # commit records between rewrites of the index while a run commits; 0: only at its end
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "prepare.out", "must name a directory")
@@ -193,6 +194,7 @@ class PrepareConfig:
         _check(self.logits_format in ("float16", "float32"), "prepare.logits_format",
                f"must be 'float16' or 'float32', got {self.logits_format!r}")
         _check(self.retries >= 0, "prepare.retries", f"must be 0 or more, got {self.retries}")
+        _check(self.index_every >= 0, "prepare.index_every", f"must be 0 or more, got {self.index_every}")
         _check(self.margin_s >= 0, "prepare.margin_s", f"must be 0 or more, got {self.margin_s}")
         _check(self.holdout_at in ("end", "start", "middle"), "prepare.holdout_at",
                f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")

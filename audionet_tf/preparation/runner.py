@@ -31,7 +31,10 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
         todo = [c for c in clips if c.id not in done]
         summary.skipped = [c.id for c in clips if c.id in done]
         labeller = labelling.Labeller(config, held_out, keys, weights)
-        writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=pc.shard_clips)
+        keeper = commits.IndexKeeper(pc.out, pc.index_every)
+        keeper.start()
+        writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=pc.shard_clips,
+                                      on_commit=keeper.committed)
         log.info("%d clips: %d to prepare, %d already committed", len(clips), len(todo), len(done))
         try:
             _label_all(todo, labeller, writer, summary, config)
