@@ -365,20 +365,49 @@ class CommitWriter:
         self._open: dict[str, ShardWriter] = {}
         self._docs: list[dict[str, Any]] = []
         self._count = 0
+        self._partial: str | None = None  # a clip whose parts are written and whose record is not yet added
 
     def add(self, doc: dict[str, Any], spec: records.DatasetSpec | None = None, windows: Any = None,
             logits: Any = None, times: Any = None, splits: Any = None) -> None:
-        """Add one clip: its record, and for a labelled clip its examples (split per example)."""
-        if doc.get("status") == "ok":
-            for window, row, t, split in zip(windows, logits, times, splits):
-                if split not in self._open:
-                    self._open[split] = ShardWriter(self.directory, f"{split}-{self.token}-{self._count:05d}"
-                                                    f"{records.SHARD_SUFFIX}", split)
-                self._open[split].write(records.make_example(window, row, doc["id"], float(t), spec))
+        """Add one clip: its record, and for a labelled clip its examples (split per example) unless they came
+        by `add_part`; a failed clip's parts are dropped."""
+        if self._partial is not None:
+            if doc["id"] != self._partial:
+                raise ValueError(f"clip {self._partial} has parts written but no record; got {doc['id']}")
+            self._partial = None
+            if doc.get("status") != "ok":
+                self._drop_open()  # the open shards hold this clip's parts alone (see add_part)
+        elif doc.get("status") == "ok":
+            self._write(doc["id"], spec, windows, logits, times, splits)
         self._docs.append(doc)
         full = any(w.count >= self.shard_size for w in self._open.values())
         if full or len(self._docs) >= self.shard_clips:
             self.commit()
+
+    def add_part(self, clip_id: str, spec: records.DatasetSpec, windows: Any, logits: Any, times: Any,
+                 splits: Any) -> None:
+        """Write some of a long clip's examples now; its record follows with `add` after its last part.
+
+        The clip's examples go into shards of their own (the group before it is committed first),
+        so that a clip that fails half-way is dropped without touching any other clip."""
+        if self._partial != clip_id:
+            if self._partial is not None:
+                raise ValueError(f"clip {self._partial} has parts written but no record; got parts of {clip_id}")
+            self.commit()
+            self._partial = clip_id
+        self._write(clip_id, spec, windows, logits, times, splits)
+
+    def _write(self, clip_id: str, spec, windows, logits, times, splits) -> None:
+        for window, row, t, split in zip(windows, logits, times, splits):
+            if split not in self._open:
+                self._open[split] = ShardWriter(self.directory, f"{split}-{self.token}-{self._count:05d}"
+                                                f"{records.SHARD_SUFFIX}", split)
+            self._open[split].write(records.make_example(window, row, clip_id, float(t), spec))
+
+    def _drop_open(self) -> None:
+        for writer in self._open.values():
+            writer.abort()
+        self._open.clear()
 
     def commit(self) -> dict[str, Any] | None:
         """Close the open shards and write their commit record; returns it (None when there was nothing)."""
@@ -396,10 +425,9 @@ class CommitWriter:
 
     def abort(self) -> None:
         """Drop the open shards and the clips not yet committed."""
-        for writer in self._open.values():
-            writer.abort()
-        self._open.clear()
+        self._drop_open()
         self._docs = []
+        self._partial = None
 
 
 def split_counts(splits: Sequence[str]) -> dict[str, int]:

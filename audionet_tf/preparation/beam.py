@@ -27,6 +27,7 @@ and Dataflow).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,7 +97,6 @@ def make_label_group(config_doc: dict, weights: str | None, beam_args: Sequence[
             if storage.is_remote(self.config.prepare.out):
                 storage.use_beam_filesystems(PipelineOptions(list(beam_args)))
             self.labeller = worker_labeller(config_doc, weights)
-            self.header = False
 
         def process(self, group):  # a make_group dict (no annotation: Beam logs a line per string type hint)
             pc = self.config.prepare
@@ -108,17 +108,9 @@ def make_label_group(config_doc: dict, weights: str | None, beam_args: Sequence[
             # Commits only at the group's end or at a full shard: a retried bundle commits the same groups.
             writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=len(group["clips"]) + 1)
             try:
-                for item in group["clips"]:
-                    outcome = labeller.run(Clip(**item))
-                    if outcome.ok:
-                        spec = labeller.spec
-                        if not self.header:
-                            commits.ensure_header(pc.out, spec, labeller.teacher.class_names,
-                                                  labelling.settings(self.config))
-                            self.header = True
-                        writer.add(outcome.doc, spec, outcome.windows, outcome.logits, outcome.times, outcome.splits)
-                    else:
-                        writer.add(outcome.doc)
+                with contextlib.closing(labeller.label_clips([Clip(**item) for item in group["clips"]])) as outcomes:
+                    for outcome in outcomes:
+                        labeller.write(outcome, writer)
                 writer.commit()
             except BaseException:
                 writer.abort()
