@@ -29,16 +29,21 @@ setup(
         "ffmpeg-python>=0.2",  # decoding filter graphs (16 kHz audio, a frame every 40 ms)
         "imageio-ffmpeg>=0.5",  # the ffmpeg binary itself, as a wheel: no system ffmpeg needed
         "scikit-learn>=1.3",  # transfer evaluation: standardisation + logistic regression, folds
+        "scipy>=1.6",  # resample_poly: arrays handed to predict/embed at another sample rate
         "matplotlib>=3.7",  # the report's and TensorBoard's figures
         "google-crc32c>=1.5",  # TFRecord framing for shards written through any file system
     ],
     extras_require={
         # The tests: LiteRT runs the exported .tflite files; the GCS emulator and Beam's GCS client
-        # let them write a dataset to a GCS server on 127.0.0.1.
-        "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp]>=2.60"],
+        # let them write a dataset to a GCS server on 127.0.0.1; Beam's dask extra (dask, distributed)
+        # lets them prepare on a Dask scheduler and workers they start on 127.0.0.1; tensorflow-hub
+        # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults.
+        "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
+                 "tensorflow-hub>=0.16"],
         "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
         "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner
+        "dask": ["apache-beam[dask,tfrecord]>=2.60"],  # --runner DaskRunner: Beam's Dask runner, dask, distributed
     },
     entry_points={"console_scripts": ["audionet=audionet_tf.commands.main:run"]},
 )

@@ -5,7 +5,7 @@ The Python API (importing the package loads no TensorFlow; each entry point load
     import audionet_tf as an
 
     student = an.load_student("saved_models/demo")          # an export directory, a .keras or a .tflite file
-    scores = an.predict(student, audio, sample_rate=44100)   # audio with its rate (resampled to 16 kHz), or a path
+    heard = an.predict(student, audio, sample_rate=44100)    # {"scores", "logits", "times", ...}; or a file path
     vectors = an.embed(student, audio, sample_rate=44100)
 
     config = an.load_pipeline("demo")                        # a built-in recipe by name, or a TOML file

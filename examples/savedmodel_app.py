@@ -27,8 +27,8 @@ audio = read_wav(wav_path)
 labels = open(f"{export_dir}/labels.txt").read().splitlines()
 
 model = tf.saved_model.load(export_dir)
-timeline = model.signatures["timeline"](waveform=tf.constant(audio))
-for t, logits in zip(timeline["times"].numpy(), timeline["logits"].numpy()):
-    print(f"{t:6.2f} s  {labels[int(np.argmax(logits))]}")
-embedding = model.signatures["embed"](windows=tf.constant(audio[None, :640]))["embedding"]
-print("embedding of the first window:", embedding.shape)
+timeline = model.signatures["timeline"](waveform=tf.constant(audio))  # a waveform in, per-window answers out
+for t, scores in zip(timeline["times"].numpy(), timeline["scores"].numpy()):
+    print(f"{t:6.2f} s  {labels[int(np.argmax(scores))]}")
+print("embeddings:", timeline["embeddings"].shape)
+print("logits of two windows:", model(audio[:1280].reshape(2, 640)).shape)  # the model called on windows

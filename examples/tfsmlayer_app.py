@@ -26,6 +26,8 @@ export_dir, wav_path = sys.argv[1], sys.argv[2]
 audio = read_wav(wav_path)
 windows = audio[: len(audio) // 640 * 640].reshape(-1, 640)
 
+audionet = keras.layers.TFSMLayer(export_dir)  # windows [N, L] -> logits [N, C]
+print(audionet(windows[:3]).shape)
 features = keras.layers.TFSMLayer(export_dir, call_endpoint="embed")  # frozen AudioNet features
 inputs = keras.Input((640,))
 hidden = features(inputs)["embedding"]

@@ -2,18 +2,21 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from audionet_tf.commands import embed as embed_cmd, predict as predict_cmd, train
+from audionet_tf.commands import embed as embed_cmd, export as export_cmd, predict as predict_cmd, train
 from audionet_tf.core import config as cfg
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.model.student import load_model
+from audionet_tf.preparation.media import read_audio
 from audionet_tf.serving import embed, predict
 from audionet_tf.training import trainer
 
@@ -89,11 +92,33 @@ out = {
     "logits": model.signatures["serving_default"](windows=windows)["logits"].numpy().tolist(),
     "probabilities": model.signatures["probabilities"](windows=windows)["probabilities"].numpy().tolist(),
     "embed": model.signatures["embed"](windows=windows)["embedding"].numpy().tolist(),
-    "timeline_logits": timeline["logits"].numpy().tolist(),
-    "timeline_times": timeline["times"].numpy().tolist(),
+    "timeline": {name: value.numpy().tolist() for name, value in timeline.items()},
     "short": model.signatures["timeline"](waveform=tf.constant(waveform[:100]))["logits"].numpy().tolist(),
     "package_loaded": "audionet_tf" in sys.modules,
 }
+print(json.dumps(out))
+"""
+
+# Each loader with its defaults, as its users write it, in a process that imports nothing of this package.
+LOADERS = """
+import json, sys
+import numpy as np
+windows = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 640)).astype(np.float32)
+out = {}
+if sys.argv[2] == "tf.saved_model.load":
+    import tensorflow as tf
+    out["logits"] = tf.saved_model.load(sys.argv[1])(windows).numpy().tolist()
+elif sys.argv[2] == "keras.layers.TFSMLayer":
+    import keras
+    layer = keras.layers.TFSMLayer(sys.argv[1])
+    out["logits"] = np.asarray(layer(windows)).tolist()
+    inputs = keras.Input((640,))  # inside a functional model too
+    out["in_model"] = keras.Model(inputs, layer(inputs)).predict(windows, verbose=0).tolist()
+else:
+    import tensorflow_hub as hub
+    out["logits"] = hub.KerasLayer(sys.argv[1])(windows).numpy().tolist()
+out["windows"] = windows.tolist()
+out["package_loaded"] = "audionet_tf" in sys.modules
 print(json.dumps(out))
 """
 
@@ -123,18 +148,43 @@ def test_savedmodel_signatures_agree_with_the_keras_model(exported):
     pooled = embedding_model(model, "pooled")(windows[..., None], training=False).numpy()
     assert np.asarray(out["embed"]).shape == (3, 16)
     np.testing.assert_allclose(out["embed"], pooled, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(pooled).max()))
-    # timeline: window k is samples [640k, 640k + 640) (6 whole windows; the last 300 samples start none).
+    # timeline: window k is samples [640k, 640k + 640) (6 whole windows; the last 300 samples start none),
+    # with each window's logits, scores, embedding and time together.
     waveform = np.asarray(out["waveform"], np.float32)
-    assert len(out["timeline_logits"]) == 6
-    assert out["timeline_times"] == pytest.approx([0.04 * k for k in range(6)], abs=1e-6)
+    timeline = out["timeline"]
+    assert sorted(timeline) == ["embeddings", "logits", "scores", "times"] and len(timeline["logits"]) == 6
+    assert timeline["times"] == pytest.approx([0.04 * k for k in range(6)], abs=1e-6)
     framed = np.stack([waveform[640 * k:640 * k + 640] for k in range(6)])
-    assert relative_diff(out["timeline_logits"], model(framed[..., None], training=False).numpy()) <= 1e-5
+    framed_logits = model(framed[..., None], training=False).numpy()
+    assert relative_diff(timeline["logits"], framed_logits) <= 1e-5
     shifted = np.stack([waveform[640 * k + 1:640 * k + 641] for k in range(6)])  # a shift would show
-    assert relative_diff(out["timeline_logits"], model(shifted[..., None], training=False).numpy()) > 1e-3
+    assert relative_diff(timeline["logits"], model(shifted[..., None], training=False).numpy()) > 1e-3
+    framed_softmax = np.exp(framed_logits - framed_logits.max(1, keepdims=True))
+    np.testing.assert_allclose(timeline["scores"], framed_softmax / framed_softmax.sum(1, keepdims=True), atol=1e-6)
+    framed_pooled = embedding_model(model, "pooled")(framed[..., None], training=False).numpy()
+    np.testing.assert_allclose(timeline["embeddings"], framed_pooled, rtol=1e-5,
+                               atol=1e-5 * max(1.0, np.abs(framed_pooled).max()))
     # Shorter than one window: zero-padded to one window.
     padded = np.zeros((1, 640, 1), np.float32)
     padded[0, :100, 0] = waveform[:100]
     assert relative_diff(out["short"], model(padded, training=False).numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("loader", ["tf.saved_model.load", "keras.layers.TFSMLayer", "tensorflow_hub.KerasLayer"])
+def test_export_loads_by_convention(exported, loader):
+    """`tf.saved_model.load(path)(windows)`, `keras.layers.TFSMLayer(path)` and `tensorflow_hub.KerasLayer(path)`,
+    each with its defaults in a fresh process, give the Keras model's logits."""
+    result = subprocess.run([sys.executable, "-c", LOADERS, str(exported["export"]), loader], env=ENV,
+                            capture_output=True, text=True, timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["package_loaded"] is False
+    model = load_model(str(exported["run"] / "model.keras"))
+    expected = model(np.asarray(out["windows"], np.float32)[..., None], training=False).numpy()
+    assert np.asarray(out["logits"]).shape == (3, 8)
+    assert relative_diff(out["logits"], expected) <= 1e-5
+    if "in_model" in out:
+        assert relative_diff(out["in_model"], expected) <= 1e-5
 
 
 def test_litert_runs_both_tflite_files_and_int8_agrees_with_float(exported):
@@ -195,6 +245,48 @@ def test_predict_processes_good_files_and_names_the_bad_one(exported, tmp_path, 
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
 
 
+def test_predict_per_second_figures_average_the_windows_probabilities(exported, tmp_path, capsys):
+    out = tmp_path / "all.json"
+    assert predict_cmd.main([exported["b"], "--model", str(exported["export"]), "--top-k", "8", "--json",
+                             str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())[0]
+    probabilities = np.zeros((len(result["windows"]), 8))
+    for row, window in zip(probabilities, result["windows"]):
+        for entry in window["top"]:
+            row[entry["index"]] = entry["probability"]
+    seconds = np.floor([w["time"] for w in result["windows"]]).astype(int)
+    assert [s["second"] for s in result["seconds"]] == [0, 1]  # 1.5 s of audio
+    for second in result["seconds"]:
+        mean = probabilities[seconds == second["second"]].mean(axis=0)
+        got = {e["index"]: e["probability"] for e in second["top"]}
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+        for index, value in got.items():
+            assert value == pytest.approx(mean[index], abs=1e-6)
+        top = max(got, key=got.get)
+        assert f"{second['second']:4d} s  {second['top'][0]['class']} {got[top]:.2f}" in printed
+
+
+def test_predict_defaults_to_the_newest_export(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    now = time.time()
+    for age, name in ((100, "older"), (0, "newer"), (200, "oldest")):
+        shutil.copytree(exported["export"], tmp_path / "saved_models" / name)
+        labels = tmp_path / "saved_models" / name / "labels.txt"
+        labels.write_text("".join(f"{name} {line}\n" for line in labels.read_text().splitlines()))
+        os.utime(tmp_path / "saved_models" / name, (now - age, now - age))
+    out = tmp_path / "result.json"
+    assert predict_cmd.main([exported["a"], "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())[0]
+    assert result["model"] == os.path.join("saved_models", "newer")
+    assert all(w["top"][0]["class"].startswith("newer ") for w in result["windows"])
+    # With no export at all: one message saying how to make one.
+    monkeypatch.chdir(tmp_path / "saved_models")
+    capsys.readouterr()
+    assert predict_cmd.main([exported["a"]]) == 2
+    assert "no exported model under saved_models/" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda p: p.mkdir(), "not an export directory"),
     (lambda p: p.with_suffix(".tflite").write_bytes(b"TFL3" + b"\0" * 20), "TFLite"),
@@ -236,6 +328,62 @@ def test_embed_writes_npz_with_embeddings_and_timestamps(exported, tmp_path):
     assert conv["embedding"].shape == (99, 48) and conv["timestamps"][1] == pytest.approx(0.02)
 
 
+def test_embed_names_audio_shorter_than_one_window_and_goes_on(exported, tmp_path, capsys):
+    short = write_wav(tmp_path / "short.wav", 0.03, TONES[0])  # 480 samples, the window is 640
+    out = tmp_path / "emb"
+    assert embed_cmd.main([short, exported["a"], "--out", str(out), "--model", str(exported["export"])]) == 1
+    err = capsys.readouterr().err
+    assert f"{short}: 480 samples of audio, shorter than one window (640)" in err and "Traceback" not in err
+    assert sorted(os.listdir(out)) == ["a.npz"]
+    assert embed_cmd.main([short, "--out", str(out), "--model", str(exported["export"])]) == 1
+    assert "shorter than one window" in capsys.readouterr().err
+
+
+def test_export_command_from_a_run_and_from_a_keras_file_records_its_parity(exported, tmp_path, capsys):
+    """`python -m audionet_tf.export runs/NAME` (int8 calibrated on the run's dataset) and `MODEL.keras --labels`
+    (no dataset: dynamic-range int8 and random-noise windows); the parity figures are recomputed here."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    done = subprocess.run([sys.executable, "-m", "audionet_tf.export", str(exported["run"]), "--out",
+                           str(tmp_path / "from-run")], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "from-run" / "metadata.json").read_text())
+    assert meta["int8_quantization"] == "int8 (calibrated on dataset windows)"
+    assert meta["parity"]["windows_source"] == "dataset" and meta["parity"]["windows"] == 200
+    assert json.loads(done.stdout) == meta["parity"]
+    assert (tmp_path / "from-run" / "labels.txt").read_text() == (exported["export"] / "labels.txt").read_text()
+
+    labels = tmp_path / "names.txt"
+    labels.write_text("".join(f"name {i}\n" for i in range(8)))
+    out = tmp_path / "from-file"
+    assert export_cmd.main([str(exported["run"] / "model.keras"), "--out", str(out), "--labels", str(labels)]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["int8_quantization"] == "dynamic-range (no dataset at hand)"
+    assert meta["parity"]["windows_source"] == "random noise"
+    assert (out / "labels.txt").read_text() == labels.read_text()
+    # The figures, recomputed on the same windows (64 of noise from seed 0, as the export documents).
+    windows = (0.3 * np.random.default_rng(0).standard_normal((64, 640))).astype(np.float32)
+    expected = load_model(str(exported["run"] / "model.keras")).predict(windows[..., None], verbose=0)
+    logits = {}
+    for name in ("model.tflite", "model_int8.tflite"):
+        interpreter = Interpreter(model_path=str(out / name))
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, list(windows.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, windows)
+        interpreter.invoke()
+        logits[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    parity = meta["parity"]
+    assert parity["windows"] == 64 and parity["logits_scale"] == pytest.approx(max(1.0, np.abs(expected).max()))
+    assert parity["tflite_float_max_abs_diff"] == pytest.approx(relative_diff(logits["model.tflite"], expected),
+                                                                rel=1e-3)
+    assert parity["tflite_float_max_abs_diff"] <= 1e-5 and parity["savedmodel_max_abs_diff"] <= 1e-5
+    assert parity["int8_top1_agreement_with_float"] == float(
+        np.mean(logits["model_int8.tflite"].argmax(1) == logits["model.tflite"].argmax(1)))
+    assert (out / "model_int8.tflite").stat().st_size < 0.9 * (out / "model.tflite").stat().st_size  # quantised
+
+
 def test_embed_never_overwrites_silently(exported, tmp_path, capsys):
     out = tmp_path / "emb"
     assert embed_cmd.main([exported["a"], "--out", str(out), "--model", str(exported["export"])]) == 0
@@ -264,6 +412,121 @@ def test_embed_never_overwrites_silently(exported, tmp_path, capsys):
     assert np.load(out / "a.npz")["embedding"].shape == (99, 16)
 
 
+def whole_file_probabilities(student, path):
+    """The computation before streaming: the whole decoded file framed at once, batched from its first window."""
+    wave_ = read_audio(path, 16000)
+    windows = np.stack([wave_[s:s + 640] for s in range(0, len(wave_) - 639, 640)])
+    logits = np.concatenate([student.logits(windows[i:i + 256]) for i in range(0, len(windows), 256)])
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return windows, exp / exp.sum(axis=-1, keepdims=True)
+
+
+def test_predict_and_embed_stream_with_the_whole_files_results(exported, tmp_path):
+    """A 200 s recording is read in three chunks of windows (2,048 + 2,048 + 904; the first boundary falls
+    inside second 81): every window's top-k and every second's figures equal the whole-file computation's."""
+    from audionet_tf.serving import inference
+
+    rate, seconds = 16000, 200
+    t = np.arange(seconds * rate) / rate
+    tone = np.where((t // 7.3) % 2 == 0, TONES[0], TONES[1])  # the class changes every 7.3 s
+    rng = np.random.default_rng(2)
+    signal = 0.4 * np.sin(2 * np.pi * tone * t) + 0.05 * rng.standard_normal(len(t))
+    path = tmp_path / "long.wav"
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((signal * 32767).astype(np.int16).tobytes())
+    assert inference.CHUNK_WINDOWS == 2048
+    out = tmp_path / "long.json"
+    assert predict_cmd.main([str(path), "--model", str(exported["export"]), "--top-k", "3", "--json", str(out),
+                             "--quiet"]) == 0
+    result = json.loads(out.read_text())[0]
+    student = inference.load_student(str(exported["export"]))
+    windows, probabilities = whole_file_probabilities(student, str(path))
+    assert len(result["windows"]) == len(windows) == 5000 and result["duration"] == seconds
+    for k, window in enumerate(result["windows"]):
+        order = np.argsort(-probabilities[k])[:3]
+        assert window["time"] == k * 640 / 16000
+        assert [e["index"] for e in window["top"]] == order.tolist()
+        assert [e["probability"] for e in window["top"]] == [float(probabilities[k][i]) for i in order]
+    whole_seconds = np.floor(np.arange(len(windows)) * 0.04).astype(int)
+    assert [s["second"] for s in result["seconds"]] == list(range(seconds))
+    for entry in result["seconds"]:
+        mean = probabilities[whole_seconds == entry["second"]].mean(axis=0)
+        order = np.argsort(-mean)[:3]
+        assert [(e["index"], e["probability"]) for e in entry["top"]] == [(int(i), float(mean[i])) for i in order]
+    assert len({w["top"][0]["class"] for w in result["windows"]}) == 2  # both tones heard
+    # embed at a hop other than the window (20 ms: 9,999 windows, five chunks), pooled and conv.
+    for layer, model in (("pooled", exported["export"]), ("conv", exported["run"])):
+        assert embed_cmd.main([str(path), "--out", str(tmp_path / layer), "--model", str(model), "--layer", layer,
+                               "--hop-ms", "20"]) == 0
+        got = np.load(tmp_path / layer / "long.npz")
+        wave_ = read_audio(str(path), 16000)
+        starts = range(0, len(wave_) - 639, 320)
+        framed = np.stack([wave_[s:s + 640] for s in starts])
+        student = inference.load_student(str(model / "model.keras") if layer == "conv" else str(model))
+        run = student.embed if layer == "pooled" else lambda w: embed.conv_statistics(student.keras_model, w)
+        expected = np.concatenate([run(framed[i:i + 256]) for i in range(0, len(framed), 256)]).astype(np.float32)
+        assert got["embedding"].shape == expected.shape and len(expected) == 9999
+        np.testing.assert_array_equal(got["embedding"], expected)
+        np.testing.assert_allclose(got["timestamps"], np.arange(9999) * 0.02, atol=1e-4)
+
+
+# Runs a module as `python -m` does and reports the process's own VmHWM when it exits. (A child's
+# ru_maxrss from wait4 is no use here: Linux carries the parent's high-water mark across fork and exec,
+# so a child of a large pytest process reports at least the parent's peak.)
+PEAK = """
+import re, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+finally:
+    status = open("/proc/self/status").read()
+    sys.stderr.write("\\nVmHWM " + re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1) + "\\n")
+"""
+
+
+def peak_memory_mb(args, cwd):
+    """Run `python -m audionet_tf.<command> ...` in a fresh process; its peak resident memory (VmHWM) in MB."""
+    result = subprocess.run([sys.executable, "-c", PEAK, *args], env=ENV, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(re.findall(r"^VmHWM (\d+)$", result.stderr, flags=re.M)[-1]) / 1024
+
+
+@pytest.mark.slow
+def test_predict_and_embed_memory_is_flat_in_recording_length(tmp_path):
+    """10 and 60 minutes of 16 kHz noise through predict (1000 classes, every window's top-k to JSON) and
+    embed, each in a fresh process: peaks within 1.2x of each other, and under 1 GB for the hour."""
+    import keras
+
+    from audionet_tf.model.student import build_audionet
+    from audionet_tf.preparation.media import ffmpeg_exe
+    from audionet_tf.serving.export import export_model
+
+    keras.utils.set_random_seed(0)
+    export_model(build_audionet(None, 1000, input_scale=256.0), str(tmp_path / "export"),
+                 class_names=[f"class_{i}" for i in range(1000)])
+    peaks = {}
+    for minutes in (10, 60):
+        wav = tmp_path / f"noise{minutes}.wav"
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                        "anoisesrc=color=pink:amplitude=0.3:sample_rate=16000:seed=1", "-t", str(60 * minutes),
+                        "-ac", "1", "-c:a", "pcm_s16le", str(wav)], check=True, timeout=120)
+        peaks["predict", minutes] = peak_memory_mb(
+            ["audionet_tf.predict", str(wav), "--model", "export", "--quiet", "--json", f"p{minutes}.json"], tmp_path)
+        peaks["embed", minutes] = peak_memory_mb(
+            ["audionet_tf.embed", str(wav), "--model", "export", "--out", f"e{minutes}"], tmp_path)
+        wav.unlink()
+    print({f"{command} {minutes} min": f"{mb:.0f} MB" for (command, minutes), mb in peaks.items()})
+    assert len(json.loads((tmp_path / "p60.json").read_text())[0]["windows"]) == 90000
+    assert np.load(tmp_path / "e60" / "noise60.npz")["embedding"].shape == (90000, 16)
+    for command in ("predict", "embed"):
+        assert peaks[command, 60] <= 1.2 * peaks[command, 10], peaks
+        assert peaks[command, 60] < 1024, peaks
+
+
 @pytest.mark.parametrize("example", ["savedmodel_app.py", "litert_app.py", "tfsmlayer_app.py"])
 def test_export_page_snippets_run_and_are_on_the_page(exported, example):
     code = (ROOT / "examples" / example).read_text()
@@ -276,11 +539,12 @@ def test_export_page_snippets_run_and_are_on_the_page(exported, example):
                             env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip()
-    if example == "tfsmlayer_app.py":
-        assert re.search(r"\(50, 2\)", result.stdout)
+    if example == "tfsmlayer_app.py":  # TFSMLayer's default endpoint, then the features under a classifier
+        assert re.search(r"^\(3, 8\)$", result.stdout, flags=re.M) and re.search(r"\(50, 2\)", result.stdout)
     if example == "savedmodel_app.py":  # 50 timeline rows, all the tone's class (as predict finds it)
         rows = re.findall(r"^\s*(\d+\.\d\d) s  (.+)$", result.stdout, flags=re.M)
         assert len(rows) == 50 and float(rows[1][0]) == pytest.approx(0.04) and len({r[1] for r in rows}) == 1
+        assert "embeddings: (50, 16)" in result.stdout and "logits of two windows: (2, 8)" in result.stdout
     # b.wav is 44.1 kHz stereo: refused with its format and the expected one, not misread.
     refused = subprocess.run([sys.executable, usage.group(1), str(exported["export"]), exported["b"]],
                              env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)

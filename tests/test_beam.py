@@ -78,7 +78,7 @@ def test_direct_runner_resumes_grows_and_writes_the_same_examples(served, single
 
 def test_a_retried_bundle_does_not_duplicate_examples(served, single, tmp_path):
     """A bundle Beam retries runs the worker's group again: its second commit is ignored, then removed."""
-    from audionet_tf.preparation.beam import make_label_group
+    from audionet_tf.preparation.beam import make_group, make_label_group
     from audionet_tf.preparation.labelling import clip_key, holdout_ids
     from audionet_tf.preparation.manifest import clips_from_entries
 
@@ -88,11 +88,11 @@ def test_a_retried_bundle_does_not_duplicate_examples(served, single, tmp_path):
     listed = clips_from_entries(clips, "test")
     held_out = holdout_ids(listed, conf.prepare.holdout)
     keys = {c.id: clip_key(c, conf, c.id in held_out) for c in listed}
-    label = make_label_group(conf.to_dict(), sorted(held_out), keys, "imagenet", [])
+    label = make_label_group(conf.to_dict(), "imagenet", [])
     label.setup()
-    for group in ([c.to_dict() for c in listed[:2]], [c.to_dict() for c in listed[2:]]):
-        list(label.process({"clips": group}))
-    list(label.process({"clips": [c.to_dict() for c in listed[:2]]}))  # the retry of the first bundle
+    for group in (listed[:2], listed[2:]):
+        list(label.process(make_group(group, keys, held_out)))
+    list(label.process(make_group(listed[:2], keys, held_out)))  # the retry of the first bundle
     out = str(tmp_path / "beam")
     # red fills a 50-example shard, so the group commits in two steps, and so does its retry.
     assert len(commits.read_state(out).duplicates) == 2

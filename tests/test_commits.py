@@ -11,7 +11,9 @@ import time
 import pytest
 from committed import example_multiset
 from loopback import make_clip
+from writes import renames_left_unsynced_in_their_directory, renames_under, run_recording, unsynced_renames
 
+from audionet_tf.core.config import PrepareConfig
 from audionet_tf.core.errors import AudioNetError, DatasetError
 from audionet_tf.dataset import catalog, commits, reader, records
 from audionet_tf.commands import prepare as prepare_cmd
@@ -220,6 +222,115 @@ def test_torn_record_and_lost_shards_are_named_and_a_rerun_repairs_them(clip_lis
     assert example_multiset(out) == expected
 
 
+# Runs prepare and SIGKILLs it at the moment its new index replaces the old one: the new index is written in
+# full under its temporary name, and the rename is what the audit hook (raised before it runs) stops.
+KILL_AT_INDEX = """
+import os, runpy, signal, sys
+
+def kill_at_index(event, args):
+    if event == "os.rename" and os.path.basename(os.fsdecode(args[1])) == "index.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(kill_at_index)
+sys.argv[0] = "audionet_tf.prepare"
+runpy.run_module("audionet_tf.prepare", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_kill_while_the_index_is_written_leaves_the_older_index_and_readers_use_the_records(
+        clip_list, tmp_path, caplog):
+    first_four = os.path.join(os.path.dirname(clip_list), "first-four.csv")
+    with open(clip_list) as whole, open(first_four, "w") as part:
+        part.write("".join(whole.readlines()[:5]))
+    out, cache = tmp_path / "data", tmp_path / "cache"
+    runner.prepare(config_for(first_four, out, cache))
+    older = (out / commits.INDEX_FILE).read_bytes()
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_INDEX, *flags(clip_list, out, cache)], env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / commits.INDEX_FILE).read_bytes() == older
+    assert [n for n in os.listdir(out) if n.startswith(".index.json.")]  # the new one, never renamed
+    # Readers take the older index and the records it lacks: every clip, and say the run has not finished.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert len(committed_ok(out)) == 12
+    assert "its preparation has not finished (or is running); using the 12 clips committed so far" in caplog.text
+    assert "rerun the same prepare command" in caplog.text
+    check_consistent(out)
+    # The same command labels nothing and writes the new index.
+    summary = runner.prepare(config_for(clip_list, out, cache))
+    assert not summary.written and len(summary.skipped) == 12
+    assert len(json.loads((out / commits.INDEX_FILE).read_text())["commits"]) == commit_count(out) == 6
+    assert not [n for n in os.listdir(out) if n.startswith(".index.json.")]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        committed_ok(out)
+    assert "has not finished" not in caplog.text
+
+
+def test_a_resume_with_nothing_to_do_does_not_import_tensorflow(clip_list, tmp_path):
+    out, cache = tmp_path / "data", tmp_path / "cache"
+    runner.prepare(config_for(clip_list, out, cache))
+    # -X importtime lists every module the command imports, on stderr.
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "audionet_tf.prepare",
+                           *flags(clip_list, out, cache)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "audionet_tf.preparation.runner" in imported
+    assert not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
+    assert "12 already committed" in done.stderr and "0 to prepare" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_prepare_adding_clips_does_not_disturb_a_training_reading_the_dataset(clip_list, tmp_path):
+    """Training takes the shards committed when it starts; a prepare committing more clips meanwhile (and
+    removing files no record names) leaves it running to its end on what it took."""
+    first_four = os.path.join(os.path.dirname(clip_list), "first-four.csv")
+    with open(clip_list) as whole, open(first_four, "w") as part:
+        part.write("".join(whole.readlines()[:5]))
+    from audionet_tf.preparation.manifest import read_manifest
+
+    out, cache = tmp_path / "data", tmp_path / "cache"
+
+    def one_held_out(manifest):
+        # Held-out clips named outright: a fraction holds out at least one clip of a short list, and that forced
+        # choice can change as the list grows (a changed setting, which relabels the clip).
+        args = [*flags(manifest, out, cache), "--holdout", read_manifest(first_four)[0].id]
+        return prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args(args))
+
+    runner.prepare(one_held_out(first_four))
+    before = catalog.read_description(str(out))
+    training = subprocess.Popen(
+        [sys.executable, "-m", "audionet_tf.train", "--data", str(out), "--epochs", "60", "--batch-size", "8",
+         "--cache", "none", "--quiet", "--no-export", "--no-report", "--name", "reader", "--checkpoint-every", "1"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(training, lambda: (tmp_path / "runs" / "reader" / "backup" / "state.json").exists(), 240)
+        summary = runner.prepare(one_held_out(clip_list))
+        assert len(summary.written) == 8 and len(summary.skipped) == 4
+        assert training.poll() is None, "the training ended before the prepare did: nothing was tested"
+        err = training.communicate(timeout=600)[1]
+    finally:
+        training.kill()
+    assert training.returncode == 0, err[-3000:]
+    config = json.loads((tmp_path / "runs" / "reader" / "config.json").read_text())
+    assert config["dataset"]["train_examples"] == before.examples("train") < \
+        catalog.read_description(str(out)).examples("train")
+
+
+def test_commits_are_fsynced_before_their_rename(clip_list, tmp_path):
+    """A commit survives a power cut only if its shards and record reach the disk before the rename names them."""
+    out = tmp_path / "data"
+    done, events = run_recording("audionet_tf.prepare", flags(clip_list, out, tmp_path / "cache"),
+                                 str(tmp_path / "writes.json"), str(tmp_path), ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    renamed = [os.path.relpath(dst, out) for _, dst in renames_under(events, str(out))]
+    assert sum(n.startswith("commits" + os.sep) for n in renamed) == 6
+    assert sum(n.endswith(records.SHARD_SUFFIX) for n in renamed) == len(catalog.read_description(str(out)).shards)
+    assert unsynced_renames(events, str(out)) == []
+    assert renames_left_unsynced_in_their_directory(events, str(out)) == []
+
+
 def test_a_second_prepare_on_the_same_directory_is_refused_until_the_first_dies(clip_list, tmp_path):
     out = tmp_path / "data"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom audionet_tf.core.lock import DirectoryLock\n"
@@ -264,12 +375,36 @@ def test_a_full_disk_stops_with_one_message_and_keeps_every_committed_clip(clip_
         subprocess.run(["umount", str(mount)])
 
 
-@pytest.mark.slow
-def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
-    """A synthetic finished dataset (header + index, 12,500 commits of 16 clips): under 2 s and 500 MB."""
+def test_a_killed_prepare_left_its_index_at_most_index_every_records_behind(clip_list, tmp_path):
+    """The single-process launcher rewrites the index as it commits (every `--index-every` records, here 2): after
+    a SIGKILL the index, marked unfinished, names all but at most 2 of the commit records."""
+    out, log = tmp_path / "out", tmp_path / "prepare.log"
+    command = [sys.executable, "-c", SLOW_RENAMES, *flags(clip_list, out, tmp_path / "cache"), "--shard-clips", "1",
+               "--index-every", "2"]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, env=ENV, stdout=handle, stderr=subprocess.STDOUT)
+    commit_dir = out / commits.COMMITS_DIR
+
+    def records_now():
+        return {n for n in os.listdir(commit_dir) if n.endswith(".json")} if commit_dir.is_dir() else set()
+
+    try:
+        assert wait_for(process, lambda: len(records_now()) >= 7), log.read_text()[-2000:]
+    finally:
+        kill(process.pid)
+        process.wait()
+    index = json.loads((out / commits.INDEX_FILE).read_text())
+    assert index["finished"] is None
+    left_out = records_now() - set(index["commits"])
+    assert len(left_out) <= 2 and len(index["commits"]) >= 5, (sorted(left_out), sorted(index["commits"]))
+    check_consistent(out)
+
+
+def write_synthetic_dataset(directory) -> None:
+    """A finished dataset's header and index for 200,000 clips in 12,500 commits of 16 (no shards)."""
     spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
-    commits.write_header(str(tmp_path), spec, None, {"settings": {"teacher": "EfficientNetV2B0"}})
-    os.makedirs(tmp_path / "commits")
+    commits.write_header(str(directory), spec, None, {"settings": {"teacher": "EfficientNetV2B0"}})
+    os.makedirs(directory / "commits")
     accepted = []
     for g in range(12500):
         clips = [{"id": f"vid{g:05d}x{k:02d}_30000_10000", "url": f"https://www.youtube.com/watch?v=vid{g:05d}x{k:02d}",
@@ -279,11 +414,17 @@ def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
         shard = {"file": f"train-tok-{g:05d}.tfrecord", "split": "train", "examples": 4000, "sha256": "0" * 64,
                  "bytes": 4000 * 3400}
         name = f"c-20260101T000000000000-tok-{g:05d}.json"
-        (tmp_path / "commits" / name).write_text("")  # the listing is what the reader checks; the index holds them
+        (directory / "commits" / name).write_text("")  # the listing is what the reader checks; the index holds them
         accepted.append((name, {"format": commits.RECORD_FORMAT, "writer": "tok", "shards": [shard],
                                 "clips": clips}))
     state = commits.State(header=None, accepted=accepted)
-    commits.write_index(str(tmp_path), state, {"listed": 200000, "ok": 200000, "failed": 0})
+    commits.write_index(str(directory), state, {"listed": 200000, "ok": 200000, "failed": 0})
+
+
+@pytest.mark.slow
+def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
+    """A synthetic finished dataset (header + index, 12,500 commits of 16 clips): under 2 s and 500 MB."""
+    write_synthetic_dataset(tmp_path)
     # VmHWM: this process's peak resident memory (ru_maxrss would include the forking pytest's).
     script = ("import sys, time\nstart = time.perf_counter()\nfrom audionet_tf.dataset import catalog\n"
               "d = catalog.read_description(sys.argv[1])\nseconds = time.perf_counter() - start\n"
@@ -295,3 +436,64 @@ def test_a_description_of_200000_clips_loads_fast_and_small(tmp_path):
     clips, count, ok, seconds, peak_mb = result.stdout.split()
     assert (int(clips), int(count), int(ok)) == (200000, 200000 * 250, 200000)
     assert float(seconds) < 2.0 and float(peak_mb) < 500, (seconds, peak_mb)
+
+# A launcher that commits groups of 16 one-example clips until it is killed, keeping the index current.
+COMMITTER = """
+import sys
+import numpy as np
+from audionet_tf.dataset import commits, records
+out, every = sys.argv[1], int(sys.argv[2])
+spec = records.DatasetSpec(num_classes=1000, teacher="EfficientNetV2B0")
+keeper = commits.IndexKeeper(out, every)
+keeper.start()
+writer = commits.CommitWriter(out, shard_size=10 ** 6, shard_clips=16, on_commit=keeper.committed)
+window, logits = np.zeros(spec.window_samples, np.float32), np.zeros(1000, np.float32)
+for n in range(10 ** 9):
+    doc = {"id": f"new{n:07d}_0_10000", "url": f"https://example.org/new{n}.mp4", "start": 0.0, "duration": 10.0,
+           "label": "x", "row": n, "split": "train", "key": "0123456789abcdef", "status": "ok", "error": None,
+           "examples": 1}
+    writer.add(doc, spec, [window], [logits], [0.0], ["train"])
+"""
+# The first read after the kill: how many commit records it opens (an audit hook sees every open).
+FIRST_READ = """
+import sys, time
+opened = []
+sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" and "/commits/c-" in str(args[0])
+                 else None)
+start = time.perf_counter()
+from audionet_tf.dataset import catalog
+d = catalog.read_description(sys.argv[1])
+seconds = time.perf_counter() - start
+print(len(d.clips), len(opened), d.finished is None, seconds)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_200000_clip_run_is_first_read_through_its_index(tmp_path):
+    """A run growing a 200,000-clip dataset keeps its index current: after a SIGKILL, the first read opens at most
+    `prepare.index_every` commit records (128 by default), not every record since the run began."""
+    every = PrepareConfig().index_every
+    write_synthetic_dataset(tmp_path)
+    log = tmp_path / "committer.log"  # a file: a full pipe would stall the child
+    with open(log, "w") as handle:
+        child = subprocess.Popen([sys.executable, "-c", COMMITTER, str(tmp_path), str(every)], env=ENV,
+                                 stdout=handle, stderr=subprocess.STDOUT)
+    commit_dir = tmp_path / commits.COMMITS_DIR
+    deadline = time.monotonic() + 240
+    try:
+        while len(os.listdir(commit_dir)) < 12500 + 2 * every + every // 2:  # two rewrites, then some
+            assert child.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    committed = sum(1 for n in os.listdir(commit_dir) if n.endswith(".json")) - 12500
+    result = subprocess.run([sys.executable, "-c", FIRST_READ, str(tmp_path)], env=ENV, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    clips, opened, unfinished, seconds = result.stdout.split()
+    assert int(clips) == 200000 + 16 * committed and unfinished == "True"
+    # Without the rewrites it would open every record of the run (more than 2 * every).
+    assert int(opened) <= every, (opened, committed)
+    print(f"killed after {committed} new commits: first read opened {opened} records in {float(seconds):.2f} s")

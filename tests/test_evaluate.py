@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audionet_tf.commands import evaluate as evaluate_cmd, train
+from audionet_tf.commands import evaluate as evaluate_cmd, report as report_cmd, train
 from audionet_tf.core import config as cfg
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.dataset import reader
@@ -86,13 +86,23 @@ def test_distill_scores_only_held_out_clips_against_a_prior_baseline(run):
     assert (run_dir / "report" / "distill.json").is_file()
 
 
-def test_distill_folds_train_without_each_fold(run):
+def test_distill_folds_train_without_each_fold(run, tmp_path):
     work, run_dir = run
     result = evaluate.distill(str(run_dir), str(work / "data"), folds=3, epochs=2)
     per_fold = result["folds"]["per_fold"]
     assert len(per_fold) == 3
     assert sorted(c for f in per_fold for c in f["clips"]) == [f"synthetic_{i:04d}" for i in range(6)]
     assert 0 <= result["folds"]["summary"]["top1_agreement"]["mean"] <= 1
+    # Each clip its own tone and its own teacher class: a student that never saw its fold's clips never saw
+    # their classes either, so it cannot follow the teacher there (the teacher gives that class about e^8 times
+    # another's weight): KL far above that of a student that trained on those clips (under 1 after 3 epochs).
+    own = tmp_path / "own"
+    write_synthetic_dataset(str(own), clips=6, seconds=2.0, num_classes=8, kinds=6)
+    folds = evaluate.cross_validate(str(run_dir), str(own), 3, 3)["per_fold"]
+    assert [f["clips"] for f in folds] == [["synthetic_0000", "synthetic_0003"], ["synthetic_0001", "synthetic_0004"],
+                                           ["synthetic_0002", "synthetic_0005"]]
+    assert all(f["kl"] > 5 for f in folds), [f["kl"] for f in folds]
+    assert np.mean([f["top1_agreement"] for f in folds]) < 0.5
 
 
 def fold_accuracies(network, esc50, seed: int) -> tuple[list[float], dict[str, np.ndarray]]:
@@ -180,6 +190,15 @@ def test_transfer_on_class_folders_and_its_refusals(run, tmp_path, capsys):
     assert "a classifier needs two" in capsys.readouterr().err
 
 
+def table_rows(page: str, title: str) -> dict[str, dict[str, str]]:
+    """The rows of the page's table under the heading starting with `title`: first cell → {column: cell}."""
+    table = page[page.index(f"<h2>{title}"):]
+    table = table[:table.index("</table>")]
+    header = re.findall(r"<th>(.*?)</th>", table)
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(<td>.*?)</tr>", table)]
+    return {row[0]: dict(zip(header, row)) for row in cells}
+
+
 def test_report_page_shows_valid_pngs_per_clip_and_fold_tables_and_no_machine_paths(run, tmp_path):
     work, trained = run
     # A copy of the run: this test depends on no file another test writes into it.
@@ -193,14 +212,21 @@ def test_report_page_shows_valid_pngs_per_clip_and_fold_tables_and_no_machine_pa
     assert images.index("timeline-synthetic_0004.png") < images.index("timeline-synthetic_0000.png")
     for name in images:
         assert (run_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The per-clip table: each held-out clip with its agreement, computed here independently.
+    # The per-clip table: each held-out clip's row holds its agreement and its prior's, computed here independently.
     model = load_model(str(run_dir / "model.keras"))
     held = reader.load_arrays(str(work / "data"), "validation")
+    train_logits = reader.load_arrays(str(work / "data"), "train")["logits"]
+    train_probs = np.exp(train_logits - train_logits.max(1, keepdims=True))
+    prior_class = (train_probs / train_probs.sum(1, keepdims=True)).mean(0).argmax()
+    rows = table_rows(page, "Per clip")
+    assert sorted(rows) == ["synthetic_0004", "synthetic_0005"]
     for clip_id in ("synthetic_0004", "synthetic_0005"):
         mine = held["clip_id"] == clip_id
-        agree = np.mean(model.predict(held["audio"][mine][..., None], verbose=0).argmax(1)
-                        == held["logits"][mine].argmax(1))
-        assert re.search(rf"<td>{clip_id}</td>.*?<td>{agree:.1%}</td>", page)
+        teacher_top = held["logits"][mine].argmax(1)
+        agree = np.mean(model.predict(held["audio"][mine][..., None], verbose=0).argmax(1) == teacher_top)
+        assert rows[clip_id]["top-1 agreement"] == f"{agree:.1%}"
+        assert rows[clip_id]["prior baseline"] == f"{np.mean(teacher_top == prior_class):.1%}"
+        assert rows[clip_id]["windows"] == str(int(mine.sum()))
     assert "Per clip" in page and "folds over" not in page
     # With a K-fold result written by evaluate, the fold table appears too.
     evaluate.distill(str(run_dir), str(work / "data"), folds=2, epochs=1)
@@ -212,3 +238,16 @@ def test_report_page_shows_valid_pngs_per_clip_and_fold_tables_and_no_machine_pa
             text = written.read_text()
             for path in (str(tmp_path), str(work), os.path.abspath(str(work / "data"))):
                 assert path not in text, (written.name, path)
+
+
+def test_report_clips_draws_that_many_timelines_held_out_clips_first(run, tmp_path, capsys):
+    work, trained = run
+    run_dir = tmp_path / "copy" / "ev"
+    shutil.copytree(trained, run_dir)
+    assert report_cmd.main([str(run_dir), "--data", str(work / "data"), "--clips", "3"]) == 0
+    index = capsys.readouterr().out.strip().splitlines()[-1]
+    assert index == str(run_dir / "report" / "index.html")
+    page = Path(index).read_text()
+    timelines = [part.split("'")[0] for part in page.split("<img src='")[1:] if part.startswith("timeline-")]
+    assert timelines == ["timeline-synthetic_0004.png", "timeline-synthetic_0005.png", "timeline-synthetic_0000.png"]
+

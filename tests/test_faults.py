@@ -15,7 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
+from writes import renames_left_unsynced_in_their_directory, renames_under, run_recording, unsynced_renames
+
 from audionet_tf.commands import train
+from audionet_tf.core import config as cfg
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -99,27 +102,45 @@ def wait_for(predicate, process, seconds=240):
     return False
 
 
+# The train command, sending itself a real SIGTERM or SIGINT once `where` steps are trained: the stop then comes
+# at a known step, between two of the backups taken every 10 steps, so a stop that did not save would leave the run
+# at the older backup (an exact resume from there would still end in the uninterrupted state).
+SIGNAL_SCRIPT = """
+import os, signal, sys
+import keras
+from audionet_tf.commands import train
+signum, where = int(sys.argv[1]), int(sys.argv[2])
+
+class SignalAt(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == where:
+            os.kill(os.getpid(), signum)
+
+command_train = train.train
+train.train = lambda config, **kw: command_train(config, **{**kw, "extra_callbacks": [SignalAt()]})
+sys.exit(train.main(sys.argv[3:]))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_ctrl_c_saves_mid_epoch_and_the_same_command_ends_in_the_uninterrupted_state(
         dataset, tmp_path, uninterrupted, signum):
     args = flags(dataset, "term")
-    process = subprocess.Popen(command(*args), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: (newest(tmp_path, "term") or {}).get("iterations", 0) >= 20, process), \
-        "training ended before it could be stopped"
-    process.send_signal(signum)
-    err = process.communicate(timeout=120)[1]
-    assert process.returncode == EXIT_STOPPED, err[-3000:]
+    stopped = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, str(int(signum)), "37", *args], cwd=tmp_path,
+                             env=ENV, capture_output=True, text=True, timeout=300)
+    err = stopped.stderr
+    assert stopped.returncode == EXIT_STOPPED, err[-3000:]
     assert f"stopped by {signum.name}" in err and "run the same command to continue" in err
     assert "Traceback" not in err
+    # Saved where training was when the signal came: the signal is sent after step 37 (epoch 1, step 12) once
+    # the backup callback has seen that step, so the next step boundary, 38, saves; not the backup of step 35.
     saved = newest(tmp_path, "term")
-    assert saved["iterations"] == saved["epoch"] * 25 + saved["step"]
+    assert (saved["iterations"], saved["epoch"], saved["step"]) == (38, 1, 13), saved
     assert f"epoch {saved['epoch']}, step {saved['step']}" in err
     resumed = run(args, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    if saved["step"]:
-        assert f"continuing epoch {saved['epoch'] + 1} at step {saved['step']} of 25" in resumed.stderr
+    assert f"continuing epoch {saved['epoch'] + 1} at step {saved['step']} of 25" in resumed.stderr
     assert_same_state(saved_state(tmp_path / "runs" / "term" / "model.keras"), uninterrupted)
     history = (tmp_path / "runs" / "term" / "history.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in history] == [1, 2, 3, 4]
@@ -323,3 +344,118 @@ def test_backups_by_time_fall_inside_epochs(dataset, tmp_path):
     assert [(b["epoch"], b["step"]) for b in backups] == [(2, 0), (1, 24), (1, 23)]
     assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == sorted(
         [b["weights"] for b in backups] + ["state.json"])
+
+
+
+def test_a_whole_epoch_per_execution_is_cut_at_100_steps_so_backups_fall_inside_long_epochs(dataset, tmp_path):
+    """--steps-per-execution 0 (the default): an epoch of 200 steps runs as two executions of 100, and backups
+    (and a stop request) act at their boundary, not only at the epoch's end."""
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=dataset, epochs=1, batch_size=1, learning_rate=0.01, runs_dir=str(tmp_path / "runs"), name="cap",
+        export=False, report=False, quiet=True, cache="none", steps_per_execution=0, checkpoint_every=100,
+        backup_every_steps=1, keep_backups=3))
+    run_dir = train.train(config)
+    backups = json.loads(open(os.path.join(run_dir, "backup", "state.json")).read())["backups"]
+    assert [(b["epoch"], b["step"], b["iterations"]) for b in backups] == [(1, 0, 200), (0, 100, 100)]
+
+
+def test_an_unfinished_run_started_with_other_settings_is_refused_listing_the_differences(dataset, tmp_path,
+                                                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert train.main(flags(dataset, "changed", 1)) == 0
+    os.unlink(tmp_path / "runs" / "changed" / "metrics.json")  # as if killed before its end
+    before = sorted(os.listdir(tmp_path / "runs" / "changed"))
+    capsys.readouterr()
+    assert train.main(flags(dataset, "changed", 2, "--learning-rate", "0.02", "--batch-size", "10")) == 2
+    err = capsys.readouterr().err
+    assert "run runs/changed is unfinished and was started with other settings" in err
+    assert "train.batch_size: 8 then, 10 now" in err and "train.learning_rate: 0.01 then, 0.02 now" in err
+    assert "Traceback" not in err and sorted(os.listdir(tmp_path / "runs")) == ["changed"]
+    assert sorted(os.listdir(tmp_path / "runs" / "changed")) == before
+    # What may change on a resume (here the epochs) is no difference: the same command with more epochs goes on.
+    assert train.main(flags(dataset, "changed", 2)) == 0
+    history = (tmp_path / "runs" / "changed" / "history.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in history] == [1, 2]
+
+def test_backups_are_fsynced_before_their_rename(dataset, tmp_path):
+    """A backup survives a power cut only if its weights and state.json reach the disk before the rename names
+    them (a SIGKILL never loses the page cache, so the kill tests cannot see it)."""
+    done, events = run_recording("audionet_tf.train", flags(dataset, "sync", 1), str(tmp_path / "writes.json"),
+                                 str(tmp_path), ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    backup = tmp_path / "runs" / "sync" / "backup"
+    renamed = [os.path.basename(dst) for _, dst in renames_under(events, str(backup))]
+    # Backups after steps 10 and 20 and at the end of the epoch, each a weights file, then state.json.
+    assert renamed == ["epoch-000000-step-000000010.weights.h5", "state.json",
+                       "epoch-000000-step-000000020.weights.h5", "state.json",
+                       "epoch-000001-step-000000000.weights.h5", "state.json"], renamed
+    assert unsynced_renames(events, str(backup)) == []
+    assert renames_left_unsynced_in_their_directory(events, str(backup)) == []
+
+
+def _prepare_pipeline(path, clips):
+    entries = ",\n".join(f'  {{url = "{c}", start = 0, duration = 2, label = "{os.path.basename(c)[:-4]}"}}'
+                         for c in clips)
+    path.write_text(f'[prepare]\nteacher = "demo-colour"\nout = "data"\ncache_dir = "cache"\nholdout = "0"\n'
+                    f'shard_clips = 1\nclips = [\n{entries}\n]\n')
+    return str(path)
+
+
+def _prepare(pipeline, cwd, *extra):
+    return subprocess.run([sys.executable, "-m", "audionet_tf.prepare", "--pipeline", pipeline, "--quiet", *extra],
+                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _files(directory):
+    """Every file of a dataset but its locks (who holds them is written there): name -> (size, mtime)."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            if not (name.endswith(".lock") or ".readers" in os.path.relpath(path, directory)):
+                found[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+    return found
+
+
+@pytest.mark.slow
+def test_a_prepare_that_would_withdraw_shards_a_training_reads_is_refused_naming_it_and_adding_clips_is_not(
+        tmp_path):
+    from loopback import make_clip
+
+    red, blue, green = (make_clip(str(tmp_path / f"{c}.mp4"), 2.0, video=f"color=c={c}:s=32x24:rate=25")
+                        for c in ("red", "blue", "green"))
+    two = _prepare_pipeline(tmp_path / "two.toml", [red, blue])
+    first = _prepare(two, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    training = subprocess.Popen(command("--data", "data", "--epochs", "1000", "--batch-size", "8", "--quiet",
+                                        "--no-export", "--no-report", "--name", "reading", "--cache", "none",
+                                        "--backup-every-steps", "5", "--histogram-every", "1000"),
+                                cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: (newest(tmp_path, "reading") or {}).get("iterations", 0) >= 5, training), \
+            "the training did not start"
+        before = _files(tmp_path / "data")
+        # Every clip relabelled (--overwrite), or one clip's settings changed (held out now): both would delete
+        # shards the training streams. Refused, naming the training, and the dataset is left as it was.
+        blue_held = _prepare(two, tmp_path, "--holdout", "0.99")
+        for refused in (_prepare(two, tmp_path, "--overwrite"), blue_held):
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert "Traceback" not in refused.stderr
+            assert f"data is being read by process {training.pid}" in refused.stderr
+            assert "--name reading" in refused.stderr and "nothing was changed" in refused.stderr
+            assert _files(tmp_path / "data") == before
+        # Adding a clip to the dataset being read stays allowed, and the training goes on.
+        added = _prepare(_prepare_pipeline(tmp_path / "three.toml", [red, blue, green]), tmp_path)
+        assert added.returncode == 0, added.stderr[-3000:]
+        assert "written now: 1 clips; already there: 2" in added.stdout
+        steps = newest(tmp_path, "reading")["iterations"]
+        assert wait_for(lambda: newest(tmp_path, "reading")["iterations"] >= steps + 20, training), \
+            training.stderr.read()[-3000:] if training.poll() is not None else "the training stalled"
+    finally:
+        training.send_signal(signal.SIGTERM)
+        err = training.communicate(timeout=120)[1]
+    assert training.returncode == EXIT_STOPPED, err[-3000:]
+    # Once the training has ended, the same overwrite goes ahead.
+    again = _prepare(two, tmp_path, "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "written now: 2 clips" in again.stdout

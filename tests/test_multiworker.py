@@ -3,6 +3,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,6 @@ import h5py
 import numpy as np
 import pytest
 
-from audionet_tf.commands import train
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.model.student import load_model
 
@@ -53,23 +53,71 @@ def saved_state(path):
     return arrays
 
 
-def run_cluster(args, cwd, timeout=300) -> list[str]:
-    """Two workers of the train command on 127.0.0.1 ports: both must finish and end with the same weights.
-
-    Returns the workers' logs, the chief's first."""
+def start_cluster(args, cwd) -> list[subprocess.Popen]:
+    """Two workers of the train command on 127.0.0.1 ports, the chief first; each one's output goes to a file
+    (read back by `finish_cluster`), so a test can watch them while they run."""
     cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     workers = []
     for index in range(2):
         tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
+        output = open(os.path.join(cwd, f".worker-{index}-{time.time_ns()}.log"), "w+")
+        worker = subprocess.Popen(
             [sys.executable, "-m", "audionet_tf.train", *args, "--strategy", "multiworker"],
-            cwd=cwd, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    logs = [w.communicate(timeout=timeout)[0] for w in workers]
+            cwd=cwd, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=output, stderr=subprocess.STDOUT,
+            text=True)
+        worker.output = output
+        workers.append(worker)
+    return workers
+
+
+def finish_cluster(workers, timeout=300) -> list[str]:
+    """Wait for every worker; returns their logs, the chief's first."""
+    deadline = time.time() + timeout
+    try:
+        for worker in workers:
+            worker.wait(timeout=max(1.0, deadline - time.time()))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    logs = []
+    for worker in workers:
+        worker.output.seek(0)
+        logs.append(worker.output.read())
+        worker.output.close()
+    return logs
+
+
+def run_cluster(args, cwd, timeout=300, while_running=None) -> list[str]:
+    """Two workers of the train command on 127.0.0.1 ports: both must finish and end with the same weights.
+
+    `while_running(workers)` is called once both are started. Returns the workers' logs, the chief's first."""
+    workers = start_cluster(args, cwd)
+    if while_running is not None:
+        while_running(workers)
+    logs = finish_cluster(workers, timeout)
     assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
     assert digests[0] == digests[1]
     return logs
+
+
+def thread_count(pid: int) -> int | None:
+    """The process's thread count from /proc (None once it has ended)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+    except (OSError, StopIteration):
+        return None
+
+
+def history_epochs(path) -> int:
+    """Epochs in a run's history.csv so far (0 before the first)."""
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
 
 
 @pytest.mark.slow
@@ -208,3 +256,95 @@ def test_two_workers_train_on_a_dataset_with_held_out_clips_and_report_val_metri
     # The held-out figure is the model's agreement on the held-out clip, computed here independently.
     expected = float(np.mean(predicted.argmax(1) == val["logits"].argmax(1)))
     assert metrics["validation"]["top1_agreement"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_workers_train_on_a_streamed_dataset_split_by_file(tmp_path):
+    """--cache none: the dataset is not held in memory; each worker streams its own shards (the split itself is
+    checked batch by batch in test_stream_position), and the cluster trains and agrees."""
+    data = tmp_path / "data"
+    write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
+    common = ["--data", str(data), "--epochs", "2", "--batch-size", "64", "--learning-rate", "0.01", "--quiet",
+              "--no-export", "--no-report", "--seed", "7", "--cache", "none", "--name", "streamed"]
+    logs = run_cluster(common, tmp_path)
+    run = tmp_path / "runs" / "streamed"
+    assert json.loads((run / "config.json").read_text())["train"]["cache"] == "none"
+    assert len((run / "history.csv").read_text().splitlines()) == 3
+    assert all("Traceback" not in log for log in logs)
+
+
+def test_a_cluster_keeps_its_thread_count_flat_over_a_thousand_steps(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
+    # 200 windows at batch 8: 25 steps an epoch, each with its all-reduces. With a timeout on every collective
+    # (TensorFlow's CommunicationOptions, 60 s), each left a thread waiting it out and these same two workers
+    # aborted near 16,000 threads at about epoch 30; here the default settings must stay flat to the end.
+    epochs = 45
+    history = tmp_path / "runs" / "threads" / "history.csv"
+    samples: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+
+    def watch(workers):
+        while any(w.poll() is None for w in workers):
+            done = history_epochs(history)
+            for index, worker in enumerate(workers):
+                count = thread_count(worker.pid)
+                if count is not None:
+                    samples[index].append((done, count))
+            time.sleep(0.2)
+
+    run_cluster(["--data", str(data), "--epochs", str(epochs), "--batch-size", "8", "--quiet", "--no-export",
+                 "--no-report", "--name", "threads", "--histogram-every", "1000"], tmp_path, timeout=400,
+                while_running=watch)
+    assert history_epochs(history) == epochs
+    for index, seen in samples.items():
+        warm = [count for done, count in seen if done >= 3]  # after warm-up: every thread pool is made
+        late = [count for done, count in seen if epochs - 5 <= done < epochs]  # the last epochs, still training
+        assert warm and late, seen
+        assert max(late) <= warm[0] + 25, (index, warm[0], max(late), seen[-20:])
+
+
+@pytest.mark.slow
+def test_sigterm_to_any_worker_stops_the_cluster_at_one_step_and_the_same_commands_finish(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
+    # 25 steps an epoch, no backups but the ones the signals ask for (and the last).
+    args = ["--data", str(data), "--epochs", "6", "--batch-size", "8", "--quiet",
+            "--no-export", "--no-report", "--name", "cluster", "--checkpoint-every", "1000",
+            "--histogram-every", "1000", "--deterministic", "--seed", "3"]
+    run = tmp_path / "runs" / "cluster"
+    epochs_before = 0
+    for signalled in (1, 0):  # a worker first, then (in the resumed cluster) the chief
+        workers = start_cluster(args, tmp_path)
+        deadline = time.time() + 240
+        while history_epochs(run / "history.csv") < epochs_before + 1 and time.time() < deadline \
+                and all(w.poll() is None for w in workers):
+            time.sleep(0.05)
+        assert all(w.poll() is None for w in workers), "the cluster ended before it could be stopped"
+        workers[signalled].send_signal(signal.SIGTERM)
+        logs = finish_cluster(workers, timeout=180)
+        assert [w.returncode for w in workers] == [75, 75], logs[0][-3000:] + logs[1][-3000:]
+        assert all("Traceback" not in log for log in logs)
+        assert (run / "backup" / "state.json").is_file(), "the chief saved nothing: " + logs[0][-1500:]
+        saved = json.loads((run / "backup" / "state.json").read_text())["backups"][0]
+        # Every worker stopped on the signal (none lost its peer), at the chief's newest backup, naming the signal.
+        where = f"(epoch {saved['epoch']}, step {saved['step']}); run the same command to continue"
+        assert all("stopped: stopped by SIGTERM" in log and where in log for log in logs), \
+            logs[0][-1500:] + logs[1][-1500:]
+        assert f"SIGTERM to worker {signalled}" in logs[1 - signalled]
+        # ... which is the step they agreed on, not an earlier backup.
+        proposed = re.search(r"every worker stops after step (\d+)", logs[signalled])
+        assert proposed and saved["iterations"] == int(proposed.group(1)), (saved, logs[signalled][-3000:])
+        epochs_before = saved["epoch"]
+    logs = run_cluster(args, tmp_path)
+    assert all("resumed from runs/cluster/backup/" in log for log in logs)
+    epochs = [int(line.split(",")[0]) for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(1, 7))
+    # The state the twice-stopped cluster ends in is the one an uninterrupted process reaches.
+    single = [sys.executable, "-m", "audionet_tf.train", *[("single" if a == "cluster" else a) for a in args]]
+    reference = subprocess.run(single, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    resumed = saved_state(run / "model.keras")
+    alone = saved_state(tmp_path / "runs" / "single" / "model.keras")
+    assert sorted(resumed) == sorted(alone) and any("optimizer" in name for name in alone)
+    for name in alone:
+        np.testing.assert_allclose(resumed[name], alone[name], rtol=0, atol=1e-4, err_msg=name)

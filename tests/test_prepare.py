@@ -1,6 +1,12 @@
 """Data preparation with real ffmpeg, real yt-dlp over loopback, and offline teachers."""
+import dataclasses
+import functools
+import http.server
 import os
 import shutil
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -66,6 +72,66 @@ def test_a_missing_video_fails_with_its_reason(served, tmp_path):
     with pytest.raises(DownloadError, match="404"):
         Downloader(str(tmp_path / "cache"), retries=2, backoff_s=0.01).fetch(clip)
     assert server.requests[before:] == ["/removed.mp4"]  # asked once: a 404 is not retried
+
+
+class FlakyServer:
+    """A file server on 127.0.0.1 whose first requests fail as listed: "429" (Too Many Requests) or "drop" (the
+    connection closed without an answer); every request is logged with its time and fault."""
+
+    def __init__(self, directory: str, faults: list[str]):
+        self.faults, self.log = list(faults), []
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                fault = outer.faults.pop(0) if outer.faults else None
+                outer.log.append((time.monotonic(), self.path, fault))
+                if fault == "429":
+                    self.send_response(429)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=directory))
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_network_errors_and_http_429_are_retried_with_back_off(served, tmp_path):
+    _, root = served
+    server = FlakyServer(str(root), ["429", "drop", "429"])
+    try:
+        clip = clip_entry(f"{server.url}/tone.mp4", 0.5, 1.0, "red", "test")
+        got = Downloader(str(tmp_path / "cache"), retries=3, backoff_s=0.25, margin_s=0.2).fetch(clip)
+        assert os.path.isfile(got.path) and not got.cached
+        assert len(decode_clip(got.path, got.offset, 1.0, AudioConfig(), (24, 32)).frames) == 25
+        faulted = [t for t, _, fault in server.log if fault]
+        first_good = next(t for t, _, fault in server.log if not fault)
+        assert len(faulted) == 3 and all(path == "/tone.mp4" for _, path, _ in server.log)
+        # Waits of 0.25, 0.5 and 1 s: the back-off doubles after each failed attempt.
+        gaps = np.diff(faulted + [first_good])
+        assert all(gap >= wait - 0.05 for gap, wait in zip(gaps, (0.25, 0.5, 1.0))), gaps
+
+        # Retries run out: the clip fails with the last reason, after 1 + retries attempts.
+        server.faults, server.log = ["429"] * 5, []
+        other = clip_entry(f"{server.url}/tone.mp4", 1.0, 1.0, "red", "test")
+        with pytest.raises(DownloadError, match="429"):
+            Downloader(str(tmp_path / "cache"), retries=2, backoff_s=0.01, margin_s=0.2).fetch(other)
+        assert [fault for _, _, fault in server.log] == ["429"] * 3
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("make,seconds,message", [
@@ -163,6 +229,77 @@ def test_prepare_end_to_end_with_a_failure_a_rerun_and_overwrite(served, tmp_pat
         sorted(s.file for s in after.shards)
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Two one-second local clips (green, red) prepared with the demo teacher, one clip per commit."""
+    root = tmp_path_factory.mktemp("prepared")
+    clips = [{"url": make_clip(str(root / f"{c}.mp4"), 1.0, video=f"color=c={c}:size=32x24:rate=25"), "start": 0,
+              "duration": 1, "label": c} for c in ("green", "red")]
+    summary = runner.prepare(pipeline(root, clips, shard_clips=1))
+    assert len(summary.written) == 2
+    return root, clips
+
+
+def _teacher_file(path):
+    """A user's .keras teacher of the demo's classes (the mean colour against six prototypes, scaled differently)."""
+    import keras
+
+    from audionet_tf.preparation.teacher import DEMO_COLOURS
+
+    inputs = keras.Input((16, 16, 3))
+    dense = keras.layers.Dense(len(DEMO_COLOURS))
+    outputs = dense(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = keras.Model(inputs, outputs)
+    prototypes = np.array(list(DEMO_COLOURS.values()), np.float32)
+    dense.set_weights([10 * prototypes.T, -5 * np.sum(prototypes ** 2, axis=1)])
+    model.save(str(path))
+    (path.parent / "colours.txt").write_text("\n".join(DEMO_COLOURS) + "\n")
+    return {"teacher": str(path), "labels": str(path.parent / "colours.txt")}
+
+
+@pytest.mark.parametrize("change", ["window", "teacher", "formats", "held out", "nothing that shapes examples"])
+def test_a_rerun_with_a_changed_setting_relabels_the_committed_clips(prepared, tmp_path, change):
+    root, clips = prepared
+    shutil.copytree(root / "data", tmp_path / "data")
+    green, red = (clip_entry(c["url"], 0, 1, c["label"], "test").id for c in clips)
+    audio = AudioConfig()
+    values = {"shard_clips": 1}
+    if change == "window":
+        audio = AudioConfig(window_ms=80.0)
+    elif change == "teacher":
+        values.update(_teacher_file(tmp_path / "teacher.keras"))
+    elif change == "formats":
+        values.update(audio_format="float32", logits_format="float32")
+    elif change == "held out":
+        values.update(holdout=red)
+    else:
+        values.update(teacher_batch=7)  # how frames are batched, not what they become
+    config = cfg.PipelineConfig(audio=audio, prepare=dataclasses.replace(pipeline(tmp_path, clips).prepare, **values))
+    summary = runner.prepare(config)
+    relabelled = {"held out": [red], "nothing that shapes examples": []}.get(change, [green, red])
+    assert sorted(summary.written) == sorted(relabelled) and sorted(summary.skipped) == sorted({green, red} -
+                                                                                              set(relabelled))
+    description = catalog.read_description(str(tmp_path / "data"))
+    spec = description.spec
+    examples = {}
+    for shard in description.shards:
+        found = records.read_examples(str(tmp_path / "data" / shard.file), spec)
+        for clip_id, window, row in zip(found["clip_id"], found["audio"], found["logits"]):
+            examples.setdefault(clip_id, []).append((shard.split, window.shape, row.dtype))
+    assert sorted(examples) == sorted([green, red]) and all(len(v) == 25 for v in examples.values())
+    if change == "window":
+        assert spec.window_samples == 1280 and {e[1] for v in examples.values() for e in v} == {(1280,)}
+    if change == "teacher":
+        assert spec.teacher == "teacher.keras"
+    if change == "formats":
+        assert (spec.audio_format, spec.logits_format) == ("float32", "float32")
+        assert {e[2] for v in examples.values() for e in v} == {np.dtype(np.float32)}
+    splits = {cid: {e[0] for e in v} for cid, v in examples.items()}
+    assert splits == {green: {"train"}, red: {"validation" if change == "held out" else "train"}}
+    # Once relabelled, the same command finds everything done.
+    assert sorted(runner.prepare(config).skipped) == sorted([green, red])
+
+
 def test_strict_makes_a_failure_fatal_and_writes_nothing(served, tmp_path):
     server, _ = served
     clips = [{"url": f"{server.url}/gone.mp4", "start": 0, "duration": 2, "label": "gone"}]
@@ -187,7 +324,7 @@ def test_offline_seed_pipeline_lists_every_clip_and_never_loads_the_teacher(tmp_
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": str(tmp_path / "keras")}
     result = subprocess.run([sys.executable, "-m", "audionet_tf.train", "--pipeline", "seed.toml"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr[-3000:]
     clips = runner.list_clips(cfg.load_pipeline(str(tmp_path / "seed.toml")))
     assert len(clips) == 10
     for clip in clips:
@@ -247,18 +384,49 @@ def test_user_teachers_keras_and_savedmodel(tmp_path):
         load_teacher(str(tmp_path / "teacher.keras"), _write(tmp_path / "three.txt", "a\nb\nc\n"))
 
 
+def test_a_keras_teacher_with_a_lambda_layer_is_refused(tmp_path):
+    """A user's .keras teacher is loaded with safe_mode=True: a Lambda layer (Python bytecode in the file) is
+    refused with one message naming the file, before anything could run it."""
+    import keras
+
+    from audionet_tf.preparation.teacher import load_teacher
+
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(lambda x: x / 255)(inputs)))
+    keras.Model(inputs, outputs).save(str(tmp_path / "lambda.keras"))
+    with pytest.raises(AudioNetError, match="Lambda") as info:
+        load_teacher(str(tmp_path / "lambda.keras"))
+    assert f"teacher model {tmp_path / 'lambda.keras'}: cannot load it" in str(info.value)
+    assert "safe_mode" in str(info.value)
+
+
 def _write(path, text):
     path.write_text(text)
     return str(path)
 
 
-def test_registry_teacher_builds_offline_with_its_preprocessing():
+# One teacher whose preprocessing is inside the model (as EfficientNetV2B0's), one with Keras's caffe-style
+# function (as VGG16's).
+@pytest.mark.parametrize("name,module", [("MobileNetV3Large", "mobilenet_v3"), ("ResNet50", "resnet50")])
+def test_registry_teacher_builds_offline_with_its_preprocessing(name, module):
+    """Each registry teacher's logits are its Keras application's own on frames through that family's
+    `preprocess_input` (the same seed gives both networks the same random weights)."""
+    import keras
+
     from audionet_tf.preparation.teacher import load_teacher
 
-    teacher = load_teacher("MobileNetV3Large", weights=None, batch_size=2)
-    logits = teacher.logits(np.zeros((3, 224, 224, 3), np.uint8))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    keras.utils.set_random_seed(5)
+    teacher = load_teacher(name, weights=None, batch_size=2)
+    logits = teacher.logits(frames)
     assert logits.shape == (3, 1000) and np.isfinite(logits).all()
     assert teacher.class_names[0] == "tench" and len(teacher.class_names) == 1000
+    keras.utils.set_random_seed(5)
+    reference = getattr(keras.applications, name)(weights=None, classifier_activation=None, input_shape=(224, 224, 3))
+    preprocess = getattr(keras.applications, module).preprocess_input
+    expected = reference(preprocess(frames.astype(np.float32)), training=False).numpy()
+    # Relative to the logits' scale: random MobileNetV3 weights give logits near 1e-11.
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.slow
@@ -298,5 +466,11 @@ def test_holdout_fraction_is_deterministic_and_keeps_both_sides():
     assert len(runner.holdout_ids(clips[:2], "0.01")) == 1  # at least one held out
     assert len(runner.holdout_ids(clips[:2], "0.99")) == 1  # never all
     assert runner.holdout_ids(clips, "clip-3,clip-7") == {"clip-3", "clip-7"}
+    # The list grows (or is cut back): every clip keeps its side, so no held-out clip ever moves into training.
+    grown = clips + [Clip(id=f"clip-{i}", url=f"/x/{i}", start=0, duration=1) for i in range(20, 400)]
+    held = runner.holdout_ids(grown, "0.25")
+    assert held & {c.id for c in clips} == chosen
+    assert runner.holdout_ids(grown[:150], "0.25") == held & {c.id for c in grown[:150]}
+    assert 0.15 < len(held) / len(grown) < 0.35
     with pytest.raises(AudioNetError, match="not in the list"):
         runner.holdout_ids(clips, "clip-3,nope")

@@ -13,6 +13,7 @@ import pytest
 
 from audionet_tf.commands import train
 from audionet_tf.core import config as cfg
+from audionet_tf.core.errors import AudioNetError
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.model.student import load_model
 from audionet_tf.training import trainer
@@ -180,6 +181,24 @@ def test_missing_data_directory_says_how_to_make_it(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_worker_waiting_for_the_chief_to_prepare_the_dataset_gives_up_after_dataset_wait_s(tmp_path):
+    """A worker that is not the chief waits for the dataset (missing, or unfinished: no index says it is done)
+    at most train.dataset_wait_s, then stops with one message saying what to do."""
+    config = cfg.PipelineConfig(
+        train=cfg.TrainConfig(dataset_wait_s=1.0),
+        prepare=cfg.PrepareConfig(out=str(tmp_path / "data"), teacher="demo-colour",
+                                  clips=({"url": str(tmp_path / "never.mp4"), "start": 0, "duration": 1},)))
+    for state in ("missing", "unfinished"):
+        if state == "unfinished":
+            write_synthetic_dataset(str(tmp_path / "data"), clips=2, seconds=1.0, num_classes=4, kinds=2)
+            os.unlink(tmp_path / "data" / "index.json")
+        start = time.monotonic()
+        with pytest.raises(AudioNetError, match=r"was not ready after 1 s \(train.dataset_wait_s\)") as info:
+            trainer.ensure_dataset(config, prepare=lambda c: pytest.fail("only the chief prepares"), chief=False)
+        assert "python -m audionet_tf.prepare" in str(info.value) and str(tmp_path / "data") in str(info.value)
+        assert 1.0 <= time.monotonic() - start < 10, state
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(dataset, tmp_path):
     import keras
 
@@ -238,7 +257,7 @@ import json, sys
 import keras
 import numpy as np
 from audionet_tf.core import config as cfg
-from audionet_tf.training import trainer
+from audionet_tf.commands import train
 from audionet_tf.model.student import load_model
 data, runs = sys.argv[1], sys.argv[2]
 

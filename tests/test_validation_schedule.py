@@ -3,11 +3,14 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from audionet_tf.commands import train
 from audionet_tf.core import config as cfg
+from audionet_tf.dataset.records import DatasetSpec
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from audionet_tf.dataset.writer import DatasetWriter
 from audionet_tf.evaluation import report
 from audionet_tf.training import trainer
 
@@ -64,10 +67,57 @@ def test_a_run_logs_held_out_metrics_on_the_scheduled_epochs_and_its_report_plot
     assert report.plot_history(str(run / "history.csv"), str(out)) == str(out / "curves.png")
 
 
+def misleading_dataset(path):
+    """Three training tones, each its own teacher class; the held-out clip plays the first tone under the second
+    tone's class, so the better the student learns the training clips, the worse it does on the held-out one."""
+    spec = DatasetSpec(sample_rate=16000, window_samples=640, frame_period_ms=40.0, num_classes=4, teacher="test")
+    writer = DatasetWriter(str(path), spec, shard_size=50)
+    rng = np.random.default_rng(0)
+    starts = np.arange(25) * 640
+    t = np.arange(26 * 640) / 16000
+    clips = []
+    for c, (hz, cls, split) in enumerate([(220, 0, "train"), (520, 1, "train"), (1230, 2, "train"),
+                                          (220, 1, "validation")]):
+        audio = (0.5 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+        logits = rng.normal(size=(25, 4)).astype(np.float32)
+        logits[:, cls] += 8.0
+        writer.add(split, np.stack([audio[s:s + 640] for s in starts]), logits, f"clip{c}", starts / 16000)
+        clips.append({"id": f"clip{c}", "url": None, "start": 0.0, "duration": 1.0, "label": str(cls), "split": split,
+                      "status": "ok", "error": None, "examples": 25, "key": f"clip{c}"})
+    writer.finish(clips=clips, class_names=["a", "b", "c", "d"])
+
+
+def test_best_keras_is_the_checkpoint_with_the_lowest_held_out_kl(tmp_path):
+    import keras
+
+    from audionet_tf.dataset import reader
+    from audionet_tf.model.student import load_model
+
+    misleading_dataset(tmp_path / "data")
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=str(tmp_path / "data"), epochs=5, batch_size=32, learning_rate=0.01, validate_every=1,
+        checkpoint_every=1, runs_dir=str(tmp_path / "runs"), name="best", export=False, report=False, quiet=True))
+    run = tmp_path / "runs" / "best"
+    train.train(config)
+    with open(run / "history.csv", newline="") as handle:
+        val_kl = {int(r["epoch"]): float(r["val_kl"]) for r in csv.DictReader(handle)}
+    lowest = min(val_kl, key=val_kl.get)
+    assert lowest < 5, val_kl  # the held-out KL rose as training went on: the best is not the last
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert best["epoch"] == lowest and best["val_kl"] == pytest.approx(val_kl[lowest])
+    # The file holds that epoch's student: its held-out KL, computed here, is the one logged then.
+    held = reader.load_arrays(str(tmp_path / "data"), "validation")
+    student = load_model(str(run / "checkpoints" / "best.keras")).predict(held["audio"][..., None], verbose=0)
+    teacher = keras.ops.convert_to_numpy(keras.ops.softmax(held["logits"].astype(np.float32)))
+    log_student = keras.ops.convert_to_numpy(keras.ops.log_softmax(student))
+    kl = np.mean(np.sum(teacher * (np.log(teacher) - log_student), axis=1))
+    assert kl == pytest.approx(val_kl[lowest], rel=1e-3)
+
+
 REPLICA_VALIDATION = """
 import json, sys
 from audionet_tf.core import config as cfg
-from audionet_tf.training import trainer
+from audionet_tf.commands import train
 data, runs = sys.argv[1], sys.argv[2]
 result = {}
 for devices in (4, 1):

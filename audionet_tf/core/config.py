@@ -92,7 +92,10 @@ class TrainConfig:
     temperature: float = 1.0
     devices: int | None = None  # None: every visible GPU, or one CPU replica
     strategy: str = "mirrored"  # mirrored | multiworker
-    collective_timeout_s: float = 60.0  # multiworker: the others fail this long after a worker dies
+    # multiworker: a worker that sends no heartbeat for this long (dead, frozen, unreachable) is
+    # lost, and the others stop with exit status 75. A heartbeat timeout of TensorFlow's
+    # coordination service, not a timeout on each collective (those leaked a thread each).
+    collective_timeout_s: float = 60.0
     name: str | None = None  # run name; None: the pipeline file's or the dataset directory's name
     runs_dir: str = "runs"
     export_dir: str = "saved_models"
@@ -172,6 +175,7 @@ class PrepareConfig:
     frame_fit: str = "crop"  # frames to the teacher's size: crop (keep aspect, centre crop) | squash | letterbox
     shard_size: int = 1024  # examples per shard
     shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
+    chunk_frames: int = 256  # a longer clip is decoded, labelled and written this many frames at a time
     audio_format: str = "int16"  # int16 | float32
     logits_format: str = "float16"  # float16 | float32
     retries: int = 3
@@ -180,17 +184,20 @@ class PrepareConfig:
     overwrite: bool = False
     demo: bool = False  # make the offline demo clips instead of downloading
     runner: str | None = None  # Apache Beam runner; None: single process
+    index_every: int = 128  # commit records between rewrites of the index while a run commits; 0: only at its end
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "prepare.out", "must name a directory")
         _check(self.teacher_batch >= 1, "prepare.teacher_batch", f"must be at least 1, got {self.teacher_batch}")
         _check(self.shard_size >= 1, "prepare.shard_size", f"must be at least 1, got {self.shard_size}")
+        _check(self.chunk_frames >= 1, "prepare.chunk_frames", f"must be at least 1, got {self.chunk_frames}")
         _check(self.shard_clips >= 1, "prepare.shard_clips", f"must be at least 1, got {self.shard_clips}")
         _check(self.audio_format in ("int16", "float32"), "prepare.audio_format",
                f"must be 'int16' or 'float32', got {self.audio_format!r}")
         _check(self.logits_format in ("float16", "float32"), "prepare.logits_format",
                f"must be 'float16' or 'float32', got {self.logits_format!r}")
         _check(self.retries >= 0, "prepare.retries", f"must be 0 or more, got {self.retries}")
+        _check(self.index_every >= 0, "prepare.index_every", f"must be 0 or more, got {self.index_every}")
         _check(self.margin_s >= 0, "prepare.margin_s", f"must be 0 or more, got {self.margin_s}")
         _check(self.holdout_at in ("end", "start", "middle"), "prepare.holdout_at",
                f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")

@@ -128,3 +128,144 @@ def describe_owner(owner: dict[str, Any]) -> str:
     if owner.get("command"):
         text += f" ({owner['command']})"
     return text
+
+
+# Readers of a directory against a writer that withdraws files (prepare --overwrite on a dataset that
+# a training reads). Each reader holds a shared `flock` on READERS_LOCK for as long as it reads,
+# and an exclusive one on its own file in READERS_DIR that says who it is; a withdrawing writer
+# needs READERS_LOCK exclusively, so it waits for no one: it either gets it (no reader) or names
+# the readers and stops. Like DirectoryLock, the kernel drops both locks when a process dies.
+READERS_LOCK = ".readers.lock"
+READERS_DIR = ".readers"
+
+
+class ReadLease:
+    """A reader's hold on `directory`: while it lasts, a `WithdrawGuard` on the directory is refused, naming it."""
+
+    def __init__(self, directory: str, what: str = "read"):
+        self.directory = directory
+        self.what = what
+        self.path: str | None = None
+        self._own: int | None = None
+        self._shared: int | None = None
+
+    def acquire(self) -> "ReadLease":
+        """Register as a reader, or raise `LockHeld` naming the process withdrawing files from the directory."""
+        if self._shared is not None:
+            return self
+        readers = os.path.join(self.directory, READERS_DIR)
+        os.makedirs(readers, exist_ok=True)
+        # Who this reader is goes first: a writer that finds the shared lock held can always name it.
+        self.path = os.path.join(readers, f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.json")
+        self._own = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(self._own, fcntl.LOCK_EX)
+        os.pwrite(self._own, (json.dumps(_owner(self.what)) + "\n").encode(), 0)
+        gate = os.path.join(self.directory, READERS_LOCK)
+        try:
+            self._shared = os.open(gate, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._shared, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.release()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise LockHeld(f"{self.directory} is being rewritten by {describe_owner(read_owner(gate))}; "
+                           f"it would withdraw files this reads: wait for it to finish") from None
+        return self
+
+    def release(self) -> None:
+        """Stop reading: the registration file goes, and the locks with the descriptors."""
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
+        for fd in (self._own, self._shared):
+            if fd is not None:
+                os.close(fd)
+        self._own = self._shared = None
+
+    def __enter__(self) -> "ReadLease":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class WithdrawGuard:
+    """Held by a writer while it withdraws files of `directory`: refused while any `ReadLease` on it lasts."""
+
+    def __init__(self, directory: str, what: str = "rewritten"):
+        self.directory = directory
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> "WithdrawGuard":
+        """Take the guard, or raise `LockHeld` naming every live reader; never waits."""
+        if self._fd is not None:
+            return self
+        gate = os.path.join(self.directory, READERS_LOCK)
+        fd = os.open(gate, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise AudioNetError(f"cannot lock {gate}: {exc.strerror or exc}") from None
+            owners = "; ".join(describe_owner(o) for o in live_readers(self.directory)) or "another process"
+            raise LockHeld(f"{self.directory} is being read by {owners}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(_owner(self.what)) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Let readers in again."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "WithdrawGuard":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def live_readers(directory: str) -> list[dict[str, Any]]:
+    """Who holds a `ReadLease` on `directory` now; the files of readers that died are removed."""
+    readers = os.path.join(directory, READERS_DIR)
+    try:
+        names = sorted(os.listdir(readers))
+    except OSError:
+        return []
+    live = []
+    for name in names:
+        path = os.path.join(readers, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            live.append(read_owner(path))
+        else:
+            try:
+                os.unlink(path)  # its reader died without releasing it
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+    return live
+
+
+def _owner(what: str) -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv)[:500], "doing": what}

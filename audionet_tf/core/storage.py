@@ -1,6 +1,7 @@
 """One file-system layer for dataset directories: local paths, and `gs://`, `s3://`, `ram://` URLs.
 
-Local paths use the operating system (temporary name, fsync, rename). Any other path goes
+Local paths use the operating system (temporary name, fsync, rename, fsync of the directory, so
+that the new name too survives a power cut). Any other path goes
 through TensorFlow's `tf.io.gfile` (GCS built in, `ram://` in memory, others through
 TensorFlow's file-system plugins), or through Apache Beam's `FileSystems` once a Beam run
 has called `use_beam_filesystems()` (Beam's GCS and S3 clients, configured by its pipeline
@@ -119,6 +120,15 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+def fsync_directory(directory: str) -> None:
+    """Make the names a local directory holds durable (a rename is on disk once its directory is synced)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
     """Write a whole file so that a reader sees all of it or nothing (temp + fsync + rename locally).
 
@@ -141,6 +151,8 @@ def write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
             if fsync:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if fsync:
+            fsync_directory(directory)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -175,6 +187,7 @@ class _LocalShardFile(io.RawIOBase):
         os.fsync(self._handle.fileno())
         self._handle.close()
         os.replace(self.tmp, self.path)
+        fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         super().close()
 
     def discard(self) -> None:

@@ -39,7 +39,7 @@ def read_description(directory: str) -> Description:
     if not description.shards:
         raise DatasetError(f"{directory} has no committed examples yet; {RERUN}")
     if description.finished is None:
-        ok = sum(1 for c in description.clips if c.ok)
+        ok = state.ok_count()
         log.warning("dataset %s: its preparation has not finished (or is running); using the %d clips committed "
                     "so far; %s", directory, ok, RERUN)
     return description

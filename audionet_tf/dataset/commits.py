@@ -8,8 +8,9 @@ A dataset directory holds, besides its shards:
                              one commit record per closed group of shards: the shard files
                              (split, example count, bytes, SHA-256) and every clip they hold
                              (entry, settings key, split, outcome); failed clips too
-    index.json               all commit records at the time a run finished (a cache: the
-                             records stay the truth)
+    index.json               the commit records as of the last time the index was written (a
+                             cache: the records stay the truth): at the end of a run, and while
+                             it runs every `prepare.index_every` commits (`IndexKeeper`)
 
 A writer closes its open shards (renamed to their final names), then writes the commit
 record (temporary name + rename locally; a write-once object on object stores). Only clips
@@ -32,12 +33,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from audionet_tf.core import storage
 from audionet_tf.core.errors import DatasetError
+from audionet_tf.core.lock import LockHeld, WithdrawGuard
 from audionet_tf.dataset import records
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,12 @@ class State:
             for doc in record["clips"]:
                 (ok if doc.get("status") == "ok" else failed)[doc["id"]] = doc
         return list(ok.values()) + [d for i, d in failed.items() if i not in ok]
+
+    def ok_count(self) -> int:
+        """How many clips are committed (without decoding the index's clips)."""
+        if self.lines is not None:
+            return sum(1 for line in self.lines if _line_head(line)[1] == "ok")
+        return sum(1 for d in self.clip_docs() if d.get("status") == "ok")
 
     def materialise(self) -> None:
         """Decode the index's clips into their commit records (for a run that changes the dataset)."""
@@ -153,6 +161,10 @@ def read_state(directory: str) -> State:
         state.accepted = [(n, dict(record)) for n, record in cached.items()]
         state.lines = lines
         return state
+    if index is not None and all(n in present for n in cached):
+        # A running (or killed) run: the index plus the records committed since, the index's clips undecoded.
+        _add_unindexed(state, directory, cached, lines, unindexed)
+        return state
     records_by_name: dict[str, dict[str, Any]] = {}
     if index is not None:
         kept = State(header=None, accepted=[(n, dict(r)) for n, r in cached.items()], lines=lines)
@@ -177,6 +189,63 @@ def read_state(directory: str) -> State:
         claimed.update(ok_ids)
         state.accepted.append((name, record))
     return state
+
+
+def clip_line(doc: dict[str, Any]) -> bytes:
+    """A clip's index line: id and status first, so a reader can tell them without decoding the line."""
+    return json.dumps({"id": doc["id"], "status": doc.get("status"), **doc}, separators=(",", ":")).encode()
+
+
+def _line_head(line: bytes) -> tuple[str, str | None]:
+    """A clip line's id and status, read without decoding the line when it starts as `clip_line` writes it."""
+    if line.startswith(b'{"id":"'):
+        end = line.find(b'"', 7)
+        clip_id = line[7:end]
+        if b"\\" not in clip_id and line.startswith(b'","status":"', end):
+            status = line[end + 12:end + 14]
+            if status == b"ok" and line.startswith(b'",', end + 14):
+                return clip_id.decode(), "ok"
+            if line.startswith(b'failed"', end + 12):
+                return clip_id.decode(), "failed"
+    doc = json.loads(line)  # a line of an older index, or an id with escapes
+    return doc["id"], doc.get("status")
+
+
+def _add_unindexed(state: State, directory: str, cached: dict[str, Any], lines: list[bytes],
+                   unindexed: list[str]) -> None:
+    """The index's commits and clips (lines kept undecoded) plus the records committed after it, resolved
+    as `read_state` does: a record claiming a clip the index (or an earlier record) holds is a duplicate."""
+    heads = [_line_head(line) for line in lines]
+    claimed = {clip_id for clip_id, status in heads if status == "ok"}
+    position = {clip_id: k for k, (clip_id, _) in enumerate(heads)}
+    state.accepted = [(n, dict(record)) for n, record in cached.items()]
+    added: dict[str, dict[str, Any]] = {}
+    dropped: set[int] = set()
+    commit_dir = storage.join(directory, COMMITS_DIR)
+    for name in unindexed:
+        path = storage.join(commit_dir, name)
+        try:
+            record = _parse_record(storage.read_text(path), path, name)
+        except DatasetError as exc:
+            state.torn[name] = str(exc)
+            continue
+        except OSError as exc:
+            state.torn[name] = f"commit record {path} cannot be read ({exc})"
+            continue
+        ok_ids = [d["id"] for d in record["clips"] if d.get("status") == "ok"]
+        if claimed.intersection(ok_ids):
+            state.duplicates.append((name, record))
+            continue
+        claimed.update(ok_ids)
+        state.accepted.append((name, record))
+        for doc in record["clips"]:
+            clip_id = doc["id"]
+            if doc.get("status") != "ok" and clip_id in claimed:
+                continue  # a clip committed elsewhere stays committed; its failure here is forgotten
+            added[clip_id] = doc  # a committed clip, or the latest failure
+            if clip_id in position:
+                dropped.add(position[clip_id])
+    state.lines = [line for k, line in enumerate(lines) if k not in dropped] + [clip_line(d) for d in added.values()]
 
 
 def write_record(directory: str, name: str, shards: Sequence[records.ShardInfo],
@@ -228,7 +297,7 @@ def write_index(directory: str, state: State, finished: dict[str, Any] | None) -
             for doc in record["clips"]:
                 doc.setdefault("commit", name)
     docs = state.clip_docs()
-    lines = state.lines if state.lines is not None else [json.dumps(d, separators=(",", ":")).encode() for d in docs]
+    lines = state.lines if state.lines is not None else [clip_line(d) for d in docs]
     clips_file = f"index-clips-{new_token()}.jsonl"
     storage.write_bytes(storage.join(directory, clips_file), b"\n".join(lines) + b"\n")
     doc = {"format": "audionet-index/2", "finished": finished, "clips_file": clips_file, "clip_count": len(lines),
@@ -285,8 +354,10 @@ class CommitWriter:
     `shard_size` examples, and by `commit()`; a clip's examples never span two commits.
     """
 
-    def __init__(self, directory: str, shard_size: int = 1024, shard_clips: int = 16, token: str | None = None):
+    def __init__(self, directory: str, shard_size: int = 1024, shard_clips: int = 16, token: str | None = None,
+                 on_commit: Callable[[str], None] | None = None):
         self.directory = directory
+        self.on_commit = on_commit
         self.shard_size = shard_size
         self.shard_clips = shard_clips
         self.token = token or new_token()
@@ -294,20 +365,49 @@ class CommitWriter:
         self._open: dict[str, ShardWriter] = {}
         self._docs: list[dict[str, Any]] = []
         self._count = 0
+        self._partial: str | None = None  # a clip whose parts are written and whose record is not yet added
 
     def add(self, doc: dict[str, Any], spec: records.DatasetSpec | None = None, windows: Any = None,
             logits: Any = None, times: Any = None, splits: Any = None) -> None:
-        """Add one clip: its record, and for a labelled clip its examples (split per example)."""
-        if doc.get("status") == "ok":
-            for window, row, t, split in zip(windows, logits, times, splits):
-                if split not in self._open:
-                    self._open[split] = ShardWriter(self.directory, f"{split}-{self.token}-{self._count:05d}"
-                                                    f"{records.SHARD_SUFFIX}", split)
-                self._open[split].write(records.make_example(window, row, doc["id"], float(t), spec))
+        """Add one clip: its record, and for a labelled clip its examples (split per example) unless they came
+        by `add_part`; a failed clip's parts are dropped."""
+        if self._partial is not None:
+            if doc["id"] != self._partial:
+                raise ValueError(f"clip {self._partial} has parts written but no record; got {doc['id']}")
+            self._partial = None
+            if doc.get("status") != "ok":
+                self._drop_open()  # the open shards hold this clip's parts alone (see add_part)
+        elif doc.get("status") == "ok":
+            self._write(doc["id"], spec, windows, logits, times, splits)
         self._docs.append(doc)
         full = any(w.count >= self.shard_size for w in self._open.values())
         if full or len(self._docs) >= self.shard_clips:
             self.commit()
+
+    def add_part(self, clip_id: str, spec: records.DatasetSpec, windows: Any, logits: Any, times: Any,
+                 splits: Any) -> None:
+        """Write some of a long clip's examples now; its record follows with `add` after its last part.
+
+        The clip's examples go into shards of their own (the group before it is committed first),
+        so that a clip that fails half-way is dropped without touching any other clip."""
+        if self._partial != clip_id:
+            if self._partial is not None:
+                raise ValueError(f"clip {self._partial} has parts written but no record; got parts of {clip_id}")
+            self.commit()
+            self._partial = clip_id
+        self._write(clip_id, spec, windows, logits, times, splits)
+
+    def _write(self, clip_id: str, spec, windows, logits, times, splits) -> None:
+        for window, row, t, split in zip(windows, logits, times, splits):
+            if split not in self._open:
+                self._open[split] = ShardWriter(self.directory, f"{split}-{self.token}-{self._count:05d}"
+                                                f"{records.SHARD_SUFFIX}", split)
+            self._open[split].write(records.make_example(window, row, clip_id, float(t), spec))
+
+    def _drop_open(self) -> None:
+        for writer in self._open.values():
+            writer.abort()
+        self._open.clear()
 
     def commit(self) -> dict[str, Any] | None:
         """Close the open shards and write their commit record; returns it (None when there was nothing)."""
@@ -318,15 +418,16 @@ class CommitWriter:
         name = commit_name(self.token, self._count)
         record = write_record(self.directory, name, shards, self._docs, self.token)
         self.committed.append((name, record))
+        if self.on_commit is not None:
+            self.on_commit(name)
         self._docs, self._count = [], self._count + 1
         return record
 
     def abort(self) -> None:
         """Drop the open shards and the clips not yet committed."""
-        for writer in self._open.values():
-            writer.abort()
-        self._open.clear()
+        self._drop_open()
         self._docs = []
+        self._partial = None
 
 
 def split_counts(splits: Sequence[str]) -> dict[str, int]:
@@ -360,6 +461,8 @@ def plan(directory: str, keys: dict[str, str], overwrite: bool = False, clean: b
         log.warning("%s: withdrawn; its clips are labelled again", why)
         withdrawn.append(name)
     done: set[str] = set()
+    withdrawals: list[tuple[str, list[str]]] = []
+    relabelled = 0
     for name, record in state.accepted:
         problem = _shard_problem(directory, record, state.listing)
         ok = [d for d in record["clips"] if d.get("status") == "ok"]
@@ -369,12 +472,30 @@ def plan(directory: str, keys: dict[str, str], overwrite: bool = False, clean: b
                         storage.join(directory, COMMITS_DIR, name), problem, len(ok))
         if problem or stale or not ok:  # a record of failures only: those clips are tried again
             withdrawn.append(name)
-            retire(directory, [name], [s["file"] for s in record["shards"] if not problem])
+            withdrawals.append((name, [s["file"] for s in record["shards"] if not problem]))
+            relabelled += 0 if problem else len(stale)
             continue
         done.update(d["id"] for d in ok)
-    retire(directory, [n for n in withdrawn if n in state.torn])
-    if clean:
-        remove_orphans(directory)
+    # Withdrawn shards vanish under a training that reads them: refused while one does (a local
+    # directory: `clean`; object stores have no locks), before anything is changed.
+    guard = WithdrawGuard(directory) if clean and any(files for _, files in withdrawals) else None
+    if guard is not None:
+        try:
+            guard.acquire()
+        except LockHeld as exc:
+            why = "--overwrite" if overwrite else "their entries or settings changed"
+            raise LockHeld(f"{exc}, and this prepare would withdraw {relabelled} committed clips ({why}) and delete "
+                           f"their shards under it; nothing was changed; wait for that to finish or stop it, "
+                           f"or prepare into another directory") from None
+    try:
+        for name, files in withdrawals:
+            retire(directory, [name], files)
+        retire(directory, [n for n in withdrawn if n in state.torn])
+        if clean:
+            remove_orphans(directory)
+    finally:
+        if guard is not None:
+            guard.release()
     return done
 
 
@@ -408,3 +529,63 @@ def finalise(directory: str, listed: int, clean: bool = True) -> State:
     if state.header is not None:
         write_index(directory, state, finished)
     return state
+
+
+class IndexKeeper:
+    """Keeps the index current while a run commits: rewritten once `every` commit records are missing from it.
+
+    Only the launcher that holds the output runs it (never a worker): it lists and opens commit
+    records, never a shard. A reader after a killed run then opens the index and at most about
+    `every` records, whatever the dataset's size. `every` 0: the index is written only at the end.
+    """
+
+    def __init__(self, directory: str, every: int):
+        self.directory = directory
+        self.every = every
+        self.indexed: set[str] = set()  # records the last index covered (or that it left out on purpose)
+        self.pending: set[str] = set()  # records committed since
+        self.refreshes = 0
+
+    def start(self) -> None:
+        """Take stock (after `plan`): what a killed run left out of the index counts as pending."""
+        if not self.every:
+            return
+        state = read_state(self.directory)
+        cached = set((state.index or {}).get("commits", {}))
+        names = {n for n, _ in state.accepted + state.duplicates} | set(state.torn)
+        self.indexed, self.pending = names & cached, names - cached
+        if cached - names:  # the index names records `plan` withdrew: every reader would open every record
+            self.refresh()
+        else:
+            self._maybe_refresh()
+
+    def committed(self, name: str) -> None:
+        """One commit record written by this process (the single-process launcher's writer)."""
+        if self.every:
+            self.pending.add(name)
+            self._maybe_refresh()
+
+    def poll(self) -> None:
+        """Look for records other processes committed (the Beam launcher's workers): one listing."""
+        if not self.every:
+            return
+        listed = {n for n in storage.list_sizes(storage.join(self.directory, COMMITS_DIR))
+                  if n.startswith(COMMIT_PREFIX) and n.endswith(".json")}
+        self.pending |= listed - self.indexed
+        self._maybe_refresh()
+
+    def _maybe_refresh(self) -> None:
+        if len(self.pending) >= self.every:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Rewrite the index from the commit records now there (marked unfinished)."""
+        state = read_state(self.directory)
+        if state.header is None:
+            return
+        write_index(self.directory, state, None)
+        # Duplicates and torn records are never indexed; counting them as covered stops a rewrite per poll.
+        self.indexed = {n for n, _ in state.accepted + state.duplicates} | set(state.torn)
+        self.pending -= self.indexed
+        self.refreshes += 1
+        log.debug("index of %s rewritten: %d commit records", self.directory, len(state.accepted))

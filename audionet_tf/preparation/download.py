@@ -14,7 +14,9 @@ import logging
 import os
 import re
 import shutil
+import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -54,12 +56,12 @@ def deno_path() -> str | None:
         return shutil.which("deno")
 
 
-def ffmpeg_dir(cache_dir: str) -> str:
+def ffmpeg_dir(cache_dir: str, target: str | None = None) -> str:
     """A directory holding `ffmpeg` (a link to imageio-ffmpeg's binary, whose own file name yt-dlp
     does not recognise), to pass to yt-dlp as `ffmpeg_location`."""
     folder = os.path.join(cache_dir, ".bin")
     link = os.path.join(folder, "ffmpeg")
-    target = ffmpeg_exe()
+    target = target or ffmpeg_exe()
     if os.path.realpath(link) != os.path.realpath(target):
         os.makedirs(folder, exist_ok=True)
         tmp = f"{link}.{uuid.uuid4().hex}.tmp"
@@ -78,6 +80,42 @@ class Downloader:
         self.margin_s = margin_s
         self.backoff_s = backoff_s
         self.quiet = quiet
+        # What is the same for every download is found here, before downloads start in several threads:
+        # CPython 3.11 fills `sysconfig`'s variables without a lock, and the deno wheel's lookup reads them.
+        sysconfig.get_config_vars()
+        self.runtime = deno_path()
+        self.ffmpeg = ffmpeg_exe()
+        self._tools: str | None = None
+        self._tools_lock = threading.Lock()
+
+    def tools(self) -> str:
+        """The directory yt-dlp gets as `ffmpeg_location`, made on the first download (and put first on PATH)."""
+        with self._tools_lock:
+            if self._tools is None:
+                tools = ffmpeg_dir(self.cache_dir, self.ffmpeg)
+                # yt-dlp decides whether sections can be cut by looking for ffmpeg on PATH, before it
+                # reads `ffmpeg_location`: put the linked binary first on this process's PATH.
+                if tools not in os.environ.get("PATH", "").split(os.pathsep):
+                    os.environ["PATH"] = tools + os.pathsep + os.environ.get("PATH", "")
+                self._tools = tools
+            return self._tools
+
+    def options(self, clip: Clip, work: str) -> dict:
+        """yt-dlp's options for downloading a clip's section into the directory `work`."""
+        from yt_dlp.utils import download_range_func
+
+        begin, end = self.section(clip)
+        return {
+            "outtmpl": {"default": os.path.join(work, "section.%(ext)s")},
+            "format": "b[vcodec!=none][acodec!=none]/bv*+ba/b",
+            "merge_output_format": "mp4",
+            "download_ranges": download_range_func(None, [(begin, end)]),
+            "force_keyframes_at_cuts": True,
+            "ffmpeg_location": self.tools(),
+            "quiet": self.quiet, "no_warnings": self.quiet, "noprogress": True,
+            "noplaylist": True, "socket_timeout": 30, "retries": 0, "overwrites": True,
+            "js_runtimes": {"deno": {"path": self.runtime}} if self.runtime else {"deno": {}},
+        }
 
     def section(self, clip: Clip) -> tuple[float, float]:
         """The downloaded section [begin, end) in seconds of the video."""
@@ -116,30 +154,11 @@ class Downloader:
 
     def _download(self, clip: Clip, path: str) -> None:
         import yt_dlp
-        from yt_dlp.utils import download_range_func
 
-        begin, end = self.section(clip)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         work = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(path))
-        runtime = deno_path()
-        tools = ffmpeg_dir(self.cache_dir)
-        # yt-dlp decides whether sections can be cut by looking for ffmpeg on PATH, before it
-        # reads `ffmpeg_location`: put the linked binary first on this process's PATH.
-        if tools not in os.environ.get("PATH", "").split(os.pathsep):
-            os.environ["PATH"] = tools + os.pathsep + os.environ.get("PATH", "")
-        options = {
-            "outtmpl": {"default": os.path.join(work, "section.%(ext)s")},
-            "format": "b[vcodec!=none][acodec!=none]/bv*+ba/b",
-            "merge_output_format": "mp4",
-            "download_ranges": download_range_func(None, [(begin, end)]),
-            "force_keyframes_at_cuts": True,
-            "ffmpeg_location": tools,
-            "quiet": self.quiet, "no_warnings": self.quiet, "noprogress": True,
-            "noplaylist": True, "socket_timeout": 30, "retries": 0, "overwrites": True,
-            "js_runtimes": {"deno": {"path": runtime}} if runtime else {"deno": {}},
-        }
         try:
-            with yt_dlp.YoutubeDL(options) as ydl:
+            with yt_dlp.YoutubeDL(self.options(clip, work)) as ydl:
                 ydl.download([clip.url])
             produced = [f for f in os.listdir(work) if f.startswith("section.") and not f.endswith(".part")]
             if not produced:

@@ -1,21 +1,27 @@
 """The labelling core: one clip → its examples (windows, teacher logits, times, split per example) and outcome.
 
-Both runners call it: `prepare` (one process, downloads overlapping labelling) and
-`beam_prepare` (clips spread over Beam workers). The teacher is loaded on first use, when
+Both runners call it: `runner` (one process) and `beam` (clips spread over Beam workers), through
+`Labeller.label_clips`: downloads run ahead, a background thread decodes clips in chunks, and the
+teacher labels fixed-size batches that run across clip boundaries. The teacher is loaded on first use, when
 the first clip has been downloaded, so a list whose clips all fail to download ends with
 the per-clip reasons and never waits for (or fails on) the teacher's weights.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
+import queue
+import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -72,7 +78,8 @@ def settings(config: cfg.PipelineConfig) -> dict[str, Any]:
 
 @dataclass
 class Labelled:
-    """One clip's outcome: its record, and when it is labelled its examples."""
+    """One clip's outcome: its record, and for a clip labelled whole its examples (a clip longer than one
+    chunk comes as `Part`s first, and its `Labelled` carries no examples)."""
 
     doc: dict[str, Any]
     windows: np.ndarray | None = None
@@ -84,6 +91,91 @@ class Labelled:
     def ok(self) -> bool:
         """Whether the clip was labelled."""
         return self.doc["status"] == "ok"
+
+
+@dataclass
+class Part:
+    """Labelled examples of one chunk of a clip longer than `prepare.chunk_frames` frames."""
+
+    clip_id: str
+    windows: np.ndarray
+    logits: np.ndarray
+    times: np.ndarray
+    splits: np.ndarray
+
+
+# A part-filled batch waits this long for the next clip's frames, then runs padded, so that a slow
+# download does not hold back the commit of the clips before it.
+FLUSH_AFTER_S = 2.0
+# Decoded chunks waiting for the teacher: enough to keep it busy, few enough to bound memory.
+QUEUED_CHUNKS = 3
+_FULL_DISK = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system", re.I)
+
+
+def run_fault(exc: BaseException) -> bool:
+    """Whether an error met while fetching or decoding a clip stops the run: the teacher cannot load, memory or
+    the disk is full. Anything else is that clip's failure."""
+    if isinstance(exc, (TeacherError, MemoryError)) or not isinstance(exc, Exception):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return isinstance(exc, AudioNetError) and bool(_FULL_DISK.search(str(exc)))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A clip's failure as its record says it: our own errors by their message, others by type and message."""
+    if isinstance(exc, (AudioNetError, OSError)):
+        return str(exc)
+    return f"unexpected {type(exc).__name__} while fetching or decoding it: {exc}"
+
+
+class _Top:
+    """The teacher's top class counts on a clip's training and held-out frames, gathered chunk by chunk."""
+
+    def __init__(self):
+        self.counts: dict[str, np.ndarray] = {}
+
+    def add(self, logits: np.ndarray, splits: np.ndarray) -> None:
+        top = logits.argmax(axis=1) if len(logits) else np.zeros(0, int)
+        for part in (split_lib.TRAIN, split_lib.VALIDATION):
+            mine = top[splits == part]
+            counts = np.bincount(mine, minlength=logits.shape[1])
+            self.counts[part] = self.counts[part] + counts if part in self.counts else counts
+
+    def doc(self) -> dict:
+        out: dict = {}
+        for part in (split_lib.TRAIN, split_lib.VALIDATION):
+            counts = self.counts.get(part)
+            out[part] = int(counts.argmax()) if counts is not None and counts.sum() else None
+            if part == split_lib.TRAIN:
+                out["train_classes"] = [] if counts is None else [int(c) for c in np.flatnonzero(counts)]
+        return out
+
+
+class _ClipState:
+    """A clip in flight between the decoder and the writer."""
+
+    def __init__(self, clip: Clip, streamed: bool):
+        self.clip = clip
+        self.streamed = streamed
+        self.times = self.splits = self.held_part = None
+        self.slots: collections.deque = collections.deque()
+        self.parts: list[Part] = []
+        self.top = _Top()
+        self.examples = 0
+        self.ended = False
+        self.error: BaseException | None = None
+
+
+class _Slot:
+    """One decoded chunk waiting for its logits."""
+
+    def __init__(self, state: _ClipState, chunk, num_classes: int):
+        self.state = state
+        self.chunk = chunk
+        self.copied = 0
+        self.filled = 0
+        self.logits = np.empty((len(chunk.frames), num_classes), np.float32)
 
 
 class Labeller:
@@ -99,9 +191,11 @@ class Labeller:
         self.keys = keys
         self.weights = weights
         self.time_split = split_lib.parse_time_split(pc.holdout_part, pc.holdout_at)
+        # Resolved here, before any download thread starts (see `download.Downloader`).
         self.downloader = download.Downloader(pc.cache_dir, retries=pc.retries, margin_s=pc.margin_s)
         self._teacher = None
         self._lock = threading.Lock()
+        self._header = False
 
     @property
     def loaded(self) -> bool:
@@ -128,47 +222,210 @@ class Labeller:
         """The dataset spec (loads the teacher)."""
         return dataset_spec(self.config, self.teacher)
 
-    def fetch(self, clip: Clip):
-        """Download (or find) and decode a clip: the part that overlaps labelling."""
-        from audionet_tf.preparation import media
-
-        got = self.downloader.fetch(clip)
-        return media.decode_clip(got.path, got.offset, clip.duration, self.config.audio, self.teacher.input_size,
-                                 self.config.prepare.frame_fit)
-
     def doc(self, clip: Clip) -> dict[str, Any]:
         """A clip's record before its outcome is known."""
         split = "validation" if clip.id in self.held_out else "time" if self.time_split else "train"
         return {**clip.to_dict(), "split": split, "key": self.keys[clip.id]}
 
-    def label(self, clip: Clip, decoded) -> Labelled:
-        """A decoded clip's examples and record."""
-        from audionet_tf.preparation import media
-
-        ac = self.config.audio
-        logits = self.teacher.logits(decoded.frames)
-        windows = media.frame_windows(decoded.audio, len(decoded.frames), ac)
-        times = np.asarray(decoded.times)
-        splits, held_part = assign_splits(clip, times, self.held_out, ac, self.time_split)
-        kept = splits != None  # noqa: E711  (guard frames: no split, not written)
-        doc = {**self.doc(clip), "status": "ok", "error": None, "examples": int(kept.sum()),
-               "teacher_top": split_lib.top_classes(logits, list(splits))}
-        if held_part is not None:
-            doc["held_out_part"] = held_part
-        return Labelled(doc, windows[kept], logits[kept], times[kept], splits[kept])
-
     def failed(self, clip: Clip, error: BaseException) -> Labelled:
         """The record of a clip that could not be labelled."""
-        return Labelled({**self.doc(clip), "status": "failed", "error": str(error), "examples": 0})
+        return Labelled({**self.doc(clip), "status": "failed", "error": failure_reason(error), "examples": 0})
 
-    def run(self, clip: Clip) -> Labelled:
-        """Fetch, decode and label one clip; a clip-level failure is its outcome, not an exception."""
+    def frame_count(self, clip: Clip) -> int:
+        """How many frames (and examples before guards are dropped) a clip gives."""
+        return int(round(clip.duration * self.config.audio.frames_per_second))
+
+    def label_clips(self, clips: Sequence[Clip], ahead: int = 2) -> Iterator[Part | Labelled]:
+        """Every clip's outcome, in order: `ahead` clips download at once while a background thread decodes
+        in chunks and the teacher labels full batches that run across clip boundaries.
+
+        A clip of more than `prepare.chunk_frames` frames comes as `Part`s then its `Labelled`; a shorter
+        one as its `Labelled` with its examples. A clip's failure is its `Labelled`; a fault of the run
+        (`run_fault`) is raised."""
+        work: queue.Queue = queue.Queue(maxsize=QUEUED_CHUNKS)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._decode_all, args=(list(clips), ahead, work, stop),
+                                    name="audionet-decode", daemon=True)
+        producer.start()
         try:
-            return self.label(clip, self.fetch(clip))
-        except TeacherError:
-            raise
-        except (AudioNetError, OSError) as exc:  # OSError: an unreadable cache file
-            return self.failed(clip, exc)
+            yield from self._label_queue(list(clips), work)
+        finally:
+            stop.set()
+            producer.join(timeout=10)
+
+    def _decode_all(self, clips: list[Clip], ahead: int, work: queue.Queue, stop: threading.Event) -> None:
+        """The producer: downloads (`ahead` at once) and decodes clips in order into `work`."""
+        from audionet_tf.preparation import media
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    work.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        pc, ac = self.config.prepare, self.config.audio
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, ahead), thread_name_prefix="audionet-fetch")
+        try:
+            futures = {i: pool.submit(self.downloader.fetch, clip) for i, clip in enumerate(clips[:ahead])}
+            for index, clip in enumerate(clips):
+                if index + ahead < len(clips):
+                    futures[index + ahead] = pool.submit(self.downloader.fetch, clips[index + ahead])
+                try:
+                    got = futures.pop(index).result()
+                    size = self.teacher.input_size
+                    count = self.frame_count(clip)
+                    times = np.arange(count) * (ac.frame_period_ms / 1000.0)
+                    splits, held_part = assign_splits(clip, times, self.held_out, ac, self.time_split)
+                    if not put(("start", index, (times, splits, held_part))):
+                        return
+                    with contextlib.closing(media.stream_clip(got.path, got.offset, clip.duration, ac, size,
+                                                              pc.frame_fit, pc.chunk_frames)) as chunks:
+                        for chunk in chunks:
+                            if not put(("chunk", index, chunk)):
+                                return
+                    item = ("end", index, None)
+                except BaseException as exc:  # sorted out here: a clip's failure, or the run's
+                    if run_fault(exc):
+                        put(("fault", index, exc))
+                        return
+                    log.debug("clip %s failed", clip.id, exc_info=True)
+                    item = ("failed", index, exc)
+                if not put(item):
+                    return
+            put(("done", None, None))
+        except BaseException as exc:  # outside any one clip: the consumer must not wait for ever
+            put(("fault", None, exc))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _label_queue(self, clips: list[Clip], work: queue.Queue) -> Iterator[Part | Labelled]:
+        """The consumer: fills fixed-size batches from the decoded chunks, runs the teacher, hands out outcomes."""
+        pc = self.config.prepare
+        states: dict[int, _ClipState] = {}
+        waiting: collections.deque = collections.deque()  # slots whose frames are not all in a batch yet
+        batch: np.ndarray | None = None
+        segments: list[tuple[_Slot, int, int, int]] = []  # (slot, its first frame, batch row, frames)
+        fill, head = 0, 0
+
+        def run_batch() -> None:
+            nonlocal fill
+            logits = self.teacher.forward(batch)
+            for slot, first, row, n in segments:
+                slot.logits[first:first + n] = logits[row:row + n]
+                slot.filled += n
+            segments.clear()
+            fill = 0
+
+        def ready() -> Iterator[Part | Labelled]:
+            nonlocal head
+            while head < len(clips) and head in states:
+                state = states[head]
+                if state.error is not None:
+                    yield self.failed(state.clip, state.error)
+                elif state.slots and state.slots[0].filled == len(state.slots[0].chunk.frames):
+                    part = self._part(state, state.slots.popleft())
+                    if state.streamed:
+                        yield part
+                    else:
+                        state.parts.append(part)
+                    continue
+                elif state.ended and not state.slots:
+                    yield self._labelled(state)
+                else:
+                    return
+                del states[head]
+                head += 1
+
+        while True:
+            try:
+                kind, index, value = work.get(timeout=FLUSH_AFTER_S)
+            except queue.Empty:
+                if fill:  # the decoder is slow (a download): label what is there
+                    run_batch()
+                    yield from ready()
+                continue
+            if kind == "done":
+                break
+            if kind == "fault":
+                if isinstance(value, AudioNetError):
+                    raise value
+                where = f"clip {clips[index].id}: " if index is not None else "decoding: "
+                raise AudioNetError(f"{where}{type(value).__name__}: {value}; the run cannot go on (the clips "
+                                    f"committed so far are kept: rerun the same command)") from value
+            state = states.setdefault(index, _ClipState(clips[index], self.frame_count(clips[index])
+                                                        > pc.chunk_frames))
+            if kind == "start":
+                state.times, state.splits, state.held_part = value
+            elif kind == "chunk":
+                slot = _Slot(state, value, self.teacher.num_classes)
+                state.slots.append(slot)
+                waiting.append(slot)
+            elif kind == "end":
+                state.ended = True
+            else:
+                state.error = value
+            while waiting:
+                slot = waiting[0]
+                if slot.state.error is not None:  # its clip failed later on: no need to label the rest
+                    waiting.popleft()
+                    continue
+                if batch is None:
+                    batch = np.zeros((self.teacher.batch_size, *slot.chunk.frames.shape[1:]), np.uint8)
+                n = min(len(slot.chunk.frames) - slot.copied, len(batch) - fill)
+                batch[fill:fill + n] = slot.chunk.frames[slot.copied:slot.copied + n]
+                segments.append((slot, slot.copied, fill, n))
+                slot.copied += n
+                fill += n
+                if slot.copied == len(slot.chunk.frames):
+                    waiting.popleft()
+                if fill == len(batch):
+                    run_batch()
+            yield from ready()
+        if fill:
+            run_batch()
+        yield from ready()
+
+    def _part(self, state: _ClipState, slot: _Slot) -> Part:
+        """A labelled chunk's examples (guard frames dropped)."""
+        first, n = slot.chunk.first, len(slot.chunk.frames)
+        splits = state.splits[first:first + n]
+        kept = splits != None  # noqa: E711  (guard frames: no split, not written)
+        state.top.add(slot.logits, splits)
+        state.examples += int(kept.sum())
+        return Part(state.clip.id, slot.chunk.windows[kept], slot.logits[kept], state.times[first:first + n][kept],
+                    splits[kept])
+
+    def _labelled(self, state: _ClipState) -> Labelled:
+        """A clip's record once all its frames are labelled (with its examples when it was labelled whole)."""
+        doc = {**self.doc(state.clip), "status": "ok", "error": None, "examples": state.examples,
+               "teacher_top": state.top.doc()}
+        if state.held_part is not None:
+            doc["held_out_part"] = state.held_part
+        if state.streamed:
+            return Labelled(doc)
+        parts = state.parts
+        join = (lambda name: np.concatenate([getattr(p, name) for p in parts])) if parts else None
+        return Labelled(doc, *(join(name) for name in ("windows", "logits", "times", "splits"))) if parts \
+            else Labelled(doc)
+
+    def write(self, event: Part | Labelled, writer) -> None:
+        """Hand one outcome of `label_clips` to a `commits.CommitWriter` (the dataset's header goes first)."""
+        from audionet_tf.dataset import commits
+
+        if isinstance(event, Part) or event.windows is not None:
+            if not self._header:
+                commits.ensure_header(self.config.prepare.out, self.spec, self.teacher.class_names,
+                                      settings(self.config))
+                self._header = True
+        if isinstance(event, Part):
+            writer.add_part(event.clip_id, self.spec, event.windows, event.logits, event.times, event.splits)
+        elif event.windows is not None:
+            writer.add(event.doc, self.spec, event.windows, event.logits, event.times, event.splits)
+        else:
+            writer.add(event.doc)
 
 
 # What both runners share around the core: the clip list, the lock, the summary.

@@ -10,11 +10,13 @@ import functools
 import os
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from audionet_tf.core.config import AudioConfig
 from audionet_tf.core.errors import AudioNetError
+from audionet_tf.dataset.split import window_starts
 
 
 class MediaError(AudioNetError):
@@ -163,3 +165,137 @@ def frame_windows(wave: np.ndarray, num_frames: int, config: AudioConfig) -> np.
     padded = np.pad(np.asarray(wave, np.float32), (pad, pad))
     return np.stack([padded[s + pad: s + pad + width] for s in starts]) if num_frames else \
         np.zeros((0, width), np.float32)
+
+
+
+@dataclass
+class Chunk:
+    """Consecutive frames of a clip and their audio windows: frames `first` … `first + len(frames) - 1`."""
+
+    first: int
+    frames: np.ndarray  # uint8 [n, H, W, 3]
+    windows: np.ndarray  # float32 [n, window_samples]
+
+
+class _Pipe:
+    """An ffmpeg process whose output is read as it comes (stderr goes to a file: a full pipe would block it)."""
+
+    def __init__(self, stream, what: str, path: str):
+        import subprocess
+        import tempfile
+
+        self.what, self.path = what, path
+        self.stderr = tempfile.TemporaryFile()
+        args = stream.compile(cmd=ffmpeg_exe())
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr)
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes; fewer only at the end of the output."""
+        parts, got = [], 0
+        while got < size:
+            block = self.process.stdout.read(size - got)
+            if not block:
+                break
+            parts.append(block)
+            got += len(block)
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        """Wait for ffmpeg; a failure is a `MediaError` naming the file and ffmpeg's last line."""
+        self.process.stdout.close()
+        code = self.process.wait()
+        self.stderr.seek(0)
+        err = self.stderr.read()
+        self.stderr.close()
+        if code != 0:
+            if b"matches no streams" in err or b"does not contain any stream" in err:
+                raise MediaError(f"{self.path}: no {self.what} stream")
+            lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
+            raise MediaError(f"{self.path}: ffmpeg cannot decode it ({lines[-1].strip() if lines else code})")
+
+    def kill(self) -> None:
+        """Stop ffmpeg (the reader gave up on this clip)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for handle in (self.process.stdout, self.stderr):
+            if not handle.closed:
+                handle.close()
+
+
+def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, frame_size: tuple[int, int],
+                fit: str = "crop", chunk_frames: int = 256) -> Iterator[Chunk]:
+    """`decode_clip`'s frames and `frame_windows`' windows, `chunk_frames` frames at a time, holding only one
+    chunk's frames and audio: memory does not grow with the clip's length."""
+    import ffmpeg
+
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{path}: the file is empty")
+    samples = int(round(duration * audio.sample_rate))
+    count = int(round(duration * audio.frames_per_second))
+    width = audio.window_samples
+    if count == 0:
+        raise MediaError(f"{path}: {duration:.3f} s is shorter than one frame period")
+    starts = window_starts(count, audio)
+    audio_args = {"format": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": audio.sample_rate, "map": "0:a:0"}
+    if start:
+        audio_args["ss"] = f"{start:.6f}"
+    audio_args["t"] = f"{duration:.6f}"
+    sound = _Pipe(ffmpeg.input(path).output("pipe:", **audio_args), "audio", path)
+    fps = audio.frames_per_second
+    video = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}").video
+    video = fit_filters(video.filter("fps", fps=fps, start_time=0, round="near"), frame_size, fit)
+    picture = _Pipe(video.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=count), "video", path)
+    frame_bytes = frame_size[0] * frame_size[1] * 3
+    wave = np.zeros(0, np.float32)  # samples [base, base + len(wave)) of the clip
+    base, audio_done, video_done, last = 0, False, False, None
+    try:
+        for first in range(0, count, chunk_frames):
+            stop = min(count, first + chunk_frames)
+            # Audio up to the last window's end (the clip's samples only: past them windows hold zeros).
+            need = min(samples, int(starts[stop - 1]) + width)
+            if not audio_done and base + len(wave) < need:
+                raw = sound.read((need - base - len(wave)) * 4)
+                wave = np.concatenate([wave, np.frombuffer(raw[: len(raw) // 4 * 4], "<f4")])
+                if base + len(wave) < need:
+                    audio_done = True
+                    sound.finish()
+                    # A clip may end up to one frame period early (container rounding); shorter is an error.
+                    if base + len(wave) < samples - audio.hop_samples:
+                        raise MediaError(f"{path}: audio is {(base + len(wave)) / audio.sample_rate:.2f} s from "
+                                         f"{start:.2f} s, shorter than the {duration:.2f} s asked")
+            raw = picture.read((stop - first) * frame_bytes)
+            got = len(raw) // frame_bytes
+            frames = np.frombuffer(raw[: got * frame_bytes], np.uint8).reshape(got, *frame_size, 3)
+            if got < stop - first:
+                video_done = True
+                picture.finish()
+                if first + got == 0:
+                    raise MediaError(f"{path}: no video frames in [{start:.2f} s, {start + duration:.2f} s)")
+                if first + got < count - 1:
+                    raise MediaError(f"{path}: video has {first + got} frames from {start:.2f} s, "
+                                     f"fewer than the {count} of {duration:.2f} s")
+                tail = frames[-1:] if got else last
+                frames = np.concatenate([frames, np.repeat(tail, stop - first - got, axis=0)])
+            last = frames[-1:]
+            windows = np.zeros((stop - first, width), np.float32)
+            for row, s in enumerate(starts[first:stop]):
+                a, b = max(int(s), 0, base), min(int(s) + width, samples, base + len(wave))
+                if b > a:
+                    windows[row, a - int(s): b - int(s)] = wave[a - base: b - base]
+            # Keep only what later windows can still need.
+            keep_from = min(int(starts[stop]) if stop < count else samples, base + len(wave))
+            if keep_from > base:
+                wave, base = wave[keep_from - base:].copy(), keep_from
+            yield Chunk(first, frames, windows)
+        # Read both outputs to their end (a process cut off mid-write would fail) and check ffmpeg's exit.
+        for pipe, done in ((sound, audio_done), (picture, video_done)):
+            if not done:
+                while pipe.read(1 << 16):
+                    pass
+                pipe.finish()
+    finally:
+        sound.kill()
+        picture.kill()

@@ -1,10 +1,11 @@
 """Prepare a dataset in one process: clip list → download → decode → teacher → committed TFRecord shards.
 
-Two clips are fetched and decoded ahead while the teacher labels the current one; clips are committed
-in small groups (see `dataset.commits`), so a killed run loses only the open group."""
+Two clips download at once and a background thread decodes ahead while the teacher labels full batches
+(see `labelling.Labeller.label_clips`); clips are committed in small groups (see `dataset.commits`), so a
+killed run loses only the open group."""
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import logging
 import time
 
@@ -30,7 +31,10 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
         todo = [c for c in clips if c.id not in done]
         summary.skipped = [c.id for c in clips if c.id in done]
         labeller = labelling.Labeller(config, held_out, keys, weights)
-        writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=pc.shard_clips)
+        keeper = commits.IndexKeeper(pc.out, pc.index_every)
+        keeper.start()
+        writer = commits.CommitWriter(pc.out, shard_size=pc.shard_size, shard_clips=pc.shard_clips,
+                                      on_commit=keeper.committed)
         log.info("%d clips: %d to prepare, %d already committed", len(clips), len(todo), len(done))
         try:
             _label_all(todo, labeller, writer, summary, config)
@@ -52,44 +56,37 @@ def prepare(config: cfg.PipelineConfig, weights: str | None = "imagenet") -> Sum
 
 def _label_all(todo: list[Clip], labeller: labelling.Labeller, writer: commits.CommitWriter, summary: Summary,
                config: cfg.PipelineConfig) -> None:
-    pc = config.prepare
-    started, frames_done, header = time.time(), 0, False
     progress = console.Progress(len(todo), "prepare", log)
-    # Two clips are downloaded and decoded ahead while the teacher labels the current one.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(labeller.fetch, clip) for clip in todo[:2]]
-        for index, clip in enumerate(todo):
-            if index + 2 < len(todo):
-                futures.append(pool.submit(labeller.fetch, todo[index + 2]))
-            try:
-                outcome = labeller.label(clip, futures[index].result())
-            except labelling.TeacherError:
-                raise
-            except (AudioNetError, OSError) as exc:  # OSError: an unreadable cache file
-                outcome = labeller.failed(clip, exc)
-            futures[index] = None  # the decoded clip is not kept
-            if not outcome.ok:
-                if pc.strict:
-                    raise AudioNetError(f"clip {clip.id} failed (--strict): {outcome.doc['error']}")
-                summary.failed[clip.id] = outcome.doc["error"]
-                log.warning("clip %s failed: %s", clip.id, outcome.doc["error"])
-                writer.add(outcome.doc)
-                continue
-            spec = labeller.spec
-            try:
-                if not header:
-                    commits.ensure_header(pc.out, spec, labeller.teacher.class_names, labelling.settings(config))
-                    header = True
-                writer.add(outcome.doc, spec, outcome.windows, outcome.logits, outcome.times, outcome.splits)
-            except (OSError, tf_errors()) as exc:
-                raise AudioNetError(f"cannot write to {pc.out}: {exc}. Free space (or fix the storage) and "
-                                    f"rerun the same command: the clips committed so far are kept") from None
-            frames_done += len(outcome.windows)
-            summary.written.append(clip.id)
-            rate = frames_done / max(time.time() - started, 1e-6)
-            progress.update(index + 1, f"clips; {clip.id}: {len(outcome.windows)} frames ({outcome.doc['split']}), "
-                                       f"{rate:.0f} frames/s")
+    counts = {"started": time.time(), "frames": 0, "clips": 0}
+    with contextlib.closing(labeller.label_clips(todo)) as outcomes:  # closed at once on an error: decoding stops
+        for outcome in outcomes:
+            _take(outcome, labeller, writer, summary, config.prepare, progress, counts)
     progress.close()
+
+
+def _take(outcome: labelling.Part | labelling.Labelled, labeller: labelling.Labeller, writer: commits.CommitWriter,
+          summary: Summary, pc: cfg.PrepareConfig, progress: console.Progress, counts: dict) -> None:
+    if isinstance(outcome, labelling.Labelled) and not outcome.ok:
+        clip_id = outcome.doc["id"]
+        if pc.strict:
+            raise AudioNetError(f"clip {clip_id} failed (--strict): {outcome.doc['error']}")
+        summary.failed[clip_id] = outcome.doc["error"]
+        log.warning("clip %s failed: %s", clip_id, outcome.doc["error"])
+    try:
+        labeller.write(outcome, writer)
+    except (OSError, tf_errors()) as exc:
+        raise AudioNetError(f"cannot write to {pc.out}: {exc}. Free space (or fix the storage) and "
+                            f"rerun the same command: the clips committed so far are kept") from None
+    if isinstance(outcome, labelling.Part):
+        counts["frames"] += len(outcome.windows)
+        return
+    counts["clips"] += 1
+    if outcome.ok:
+        counts["frames"] += 0 if outcome.windows is None else len(outcome.windows)
+        summary.written.append(outcome.doc["id"])
+    rate = counts["frames"] / max(time.time() - counts["started"], 1e-6)
+    progress.update(counts["clips"], f"clips; {outcome.doc['id']}: {outcome.doc['examples']} frames "
+                                     f"({outcome.doc['split']}), {rate:.0f} frames/s")
 
 
 def tf_errors() -> type:

@@ -20,7 +20,7 @@ classes; their names come from a labels file (one per line), else `class_0`, `cl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Callable
 
@@ -63,32 +63,54 @@ def imagenet_class_names() -> list[str]:
 
 @dataclass
 class Teacher:
-    """Labels RGB frames: `logits(frames uint8 [N, H, W, 3]) -> float32 [N, C]`, in batches."""
+    """Labels RGB frames: `logits(frames uint8 [N, H, W, 3]) -> float32 [N, C]`, `batch_size` frames per call.
+
+    `call` is the model's own call (float32 RGB in [0, 255] → logits, preprocessing included);
+    `forward` runs it compiled, as one `tf.function` with a fixed batch shape, traced once:
+    called eagerly, TensorFlow dispatches every layer from Python, which costs more than the
+    arithmetic for a model of this size on a CPU.
+    """
 
     name: str
     input_size: tuple[int, int]
     class_names: list[str]
-    predict: Callable[[np.ndarray], np.ndarray]
+    call: Callable
     batch_size: int = 32
+    _compiled: Callable | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
         """How many classes the teacher's logits cover."""
         return len(self.class_names)
 
-    def logits(self, frames: np.ndarray) -> np.ndarray:
-        """Logits for frames at the teacher's input size, computed `batch_size` frames at a time."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[1:3] != tuple(self.input_size):
-            raise ValueError(f"frames of shape {frames.shape}; the teacher takes [N, {self.input_size[0]}, "
-                             f"{self.input_size[1]}, 3]")
-        out = [np.asarray(self.predict(frames[i:i + self.batch_size].astype(np.float32)), np.float32)
-               for i in range(0, len(frames), self.batch_size)]
-        logits = np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
-        if logits.shape[1:] != (self.num_classes,):
-            raise AudioNetError(f"teacher {self.name} gave logits of shape {logits.shape}, "
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Logits float32 `[batch_size, C]` of exactly `batch_size` frames (uint8 `[batch_size, H, W, 3]`)."""
+        if self._compiled is None:
+            import tensorflow as tf
+
+            height, width = self.input_size
+            spec = tf.TensorSpec([self.batch_size, height, width, 3], tf.uint8)
+            self._compiled = tf.function(lambda frames: tf.cast(self.call(tf.cast(frames, tf.float32)), tf.float32),
+                                         input_signature=[spec])
+        logits = self._compiled(batch).numpy()
+        if logits.shape != (self.batch_size, self.num_classes):
+            raise AudioNetError(f"teacher {self.name} gave logits of shape {logits.shape[1:]}, "
                                 f"expected {self.num_classes} classes")
         return logits
+
+    def logits(self, frames: np.ndarray) -> np.ndarray:
+        """Logits for frames at the teacher's input size, `batch_size` at a time (the last batch padded)."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:] != (*self.input_size, 3):
+            raise ValueError(f"frames of shape {frames.shape}; the teacher takes [N, {self.input_size[0]}, "
+                             f"{self.input_size[1]}, 3]")
+        out = []
+        batch = np.zeros((self.batch_size, *frames.shape[1:]), np.uint8)
+        for i in range(0, len(frames), self.batch_size):
+            n = min(self.batch_size, len(frames) - i)
+            batch[:n] = frames[i:i + n]
+            out.append(self.forward(batch)[:n])
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
 
 def _read_labels(path: str | None, count: int, where: str) -> list[str]:
@@ -117,8 +139,7 @@ def demo_teacher(batch_size: int = 64) -> Teacher:
     outputs = dense(x)
     model = keras.Model(inputs, outputs, name="demo_colour_teacher")
     dense.set_weights([2 * gain * prototypes.T, -gain * np.sum(prototypes ** 2, axis=1)])
-    return Teacher(DEMO_TEACHER, (32, 32), list(DEMO_COLOURS), lambda f: model(f, training=False).numpy(),
-                   batch_size)
+    return Teacher(DEMO_TEACHER, (32, 32), list(DEMO_COLOURS), lambda x: model(x, training=False), batch_size)
 
 
 def load_teacher(spec: str, labels: str | None = None, weights: str | None = "imagenet",
@@ -137,11 +158,10 @@ def load_teacher(spec: str, labels: str | None = None, weights: str | None = "im
         size = tuple(int(d) for d in model.input_shape[1:3])
         names = imagenet_class_names() if labels is None else _read_labels(labels, 1000, spec)
 
-        def predict(frames: np.ndarray) -> np.ndarray:
-            x = preprocess(frames.copy()) if preprocess is not None else frames
-            return model(x, training=False).numpy()
+        def call(x):
+            return model(preprocess(x) if preprocess is not None else x, training=False)
 
-        return Teacher(spec, size, names, predict, batch_size)
+        return Teacher(spec, size, names, call, batch_size)
     if spec.endswith(".keras"):
         import keras
 
@@ -154,7 +174,7 @@ def load_teacher(spec: str, labels: str | None = None, weights: str | None = "im
         size = tuple(int(d) for d in model.input_shape[1:3])
         count = int(model.output_shape[-1])
         return Teacher(os.path.basename(spec), size, _read_labels(labels, count, spec),
-                       lambda f: model(f, training=False).numpy(), batch_size)
+                       lambda x: model(x, training=False), batch_size)
     if os.path.isdir(spec):
         import tensorflow as tf
 
@@ -169,10 +189,10 @@ def load_teacher(spec: str, labels: str | None = None, weights: str | None = "im
         output_name = sorted(signature.structured_outputs)[0]
         count = int(signature.structured_outputs[output_name].shape[-1])
 
-        def predict_saved(frames: np.ndarray) -> np.ndarray:
-            return signature(**{input_name: tf.constant(frames, tf.float32)})[output_name].numpy()
+        def call_saved(x, _owner=loaded):  # the signature's variables live as long as `loaded` does
+            return signature(**{input_name: tf.cast(x, input_spec.dtype)})[output_name]
 
         return Teacher(os.path.basename(os.path.normpath(spec)), size, _read_labels(labels, count, spec),
-                       predict_saved, batch_size)
+                       call_saved, batch_size)
     raise AudioNetError(f"unknown teacher {spec!r}: use one of {', '.join(REGISTRY_NAMES)}, {DEMO_TEACHER}, "
                         f"a .keras file or a SavedModel directory")

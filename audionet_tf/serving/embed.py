@@ -1,4 +1,5 @@
-"""Sound embeddings from the student: per window, pooled features or conv-map statistics."""
+"""The embed command's library part: embeddings of a file or waveform (computed by `inference`, chunk by
+chunk) and the `.npz` files they go to."""
 from __future__ import annotations
 
 import io
@@ -8,27 +9,21 @@ from typing import Sequence
 import numpy as np
 
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.serving import inference
+from audionet_tf.serving import audio, inference
 
 
-def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
-    """Mean, std and max over time of the max-pooled conv maps: `[N, 48]`."""
-    maps = inference.keras_runner(model, "conv")(windows)
-    return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
+conv_statistics = inference.conv_statistics
 
 
 def embed_wave(student: inference.Student, wave: np.ndarray, hop: int, layer: str, where: str):
-    """Embeddings and window start times for one waveform."""
-    windows, starts = inference.frame_audio(wave, student.window_samples, hop, where)
-    if layer == "conv":
-        if student.keras_model is None:
-            raise AudioNetError(f"--layer conv needs a .keras model, not {student.source}")
-        values = conv_statistics(student.keras_model, windows)
-    else:
-        if student.embed is None:
-            raise AudioNetError(f"{student.source} has no embedding signature")
-        values = inference.batched(student.embed, windows)
-    return values.astype(np.float32), (starts / student.sample_rate).astype(np.float32)
+    """Embeddings and window start times for one waveform already at the student's sample rate."""
+    return inference.embed_source(student, audio.ArrayAudio(np.asarray(wave, np.float32)), hop, layer, where)
+
+
+def embed_file(student: inference.Student, path: str, hop: int, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and window start times for any file ffmpeg reads, decoded and embedded chunk by chunk."""
+    with inference.open_audio(path, student.sample_rate) as source:
+        return inference.embed_source(student, source, hop, layer, path)
 
 
 def write_npz(path: str, embedding: np.ndarray, timestamps: np.ndarray) -> None:

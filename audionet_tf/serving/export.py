@@ -21,10 +21,18 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-5
 INT8_AGREEMENT_GOAL = 0.95
 CALIBRATION_WINDOWS = 256
+SIGNATURES = ["serving_default", "probabilities", "embed", "timeline", "serve", "__call__"]
 
 
 def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int):
-    """A Keras ExportArchive with the four signatures, their pre- and post-processing inside."""
+    """A Keras ExportArchive that loads by convention, its pre- and post-processing inside.
+
+    Windows `[N, L]` → logits `[N, C]` as the `serve` endpoint (what `keras.Model.export` writes:
+    `keras.layers.TFSMLayer(path)` loads it with its defaults) and as `__call__` (so
+    `tf.saved_model.load(path)(windows)` and `tensorflow_hub.KerasLayer(path)` work); the named
+    signatures `serving_default`, `probabilities`, `embed`, and `timeline` (a waveform → per-window
+    `logits`, `scores`, `embeddings` and `times` together, YAMNet's shape of answer).
+    """
     import keras
     import tensorflow as tf
 
@@ -36,11 +44,14 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
     archive.track(pooled)
     windows_spec = [tf.TensorSpec([None, None], tf.float32, name="windows")]
 
+    def logits(windows):
+        return model(tf.expand_dims(windows, -1), training=False)
+
     def serving(windows):
-        return {"logits": model(tf.expand_dims(windows, -1), training=False)}
+        return {"logits": logits(windows)}
 
     def probabilities(windows):
-        return {"probabilities": tf.nn.softmax(model(tf.expand_dims(windows, -1), training=False), axis=-1)}
+        return {"probabilities": tf.nn.softmax(logits(windows), axis=-1)}
 
     def embed(windows):
         return {"embedding": pooled(tf.expand_dims(windows, -1), training=False)}
@@ -49,16 +60,21 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
         waveform = tf.reshape(waveform, [-1])
         short = tf.maximum(window_samples - tf.shape(waveform)[0], 0)
         waveform = tf.pad(waveform, [[0, short]])
-        frames = tf.signal.frame(waveform, window_samples, hop_samples, pad_end=False)
-        logits = model(tf.expand_dims(frames, -1), training=False)
+        frames = tf.expand_dims(tf.signal.frame(waveform, window_samples, hop_samples, pad_end=False), -1)
+        scores = model(frames, training=False)
         times = tf.cast(tf.range(tf.shape(frames)[0]) * hop_samples, tf.float32) / float(sample_rate)
-        return {"logits": logits, "times": times}
+        return {"logits": scores, "scores": tf.nn.softmax(scores, axis=-1),
+                "embeddings": pooled(frames, training=False), "times": times}
 
     archive.add_endpoint("serving_default", serving, input_signature=windows_spec)
     archive.add_endpoint("probabilities", probabilities, input_signature=windows_spec)
     archive.add_endpoint("embed", embed, input_signature=windows_spec)
     archive.add_endpoint("timeline", timeline,
                          input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+    archive.add_endpoint("serve", logits, input_signature=windows_spec)
+    # An endpoint named __call__ makes the loaded object callable (TensorFlow's loader turns that
+    # attribute into the call); ExportArchive also lists it among the signatures.
+    archive.add_endpoint("__call__", logits, input_signature=windows_spec)
     return archive
 
 
@@ -178,7 +194,7 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
             "sample_rate": sample_rate, "window_samples": window_samples, "hop_samples": hop_samples,
             "window_ms": 1000.0 * window_samples / sample_rate, "num_classes": num_classes,
             "input": "float32 waveform windows [N, L] at sample_rate, in [-1, 1]",
-            "signatures": ["serving_default", "probabilities", "embed", "timeline"],
+            "signatures": SIGNATURES,
             "int8_quantization": int8_kind, "parity": parity,
             "files": {name: os.path.getsize(os.path.join(staging, name))
                       for name in ("model.tflite", "model_int8.tflite", "saved_model.pb")},

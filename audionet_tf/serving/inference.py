@@ -5,13 +5,17 @@ import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from audionet_tf.core.errors import AudioNetError
+from audionet_tf.serving import audio
 
 BATCH = 256
+# A multiple of BATCH: a streamed recording's batches are then exactly those of the whole recording,
+# so its values are the whole-file computation's to the bit. 2048 windows of 1000 classes: 8 MB of logits.
+CHUNK_WINDOWS = 8 * BATCH
 RUNNER_CACHE = 8  # Keras models (or sub-models) whose traced function is kept for reuse
 
 
@@ -158,3 +162,125 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def window_chunks(source: audio.ArrayAudio | audio.FileAudio, window: int, hop: int,
+                  where: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The windows of `source` and their start samples, CHUNK_WINDOWS at a time (see `audio.window_chunks`)."""
+    return audio.window_chunks(source, window, hop, CHUNK_WINDOWS, where)
+
+
+def open_audio(path: str, sample_rate: int) -> audio.FileAudio:
+    """A file's audio at `sample_rate`, streamed from ffmpeg (a context manager)."""
+    return audio.FileAudio(path, sample_rate)
+
+
+def array_audio(samples: np.ndarray, sample_rate: int, student: Student) -> audio.ArrayAudio:
+    """An array at its own sample rate, brought to the student's (mono float32, resampled)."""
+    if sample_rate is None:
+        raise AudioNetError("an array needs its sample rate: nothing is assumed (the student takes "
+                            f"{student.sample_rate} Hz and resamples anything else)")
+    return audio.ArrayAudio(audio.resample(audio.as_mono(samples), sample_rate, student.sample_rate))
+
+
+def hop_for(student: Student, hop_seconds: float | None) -> int:
+    """Samples between window starts: `hop_seconds` at the student's rate, by default the training hop."""
+    if hop_seconds is None:
+        return student.hop_samples
+    if not hop_seconds > 0:
+        raise AudioNetError(f"hop must be positive, got {hop_seconds} s")
+    return max(1, int(round(hop_seconds * student.sample_rate)))
+
+
+def _scores(student: Student, source, hop: int, where: str) -> dict[str, Any]:
+    logits, starts = [], []
+    for windows, chunk_starts in window_chunks(source, student.window_samples, hop, where):
+        logits.append(batched(student.logits, windows))
+        starts.append(chunk_starts)
+    logits = np.concatenate(logits)
+    return {"scores": softmax(logits), "logits": logits,
+            "times": np.concatenate(starts) / student.sample_rate, "class_names": list(student.class_names)}
+
+
+def predict_array(student: Student, samples: np.ndarray, sample_rate: int, *,
+                  hop_seconds: float | None = None) -> dict[str, Any]:
+    """Class scores of each window of an array at `sample_rate` (resampled to the student's rate):
+    `scores` (softmax probabilities) and `logits` `[M, C]`, `times` `[M]` (window starts, s), `class_names`."""
+    return _scores(student, array_audio(samples, sample_rate, student), hop_for(student, hop_seconds), "audio")
+
+
+def predict_path(student: Student, path: str, *, hop_seconds: float | None = None) -> dict[str, Any]:
+    """`predict_array`'s answer for any file ffmpeg reads, decoded and classified chunk by chunk."""
+    with open_audio(path, student.sample_rate) as source:
+        return _scores(student, source, hop_for(student, hop_seconds), path)
+
+
+def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
+    """Mean, std and max over time of the max-pooled conv maps: `[N, 48]`."""
+    maps = keras_runner(model, "conv")(windows)
+    return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
+
+
+def embedder(student: Student, layer: str = "pooled") -> Callable[[np.ndarray], np.ndarray]:
+    """Windows → embeddings: `pooled` (16 features, any student but a .tflite) or `conv` (48, a .keras)."""
+    if layer == "conv":
+        if student.keras_model is None:
+            raise AudioNetError(f"--layer conv needs a .keras model, not {student.source}")
+        return lambda windows: conv_statistics(student.keras_model, windows)
+    if layer != "pooled":
+        raise AudioNetError(f"layer must be pooled or conv, got {layer!r}")
+    if student.embed is None:
+        raise AudioNetError(f"{student.source} has no embedding signature")
+    return lambda windows: batched(student.embed, windows)
+
+
+def embed_source(student: Student, source: audio.ArrayAudio | audio.FileAudio, hop: int, layer: str,
+                 where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings `[M, D]` float32 and window starts `[M]` (s, float32) of `source`, chunk by chunk."""
+    embed_windows = embedder(student, layer)
+    values, starts = [], []
+    for windows, chunk_starts in window_chunks(source, student.window_samples, hop, where):
+        values.append(embed_windows(windows).astype(np.float32))
+        starts.append(chunk_starts)
+    return np.concatenate(values), (np.concatenate(starts) / student.sample_rate).astype(np.float32)
+
+
+def embed_array(student: Student, samples: np.ndarray, sample_rate: int, *,
+                hop_seconds: float | None = None, layer: str = "pooled") -> dict[str, Any]:
+    """Embeddings of each window of an array at `sample_rate` (resampled to the student's rate):
+    `embeddings` `[M, D]` (D = 16 pooled, 48 conv statistics) and `times` `[M]` (window starts, s)."""
+    source = array_audio(samples, sample_rate, student)
+    values, times = embed_source(student, source, hop_for(student, hop_seconds), layer, "audio")
+    return {"embeddings": values, "times": times}
+
+
+def embed_path(student: Student, path: str, *, hop_seconds: float | None = None,
+               layer: str = "pooled") -> dict[str, Any]:
+    """`embed_array`'s answer for any file ffmpeg reads, decoded and embedded chunk by chunk."""
+    with open_audio(path, student.sample_rate) as source:
+        values, times = embed_source(student, source, hop_for(student, hop_seconds), layer, path)
+    return {"embeddings": values, "times": times}
+
+
+def _is_path(audio_or_path: Any) -> bool:
+    return isinstance(audio_or_path, (str, os.PathLike))
+
+
+def predict(student: Student, audio_or_path: np.ndarray | str | os.PathLike, sample_rate: int | None = None, *,
+            hop_seconds: float | None = None) -> dict[str, Any]:
+    """`predict_array` for an array with its `sample_rate`, `predict_path` for a file path (no rate)."""
+    if _is_path(audio_or_path):
+        if sample_rate is not None:
+            raise AudioNetError(f"{audio_or_path}: a file's sample rate is read from the file; give no sample_rate")
+        return predict_path(student, os.fspath(audio_or_path), hop_seconds=hop_seconds)
+    return predict_array(student, audio_or_path, sample_rate, hop_seconds=hop_seconds)
+
+
+def embed(student: Student, audio_or_path: np.ndarray | str | os.PathLike, sample_rate: int | None = None, *,
+          hop_seconds: float | None = None, layer: str = "pooled") -> dict[str, Any]:
+    """`embed_array` for an array with its `sample_rate`, `embed_path` for a file path (no rate)."""
+    if _is_path(audio_or_path):
+        if sample_rate is not None:
+            raise AudioNetError(f"{audio_or_path}: a file's sample rate is read from the file; give no sample_rate")
+        return embed_path(student, os.fspath(audio_or_path), hop_seconds=hop_seconds, layer=layer)
+    return embed_array(student, audio_or_path, sample_rate, hop_seconds=hop_seconds, layer=layer)

@@ -19,8 +19,9 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -86,6 +87,88 @@ class StopRequest:
     def requested(self) -> bool:
         """Whether a stop was asked for."""
         return self.signal_name is not None
+
+    def due(self, step: int) -> bool:
+        """Whether to stop at this step boundary (`step`: the optimizer's steps so far)."""
+        return self.requested
+
+    @property
+    def reason(self) -> str:
+        """What asked for the stop, for the message."""
+        return str(self.signal_name)
+
+
+class ClusterStopRequest(StopRequest):
+    """A stop asked of any worker of a cluster stops every worker after the same step.
+
+    The worker that gets the signal proposes "after step s + 1" (s: its steps so far) under one
+    key of TensorFlow's coordination service; the first proposal wins. A thread on each worker
+    waits for that key (one blocking call, no polling) and acknowledges it. The proposer waits
+    for every acknowledgement before its next step: no worker can finish step s + 1 without the
+    proposer's part of that step's all-reduce, so every worker knows the step before it gets
+    there, and all of them save (the chief into the run) and stop at the same step boundary.
+    """
+
+    KEY = "audionet_tf/stop"
+
+    def __init__(self, task: str, tasks: Sequence[str], wait_s: float):
+        super().__init__()
+        self.task = task
+        self.tasks = list(tasks)
+        self.wait_ms = int(wait_s * 1000)
+        self._agreed: dict[str, Any] | None = None
+        self._proposed = False
+
+    def install(self) -> "ClusterStopRequest":
+        """Catch SIGTERM and SIGINT, and start waiting for another worker's stop."""
+        super().install()
+        threading.Thread(target=self._watch, name="audionet-cluster-stop", daemon=True).start()
+        return self
+
+    @staticmethod
+    def _context():
+        from tensorflow.python.eager import context
+
+        return context.context()
+
+    def _watch(self) -> None:
+        try:
+            value = self._context().get_config_key_value(self.KEY)  # blocks until set, or the cluster ends
+            self._agreed = json.loads(value)
+            self._context().set_config_key_value(f"{self.KEY}/ack/{self.task}", "1")
+        except Exception:  # the cluster ended or lost a worker: the main thread reports that
+            return
+
+    def due(self, step: int) -> bool:
+        """Whether every worker stops at this boundary; first proposes a stop if this worker was signalled."""
+        if self._agreed is None and self.signal_name is not None and not self._proposed:
+            self._propose(step)
+        return self._agreed is not None and step >= int(self._agreed["step"])
+
+    def _propose(self, step: int) -> None:
+        import tensorflow as tf
+
+        self._proposed = True
+        context = self._context()
+        proposal = {"step": step + 1, "signal": self.signal_name, "task": self.task}
+        try:
+            context.set_config_key_value(self.KEY, json.dumps(proposal))
+        except tf.errors.AlreadyExistsError:
+            pass  # another worker asked first: its step holds
+        agreed = json.loads(context.get_config_key_value(self.KEY, self.wait_ms))
+        # A dead worker never acknowledges: the heartbeats fail this wait (a lost peer) first.
+        for task in self.tasks:
+            context.get_config_key_value(f"{self.KEY}/ack/{task}", self.wait_ms)
+        self._agreed = agreed
+        log.warning("every worker stops after step %d", agreed["step"])
+
+    @property
+    def reason(self) -> str:
+        """The signal, and the worker that got it when that was another one."""
+        agreed = self._agreed or {}
+        if agreed.get("task") not in (None, self.task):
+            return f"{agreed['signal']} to {agreed['task']}"
+        return str(self.signal_name or agreed.get("signal"))
 
 
 def _finite(model: keras.Model, logs: dict[str, Any] | None) -> bool:
@@ -251,19 +334,19 @@ class Backup(keras.callbacks.Callback):
         self._offset = 0
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
-        if self.stop is not None and self.stop.requested and self._step() == self._last_step:
+        if self.stop is not None and self.stop.due(self._step()) and self._step() == self._last_step:
             self._stopped()  # asked to stop before anything new was trained
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         if batch + 1 >= self.steps_per_epoch:
             return  # the epoch's end follows: save there, after validation and the epoch's logs
         step = self._step()
-        due = (self.stop is not None and self.stop.requested) or self._due(step)
-        if not due:
+        stopping = self.stop is not None and self.stop.due(step)
+        if not (stopping or self._due(step)):
             return
         if _finite(self.model, None):
             self._save(self._epoch, step - self._epoch_start_step, step)
-        if self.stop is not None and self.stop.requested:
+        if stopping:
             self._stopped()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -272,7 +355,7 @@ class Backup(keras.callbacks.Callback):
         done = epoch + 1
         last = self.params.get("epochs") if self.params else None
         step = self._step()
-        stopping = self.stop is not None and self.stop.requested
+        stopping = self.stop is not None and self.stop.due(step)
         if done % self.every_epochs == 0 or done == last or stopping or self._due(step):
             if _finite(self.model, logs):
                 self._save(done, 0, step)
@@ -301,7 +384,7 @@ class Backup(keras.callbacks.Callback):
         where = self.last_saved
         saved = (f"saved {os.path.join(self.restore_dir, where['weights'])} (epoch {where['epoch']}, "
                  f"step {where.get('step', 0)})" if where else "nothing had been trained yet")
-        raise Stopped(f"stopped by {self.stop.signal_name}: {saved}; run the same command to continue")
+        raise Stopped(f"stopped by {self.stop.reason}: {saved}; run the same command to continue")
 
     def _save(self, epoch: int, step_in_epoch: int, step: int) -> None:
         self._last_step = step

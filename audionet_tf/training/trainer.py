@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from audionet_tf.core import config as cfg, console, storage
 from audionet_tf.core.config import PipelineConfig
 from audionet_tf.core.errors import AudioNetError, ConfigError
-from audionet_tf.core.lock import DirectoryLock
+from audionet_tf.core.lock import DirectoryLock, ReadLease
 from audionet_tf.dataset import catalog, records
 
 if TYPE_CHECKING:
@@ -137,15 +137,18 @@ def ensure_dataset(config: PipelineConfig, prepare: Callable[[PipelineConfig], N
 
 def make_strategy(devices: int | None, kind: str = "mirrored", collective_timeout_s: float = 60.0):
     """MirroredStrategy over the visible GPUs (or `devices` of them); on a CPU-only host, one replica,
-    or `devices` logical CPU devices (which share the same cores: for testing distribution)."""
+    or `devices` logical CPU devices (which share the same cores: for testing distribution);
+    MultiWorkerMirroredStrategy from TF_CONFIG for `kind="multiworker"`, where a worker that stops
+    sending heartbeats for `collective_timeout_s` seconds fails every other worker's pending step."""
     import tensorflow as tf
 
     if kind == "multiworker":
-        # Without a timeout, the workers left behind when one dies wait forever in the next
-        # all-reduce; with it they fail, and the whole cluster restarted with the same
-        # commands resumes from the chief's last backup.
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # A dead peer is noticed by the coordination service's heartbeats, which cost the same
+        # whatever the number of collectives. A timeout on each collective instead
+        # (CommunicationOptions(timeout_seconds=...)) leaves one thread per collective waiting
+        # it out: ~20 threads a step here, and the process aborts near 16,000 threads.
+        _configure_heartbeats(collective_timeout_s)
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = [d.name for d in tf.config.list_logical_devices("GPU")]
@@ -170,6 +173,24 @@ def make_strategy(devices: int | None, kind: str = "mirrored", collective_timeou
         log.warning("no GPU: %d replicas on logical CPU devices sharing the same cores", wanted)
         return tf.distribute.MirroredStrategy(devices=names[:wanted])
     return tf.distribute.get_strategy()
+
+
+def _configure_heartbeats(timeout_s: float) -> None:
+    """Start TensorFlow's coordination service as MultiWorkerMirroredStrategy would, with our heartbeat timeout."""
+    from tensorflow.python.distribute import collective_all_reduce_strategy, multi_worker_util
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+    from tensorflow.python.eager import context
+
+    spec = multi_worker_util.normalize_cluster_spec(TFConfigClusterResolver().cluster_spec())
+    if not spec.jobs:
+        return  # no TF_CONFIG: the strategy runs one local worker
+    # The strategy configures the service itself only when nothing has: the same jobs as it would.
+    jobs = [collective_all_reduce_strategy.coordination_config_pb2.CoordinatedJob(name=job,
+                                                                                 num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(timeout_s * 1000))
 
 
 def compile_student(model, train: cfg.TrainConfig, steps_per_execution: int = 1) -> None:
@@ -200,9 +221,6 @@ def train(config: PipelineConfig, *, prepare: Callable[[PipelineConfig], None] |
     `prepare` makes a missing or unfinished dataset from the pipeline's clip list (the chief only);
     `finish(run_dir)` runs on the chief after the final model is saved, with the run still owned.
     """
-    from audionet_tf.dataset import reader
-    from audionet_tf.training.backup import StopRequest
-
     t0 = time.time()
     tc = config.train
     # A repeated dataset with steps_per_epoch is deliberate (one tf.function call per epoch);
@@ -213,6 +231,36 @@ def train(config: PipelineConfig, *, prepare: Callable[[PipelineConfig], None] |
     strategy = make_strategy(tc.devices, tc.strategy, tc.collective_timeout_s)
     chief = _is_chief(strategy)
     description = ensure_dataset(config, prepare, chief)
+    # Taken after the chief's own prepare (which may withdraw shards). A prepare that withdrew
+    # shards since `description` was read is caught by the shard check before the first step.
+    lease = _read_lease(config.data_dir)
+    try:
+        return _own_run(config, strategy, chief, description, extra_callbacks, t0, finish)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _read_lease(data_dir: str) -> "ReadLease | None":
+    """Register this training as a reader of a local dataset: a prepare that would withdraw its shards
+    (--overwrite, changed settings) is refused while it runs. Object stores have no locks."""
+    if storage.is_remote(data_dir):
+        return None
+    try:
+        return ReadLease(data_dir, what="trained on").acquire()  # LockHeld: a prepare is withdrawing shards
+    except OSError as exc:
+        log.warning("cannot register as a reader of %s (%s): a prepare --overwrite there would not see this "
+                    "training", data_dir, exc.strerror or exc)
+        return None
+
+
+def _own_run(config: PipelineConfig, strategy, chief: bool, description, extra_callbacks: Sequence[Any],
+             t0: float, finish: Callable[[str], None] | None) -> str:
+    """The run directory chosen and owned, signals caught, around the training proper."""
+    from audionet_tf.dataset import reader
+    from audionet_tf.training.backup import StopRequest
+
+    tc = config.train
     data_dir = config.data_dir
     reader.check_description(data_dir, description, expect_window=config.audio.window_samples,
                            expect_sample_rate=config.audio.sample_rate)
@@ -222,7 +270,8 @@ def train(config: PipelineConfig, *, prepare: Callable[[PipelineConfig], None] |
     run_lock = DirectoryLock(run_dir, what="trained") if chief else None
     if run_lock is not None:
         run_lock.acquire()
-    stop = StopRequest().install()
+    stop = (_cluster_stop(strategy, tc.collective_timeout_s) if tc.strategy == "multiworker"
+            else StopRequest()).install()
     try:
         return _train(config, strategy, chief, description, run_dir, stop, extra_callbacks, t0, run_lock, finish)
     finally:
@@ -269,6 +318,11 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
 
     steps_per_epoch = max(1, math.ceil(train_count / tc.batch_size))
     spe = tc.steps_per_execution or min(steps_per_epoch, cfg.AUTO_STEPS_PER_EXECUTION)
+    if tc.strategy == "multiworker" and spe > 1:
+        # A cluster's stop is agreed on the step after the signal (ClusterStopRequest): every step
+        # must be a boundary where the workers can check it.
+        log.info("steps_per_execution %d -> 1 under MultiWorkerMirroredStrategy", spe)
+        spe = 1
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -460,6 +514,20 @@ def validation_batch(count: int, replicas: int, wanted: int) -> int:
     if not fits:  # fewer held-out examples than replicas
         return wanted
     return replicas * min(fits, key=lambda b: (abs(b - target), b))
+
+
+def _cluster_stop(strategy, timeout_s: float) -> "StopRequest":
+    """A stop request shared by every worker of the strategy's cluster."""
+    from audionet_tf.training.backup import ClusterStopRequest, StopRequest
+
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict()
+    tasks = [f"{job} {index}" for job in ("chief", "worker") for index in range(len(spec.get(job, [])))]
+    if len(tasks) < 2 or not resolver.task_type:
+        return StopRequest()  # one worker (no TF_CONFIG): nobody to agree with
+    # Waiting for the others' acknowledgements: a live peer answers within milliseconds, a dead
+    # one is reported by the heartbeats after `timeout_s`; the bound only guards against a hang.
+    return ClusterStopRequest(f"{resolver.task_type} {resolver.task_id}", tasks, wait_s=2 * timeout_s + 30)
 
 
 def _is_chief(strategy) -> bool:
