@@ -271,7 +271,7 @@ for devices in (4, 1):
         data=data, epochs=3, batch_size=32, learning_rate=0.01, devices=devices, name=f"replicas-{devices}",
         runs_dir=runs, export=False, report=False, quiet=True, seed=7))
     start = Initial()
-    run_dir = trainer.train(config, extra_callbacks=[start])
+    run_dir = train.train(config, extra_callbacks=[start])
     replicas = json.load(open(run_dir + "/config.json"))["run"]["replicas"]
     weights[devices] = (replicas, load_model(run_dir + "/model.keras").get_weights())
     initial[devices] = start.weights

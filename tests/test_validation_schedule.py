@@ -124,7 +124,7 @@ for devices in (4, 1):
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=data, epochs=1, batch_size=32, learning_rate=0.01, devices=devices, name=f"v{devices}",
         runs_dir=runs, export=False, report=False, quiet=True, seed=3))
-    run_dir = trainer.train(config)
+    run_dir = train.train(config)
     result[devices] = json.load(open(run_dir + "/metrics.json"))["validation"]
 print(json.dumps(result))
 """
