@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from dataclasses import dataclass
 import hashlib
 import json
 import logging
@@ -280,12 +281,89 @@ def _own_run(config: PipelineConfig, strategy, chief: bool, description, extra_c
             run_lock.release()
 
 
+def _run_document(config: PipelineConfig, description, run_dir: str, strategy) -> dict[str, Any]:
+    """The run's resolved settings with its dataset and replicas, as config.json and TensorBoard hold them."""
+    doc = config.to_dict()
+    doc["dataset"] = {"data_dir": os.path.abspath(config.data_dir), **dataclasses.asdict(description.spec),
+                      "hop_samples": config.audio.hop_samples, "train_examples": description.examples("train"),
+                      "validation_examples": description.examples("validation")}
+    doc["run"] = {"name": os.path.basename(run_dir), "replicas": strategy.num_replicas_in_sync}
+    return doc
+
+
+def _steps_per_execution(tc: cfg.TrainConfig, steps_per_epoch: int) -> int:
+    """Steps in one call of the training function: the setting, or an epoch capped at AUTO_STEPS_PER_EXECUTION."""
+    spe = tc.steps_per_execution or min(steps_per_epoch, cfg.AUTO_STEPS_PER_EXECUTION)
+    if tc.strategy == "multiworker" and spe > 1:
+        # A cluster's stop is agreed on the step after the signal (ClusterStopRequest): every step
+        # must be a boundary where the workers can check it.
+        log.info("steps_per_execution %d -> 1 under MultiWorkerMirroredStrategy", spe)
+        spe = 1
+    return spe
+
+
+@dataclass
+class _Inputs:
+    """The run's input pipelines: the training stream (restartable at any step) and one held-out pass."""
+
+    train_data: Callable[[int], Any]  # global steps already trained -> the stream from there
+    train_ds: Any
+    val_ds: Any | None
+    val_steps: int
+
+
+def _inputs(config: PipelineConfig, description, strategy) -> _Inputs:
+    """Training and held-out pipelines, built per input pipeline under several replicas or workers."""
+    from audionet_tf.dataset import reader
+
+    tc, data_dir = config.train, config.data_dir
+    replicas = strategy.num_replicas_in_sync
+    distributed = replicas > 1 or tc.strategy == "multiworker"
+    val_count = description.examples("validation")
+    # Shards were verified once before; every pipeline built here reads the same description.
+    train_options = reader.ReadOptions(shuffle=True, seed=tc.seed, cache=tc.cache, deterministic=tc.deterministic,
+                                       repeat=True, shuffle_buffer=tc.shuffle_buffer, cache_limit_mb=tc.cache_limit_mb,
+                                       verify=False)
+    val_options = reader.ReadOptions(shuffle=False, cache=tc.cache, deterministic=True,
+                                     cache_limit_mb=tc.cache_limit_mb, verify=False)
+
+    def train_input(context=None, skip: int = 0):
+        # `skip`: the global steps already trained. The example order is a function of the seed
+        # alone, so the stream starts again where it stopped (reading at most one pass).
+        return reader.make_dataset(data_dir, "train", tc.batch_size, train_options, description=description,
+                                   input_context=context, skip_steps=skip)
+
+    def train_data(skip: int = 0):
+        # Several replicas or workers: built per input pipeline from the same seed (see val_ds below).
+        if distributed:
+            return strategy.distribute_datasets_from_function(lambda context: train_input(context, skip))
+        return train_input(None, skip)
+
+    train_ds = train_data()
+    val_batch = validation_batch(val_count, replicas, tc.batch_size) if tc.strategy != "multiworker" else \
+        tc.batch_size
+
+    def val_input(context=None):
+        return reader.make_dataset(data_dir, "validation", val_batch, val_options, description=description,
+                                   input_context=context).repeat()
+
+    if not val_count:
+        val_ds = None
+    elif distributed:
+        # Each input pipeline is built per replica group from the same seed, so the example
+        # order is the one a single replica sees (a rewritten global dataset reseeds its shuffle).
+        val_ds = strategy.distribute_datasets_from_function(val_input)
+    else:
+        val_ds = val_input()
+    # Each evaluation takes one pass (val_steps global batches) from one iterator kept for the whole run.
+    return _Inputs(train_data, train_ds, val_ds, math.ceil(val_count / val_batch))
+
+
 def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: str, stop: "StopRequest",
            extra_callbacks: Sequence[Any], t0: float, run_lock: "DirectoryLock | None",
            finish: Callable[[str], None] | None) -> str:
     """The training proper, with the run directory locked."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from audionet_tf.dataset import reader
@@ -306,23 +384,14 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
 
     os.makedirs(run_dir, exist_ok=True)
     write_dir = run_dir if chief else os.path.join(run_dir, f".worker-{_task_id(strategy)}")
-    doc = config.to_dict()
-    doc["dataset"] = {"data_dir": os.path.abspath(data_dir), **dataclasses.asdict(spec),
-                      "hop_samples": config.audio.hop_samples, "train_examples": train_count,
-                      "validation_examples": val_count}
-    doc["run"] = {"name": os.path.basename(run_dir), "replicas": strategy.num_replicas_in_sync}
+    doc = _run_document(config, description, run_dir, strategy)
     if chief:
         _write_json(os.path.join(run_dir, "config.json"), doc)
         class_names = catalog.read_class_names(data_dir, description)
         storage.atomic_write_text(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
 
     steps_per_epoch = max(1, math.ceil(train_count / tc.batch_size))
-    spe = tc.steps_per_execution or min(steps_per_epoch, cfg.AUTO_STEPS_PER_EXECUTION)
-    if tc.strategy == "multiworker" and spe > 1:
-        # A cluster's stop is agreed on the step after the signal (ClusterStopRequest): every step
-        # must be a boundary where the workers can check it.
-        log.info("steps_per_execution %d -> 1 under MultiWorkerMirroredStrategy", spe)
-        spe = 1
+    spe = _steps_per_execution(tc, steps_per_epoch)
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -330,42 +399,8 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     if tc.batch_size % replicas:
         raise ConfigError(f"batch size {tc.batch_size} does not split evenly across {replicas} replicas")
 
-    # Shards were verified once above; every pipeline built below reads the same description.
-    train_options = reader.ReadOptions(shuffle=True, seed=tc.seed, cache=tc.cache, deterministic=tc.deterministic,
-                                       repeat=True, shuffle_buffer=tc.shuffle_buffer, cache_limit_mb=tc.cache_limit_mb,
-                                       verify=False)
-    val_options = reader.ReadOptions(shuffle=False, cache=tc.cache, deterministic=True,
-                                     cache_limit_mb=tc.cache_limit_mb, verify=False)
-
-    def train_input(context=None, skip: int = 0):
-        # `skip`: the global steps already trained. The example order is a function of the seed
-        # alone, so the stream starts again where it stopped (reading at most one pass).
-        return reader.make_dataset(data_dir, "train", tc.batch_size, train_options, description=description,
-                                   input_context=context, skip_steps=skip)
-
-    def train_data(skip: int = 0):
-        # Several replicas or workers: built per input pipeline from the same seed (see val_ds below).
-        if replicas > 1 or tc.strategy == "multiworker":
-            return strategy.distribute_datasets_from_function(lambda context: train_input(context, skip))
-        return train_input(None, skip)
-
-    val_batch = validation_batch(val_count, replicas, tc.batch_size) if tc.strategy != "multiworker" else \
-        tc.batch_size
-
-    # Each evaluation takes one pass (val_steps global batches) from one iterator kept for the whole run.
-    val_steps = math.ceil(val_count / val_batch)
-
-    def val_input(context=None):
-        return reader.make_dataset(data_dir, "validation", val_batch, val_options, description=description,
-                                   input_context=context).repeat()
-
-    train_ds = train_data()
-    if replicas > 1 or tc.strategy == "multiworker":
-        # Each input pipeline is built per replica group from the same seed, so the example
-        # order is the one a single replica sees (a rewritten global dataset reseeds its shuffle).
-        val_ds = strategy.distribute_datasets_from_function(val_input) if val_count else None
-    else:
-        val_ds = val_input() if val_count else None
+    inputs = _inputs(config, description, strategy)
+    train_ds, val_ds = inputs.train_ds, inputs.val_ds
 
     def make_student():
         model = model_lib.build_audionet(None, spec.num_classes, input_scale=config.model.input_scale,
@@ -387,10 +422,11 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     history.resume_at(initial_epoch)
     if initial_epoch >= tc.epochs:
         log.info("run %s already has %d of %d epochs", run_dir, initial_epoch, tc.epochs)
+
     def resumed_input():
         # The stream goes on past every step trained (the optimizer counts them), exactly where it stopped.
         steps_done = int(student.optimizer.iterations.numpy())
-        return train_data(steps_done) if steps_done else train_ds
+        return inputs.train_data(steps_done) if steps_done else train_ds
 
     monitor = "val_kl" if val_ds is not None else "kl"
     callbacks = [
@@ -412,7 +448,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     log.info("training %s: %d train / %d held-out windows, %d replica(s), batch %d, %d steps per epoch",
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
     loop = FitLoop(student, strategy, spe, (tf.zeros([1, spec.window_samples, 1]), tf.zeros([1, spec.num_classes])))
-    validation = (iter(val_ds), val_steps) if val_ds is not None else None
+    validation = (iter(val_ds), inputs.val_steps) if val_ds is not None else None
     verbose = console.keras_verbosity(tc.quiet)
     with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
         iterator = iter(resumed_input())
@@ -436,6 +472,20 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
             f"The last good state is in {os.path.join(run_dir, 'backup')} and checkpoints/; "
             f"try a lower --learning-rate or --input-scale")
 
+    _conclude(config, strategy, chief, run_dir, write_dir, student, loop, train_ds, validation, steps_per_epoch,
+              backup, t0, finish)
+    return run_dir
+
+
+def _conclude(config: PipelineConfig, strategy, chief: bool, run_dir: str, write_dir: str, student, loop,
+              train_ds, validation, steps_per_epoch: int, backup: "Backup", t0: float,
+              finish: Callable[[str], None] | None) -> None:
+    """After the last epoch: the final figures, and on the chief the model, metrics.json and `finish`."""
+    import numpy as np
+
+    from audionet_tf.training import callbacks as cb
+
+    tc = config.train
     # Every worker logs a digest of its final weights, so a cluster's agreement is easy to check.
     digest = hashlib.sha256(b"".join(np.asarray(w, np.float32).tobytes() for w in student.get_weights()))
     log.info("final weights sha256 %s (task %s)", digest.hexdigest(), _task_id(strategy))
@@ -452,7 +502,6 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
             finish(run_dir)
     else:
         shutil.rmtree(write_dir, ignore_errors=True)
-    return run_dir
 
 
 class PeerLost(AudioNetError):
