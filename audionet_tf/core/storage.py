@@ -120,9 +120,10 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def fsync_directory(directory: str) -> None:
-    """Make the names a local directory holds durable (a rename is on disk once its directory is synced)."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str) -> None:
+    """Make a local file's data, or the names a local directory holds, durable (a rename is on disk once its
+    directory is synced)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -152,7 +153,7 @@ def write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
         if fsync:
-            fsync_directory(directory)
+            fsync_path(directory)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -187,7 +188,7 @@ class _LocalShardFile(io.RawIOBase):
         os.fsync(self._handle.fileno())
         self._handle.close()
         os.replace(self.tmp, self.path)
-        fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+        fsync_path(os.path.dirname(os.path.abspath(self.path)))
         super().close()
 
     def discard(self) -> None:

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from audionet_tf.core.errors import AudioNetError
+from audionet_tf.core import storage
 from audionet_tf.core.storage import atomic_write_text
 from audionet_tf.training.callbacks import BackgroundWriter
 
@@ -223,14 +224,6 @@ class RunDirGuard(keras.callbacks.Callback):
         self._check()
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Backup(keras.callbacks.Callback):
     """Saves weights and optimizer state every `every_epochs` epochs, `every_steps` steps or `every_minutes`
     minutes (whichever comes first; 0 turns the last two off), and when a stop is requested.
@@ -407,7 +400,7 @@ class Backup(keras.callbacks.Callback):
         try:
             os.makedirs(self.backup_dir, exist_ok=True)
             model.save_weights(tmp, overwrite=True)
-            _fsync_file(tmp)  # the rename must not reach the disk before the data
+            storage.fsync_path(tmp)  # the rename must not reach the disk before the data
             os.replace(tmp, final)
             atomic_write_text(os.path.join(self.backup_dir, BACKUP_STATE),
                               json.dumps({"backups": [entry, *kept]}, indent=1) + "\n")
