@@ -68,22 +68,15 @@ class DirectoryLock:
             log.info("%s: the previous owner (%s) is gone; taking over", self.directory, describe_owner(previous))
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "command": " ".join(sys.argv)[:500]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        _write_owner(fd, owner)
         self._fd = fd
         return self
 
     def release(self) -> None:
         """Give the lock up (the file stays: see the module's docstring)."""
-        if self._fd is None:
-            return
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError:
-            pass  # a full or vanished disk: the lock goes with the descriptor anyway
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            _unlock(self._fd)
+            self._fd = None
 
     def intact(self) -> bool:
         """Whether the lock file is still the one locked: False when the directory was removed or replaced."""
@@ -214,22 +207,15 @@ class WithdrawGuard:
                 raise AudioNetError(f"cannot lock {gate}: {exc.strerror or exc}") from None
             owners = "; ".join(describe_owner(o) for o in live_readers(self.directory)) or "another process"
             raise LockHeld(f"{self.directory} is being read by {owners}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(_owner(self.what)) + "\n").encode(), 0)
+        _write_owner(fd, _owner(self.what))
         self._fd = fd
         return self
 
     def release(self) -> None:
         """Let readers in again."""
-        if self._fd is None:
-            return
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError:
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            _unlock(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "WithdrawGuard":
         return self.acquire()
@@ -269,3 +255,19 @@ def live_readers(directory: str) -> list[dict[str, Any]]:
 def _owner(what: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(sys.argv)[:500], "doing": what}
+
+
+def _write_owner(fd: int, owner: dict[str, Any]) -> None:
+    """Name the holder in its lock file (read by whoever is refused)."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+
+
+def _unlock(fd: int) -> None:
+    """Empty the lock file, then give the lock up and close it."""
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass  # a full or vanished disk: the lock goes with the descriptor anyway
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
