@@ -22,6 +22,8 @@ The Python API (importing the package loads no TensorFlow; each entry point load
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from audionet_tf.core.errors import AudioNetError
@@ -50,14 +52,34 @@ _ENTRY_POINTS = {
 __all__ = ["AudioNetError", "SAMPLE_RATE", "__version__", *_ENTRY_POINTS]
 
 
+def _entry_point(name: str) -> Any:
+    module, attribute = _ENTRY_POINTS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def __getattr__(name: str) -> Any:
-    target = _ENTRY_POINTS.get(name)
-    if target is None:
+    if name not in _ENTRY_POINTS:
         raise AttributeError(f"module 'audionet_tf' has no attribute {name!r}")
-    module, attribute = target.split(":")
-    value = getattr(importlib.import_module(module), attribute)
+    value = _entry_point(name)
     globals()[name] = value  # later uses skip this function
     return value
+
+
+class _CommandModule(types.ModuleType):
+    """A command's `python -m audionet_tf.<name>` module, callable as the entry point of the same name.
+
+    Importing a submodule makes it the package's attribute (Python's import system does so after the
+    module runs), so `import audionet_tf.train` anywhere in a process would otherwise turn
+    `audionet_tf.train(config)` into "'module' object is not callable"."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _entry_point(self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+def _command_module(name: str) -> None:
+    """Make the command module `name` (a shim's `__name__`) callable as its entry point."""
+    if name != "__main__":
+        sys.modules[name].__class__ = _CommandModule
 
 
 def __dir__() -> list[str]:

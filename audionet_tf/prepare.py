@@ -1,5 +1,8 @@
 """`python -m audionet_tf.prepare`: the `prepare` command (see `audionet_tf/commands/prepare.py`)."""
+from audionet_tf import _command_module
 from audionet_tf.commands.prepare import main
+
+_command_module(__name__)  # `audionet_tf.prepare(...)` stays the API's call after this module is imported
 
 if __name__ == "__main__":
     from audionet_tf.core.console import run_command

@@ -149,13 +149,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     again = subprocess.run(command, env=ENV, capture_output=True, text=True)
     resume_wall = time.perf_counter() - started
-    from audionet_tf.dataset import commits
-    from audionet_tf.preparation import labelling, local
+    from audionet_tf.commands import prepare as prepare_command
+    from audionet_tf.dataset import commits, split
+    from audionet_tf.preparation import labelling
 
-    config = local.resolve_config(local.build_parser().parse_args(command[3:]))
+    config = prepare_command.resolve_config(prepare_command.build_parser().parse_args(command[3:]))
     started = time.perf_counter()
     clips = labelling.list_clips(config)
-    held = labelling.holdout_ids(clips, config.prepare.holdout)
+    held = split.holdout_ids(clips, config.prepare.holdout)
     keys = {c.id: labelling.clip_key(c, config, c.id in held) for c in clips}
     done = commits.plan(out, keys)
     decide = time.perf_counter() - started

@@ -64,3 +64,47 @@ def test_no_import_circles():
     circles = sorted({tuple(sorted((a, b))) for a in GRAPH for b in GRAPH[a] if b != a and a in reach(b)
                       and stage(a) < len(STAGES)})
     assert not circles, f"modules that import each other (directly or through others): {circles}"
+
+
+def top_level_names(path: pathlib.Path) -> set[str] | None:
+    """Names a module defines at its top level (None when it answers any name through `__getattr__`)."""
+    names: set[str] = set()
+    todo = list(ast.parse(path.read_text(), str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            todo += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            todo += [n for h in getattr(node, "handlers", []) for n in h.body]
+    return None if "__getattr__" in names else names
+
+
+SCRIPTS = sorted(p for folder in ("benchmarks", "examples", "tests", "audionet_tf")
+                 for p in (PACKAGE.parent / folder).rglob("*.py") if ".venv" not in p.parts)
+
+
+def test_every_project_import_names_something_that_exists():
+    # A benchmark whose import went stale in a move fails only when someone runs it, inside its main().
+    missing = []
+    for script in SCRIPTS:
+        where = script.relative_to(PACKAGE.parent)
+        for node in ast.walk(ast.parse(script.read_text(), str(script))):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("audionet_tf")):
+                continue
+            base = PACKAGE.parent / node.module.replace(".", "/")
+            module_file = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+            if not module_file.exists():
+                missing.append(f"{where}:{node.lineno}: no module {node.module}")
+                continue
+            defined = top_level_names(module_file)
+            for alias in node.names:
+                is_module = (base / alias.name).is_dir() or (base / f"{alias.name}.py").exists()
+                if not is_module and defined is not None and alias.name not in defined:
+                    missing.append(f"{where}:{node.lineno}: {node.module} has no {alias.name}")
+    assert len(SCRIPTS) > 100 and not missing, missing

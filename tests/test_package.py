@@ -35,6 +35,29 @@ def test_every_entry_point_is_there_and_callable():
         audionet_tf.nothing
 
 
+def test_entry_points_stay_callable_after_their_command_modules_are_imported():
+    # `import audionet_tf.train` makes the module the package's attribute; the call must still reach train().
+    names = ["train", "prepare", "export", "predict", "embed", "evaluate", "report"]
+    code = ("import importlib, inspect, json; import audionet_tf as an\n"
+            f"names = {names!r}\n"
+            "before = {n: getattr(an, n) for n in names}\n"
+            "out = {}\n"
+            "for n in names:\n"
+            "    module = importlib.import_module('audionet_tf.' + n)\n"
+            "    try:\n"
+            "        getattr(an, n)()\n"
+            "    except TypeError as exc:\n"
+            "        out[n] = [str(exc), list(inspect.signature(before[n]).parameters)[0], callable(module.main)]\n"
+            "print(json.dumps(out))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert sorted(out) == sorted(names)
+    for name, (error, first_parameter, has_main) in out.items():
+        assert re.search(rf"missing \d required positional arguments?: '{first_parameter}'", error), (name, error)
+        assert has_main, name
+
+
 def test_pipelines_load_by_name_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     demo = audionet_tf.load_pipeline("demo")

@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from audionet_tf.core.errors import AudioNetError
 
@@ -55,20 +55,13 @@ class DirectoryLock:
         except OSError as exc:
             raise AudioNetError(f"cannot write {self.directory}: {exc.strerror or exc} (making its lock file "
                                 f"{os.path.basename(self.path)}); nothing was written") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise AudioNetError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-            raise LockHeld(f"{self.directory} is being {self.what} by {describe_owner(read_owner(self.path))}; "
-                           f"wait for it to finish or stop it (the lock is released when that process ends)") from None
+        _lock_or_refuse(fd, self.path, lambda: (
+            f"{self.directory} is being {self.what} by {describe_owner(read_owner(self.path))}; "
+            f"wait for it to finish or stop it (the lock is released when that process ends)"))
         previous = read_owner(self.path)
         if previous:
             log.info("%s: the previous owner (%s) is gone; taking over", self.directory, describe_owner(previous))
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "command": " ".join(sys.argv)[:500]}
-        _write_owner(fd, owner)
+        _write_owner(fd, _owner(self.what))
         self._fd = fd
         return self
 
@@ -199,14 +192,8 @@ class WithdrawGuard:
             return self
         gate = os.path.join(self.directory, READERS_LOCK)
         fd = os.open(gate, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise AudioNetError(f"cannot lock {gate}: {exc.strerror or exc}") from None
-            owners = "; ".join(describe_owner(o) for o in live_readers(self.directory)) or "another process"
-            raise LockHeld(f"{self.directory} is being read by {owners}") from None
+        _lock_or_refuse(fd, gate, lambda: "{} is being read by {}".format(
+            self.directory, "; ".join(describe_owner(o) for o in live_readers(self.directory)) or "another process"))
         _write_owner(fd, _owner(self.what))
         self._fd = fd
         return self
@@ -255,6 +242,18 @@ def live_readers(directory: str) -> list[dict[str, Any]]:
 def _owner(what: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(sys.argv)[:500], "doing": what}
+
+
+def _lock_or_refuse(fd: int, path: str, refusal: Callable[[], str]) -> None:
+    """Take an exclusive `flock` on `fd` without waiting; when another process holds it, close `fd` and raise
+    `LockHeld` with `refusal()` (called only then: it reads who holds it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise AudioNetError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        raise LockHeld(refusal()) from None
 
 
 def _write_owner(fd: int, owner: dict[str, Any]) -> None:

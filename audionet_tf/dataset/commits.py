@@ -171,13 +171,9 @@ def read_state(directory: str) -> State:
         kept.materialise()
         records_by_name.update((n, r) for n, r in kept.accepted if n in present)
     for name in unindexed:
-        path = storage.join(commit_dir, name)
-        try:
-            records_by_name[name] = _parse_record(storage.read_text(path), path, name)
-        except DatasetError as exc:
-            state.torn[name] = str(exc)
-        except OSError as exc:
-            state.torn[name] = f"commit record {path} cannot be read ({exc})"
+        record = _read_record(state, commit_dir, name)
+        if record is not None:
+            records_by_name[name] = record
     order = [n for n in cached if n in records_by_name] + [n for n in unindexed if n in records_by_name]
     claimed: set[str] = set()
     for name in order:
@@ -189,6 +185,18 @@ def read_state(directory: str) -> State:
         claimed.update(ok_ids)
         state.accepted.append((name, record))
     return state
+
+
+def _read_record(state: State, commit_dir: str, name: str) -> dict[str, Any] | None:
+    """One commit record, or None with the reason it is torn noted in `state.torn`."""
+    path = storage.join(commit_dir, name)
+    try:
+        return _parse_record(storage.read_text(path), path, name)
+    except DatasetError as exc:
+        state.torn[name] = str(exc)
+    except OSError as exc:
+        state.torn[name] = f"commit record {path} cannot be read ({exc})"
+    return None
 
 
 def clip_line(doc: dict[str, Any]) -> bytes:
@@ -223,14 +231,8 @@ def _add_unindexed(state: State, directory: str, cached: dict[str, Any], lines: 
     dropped: set[int] = set()
     commit_dir = storage.join(directory, COMMITS_DIR)
     for name in unindexed:
-        path = storage.join(commit_dir, name)
-        try:
-            record = _parse_record(storage.read_text(path), path, name)
-        except DatasetError as exc:
-            state.torn[name] = str(exc)
-            continue
-        except OSError as exc:
-            state.torn[name] = f"commit record {path} cannot be read ({exc})"
+        record = _read_record(state, commit_dir, name)
+        if record is None:
             continue
         ok_ids = [d["id"] for d in record["clips"] if d.get("status") == "ok"]
         if claimed.intersection(ok_ids):
