@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from audionet_tf.core import config as cfg, console
+from audionet_tf.core import config as cfg, console, storage
 from audionet_tf.core.config import PipelineConfig
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.training.trainer import PeerLost
@@ -110,7 +110,7 @@ def _finish(config: PipelineConfig, run_dir: str) -> None:
     if tc.export:
         from audionet_tf.serving import export
 
-        out = os.path.join(tc.export_dir, os.path.basename(run_dir))
+        out = storage.join(tc.export_dir, storage.basename(run_dir))
         export.export_run(run_dir, out)
         print(f"exported to {out}")
     if tc.report:
