@@ -85,11 +85,20 @@ def test_a_run_in_ram_urls_resumes_from_its_backup_there_and_ends_like_a_local_r
         (38, 1, 13), state
     assert not tf.io.gfile.exists(f"{run}/model.keras")
 
-    monkeypatch.setattr(train, "train", command_train)
+    class CountSteps(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            CountSteps.steps += 1
+
+    # The same command again: it trains only the 75 - 38 steps left after the bucket's backup.
+    monkeypatch.setattr(train, "train", lambda config, **kw: command_train(
+        config, **{**kw, "extra_callbacks": [CountSteps()]}))
     caplog.clear()
     with caplog.at_level("INFO", logger="audionet_tf"):
         assert train.main(args) == 0
     assert "continuing epoch 2 at step 13 of 25" in caplog.text
+    assert CountSteps.steps == 75 - 38
     assert "no lock there" in caplog.text  # what a bucket cannot promise, said at the start
 
     model_bytes = tf.io.gfile.GFile(f"{run}/model.keras", "rb").read()
