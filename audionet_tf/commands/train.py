@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collective-timeout-s", type=_positive_float,
                    help="multiworker: seconds without a heartbeat before workers give up on a peer")
     p.add_argument("--name", help="run name (default: the pipeline's, or the dataset directory's name)")
-    p.add_argument("--runs-dir")
-    p.add_argument("--export-dir")
+    p.add_argument("--runs-dir", help="where runs go: a local directory, or a URL (gs://BUCKET/runs, ram://...)")
+    p.add_argument("--export-dir", help="where exports go: a local directory, or a URL (gs://BUCKET/saved_models)")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", default=None, help="log lines instead of progress bars")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")

@@ -428,8 +428,9 @@ class Backup(keras.callbacks.Callback):
         self.last_saved = entry
         keep_names = {b["weights"] for b in (entry, *kept)}
         for old in storage.listdir(self.backup_dir):
-            # Also the temporary files of writes that a kill interrupted.
-            if old.endswith(".weights.h5") and old not in keep_names:
+            # Also the temporary files of writes that a kill interrupted (a weights file, or state.json's).
+            stale_state = old.startswith(f".{BACKUP_STATE}.") and old.endswith(".tmp")
+            if (old.endswith(".weights.h5") and old not in keep_names) or stale_state:
                 try:
                     storage.remove(storage.join(self.backup_dir, old))
                 except OSError:
