@@ -135,3 +135,106 @@ def test_a_run_in_ram_urls_resumes_from_its_backup_there_and_ends_like_a_local_r
     # A URL never becomes a local folder (`ram:` here, or in the dataset's folder).
     assert not os.path.exists(tmp_path / "ram:") and not os.path.exists(os.path.join(dataset, "ram:"))
     assert not [n for n in os.listdir(tmp_path) if n.startswith(("ram", "gs"))]
+
+
+
+# What a run writes to its directory, done by the project's own code with TensorFlow's GCS client. The whole train
+# command cannot run against gcp-storage-emulator: TensorFlow marks a directory it creates (TensorBoard's log
+# directories) with an empty object, and the emulator's media upload fails on an empty body (its handler takes
+# len(None)) and closes the connection.
+GCS_SCRIPT = """
+import json, sys
+import numpy as np, keras, tensorflow as tf
+from audionet_tf.core import config as cfg, storage
+from audionet_tf.model.student import build_audionet
+from audionet_tf.serving.export import export_model
+from audionet_tf.training import callbacks as cb
+from audionet_tf.training.backup import Backup
+from audionet_tf.training.trainer import compile_student
+
+run, out = sys.argv[1], sys.argv[2]
+def student():
+    model = build_audionet(None, 12)
+    compile_student(model, cfg.TrainConfig(learning_rate=0.01))
+    return model
+model = student()
+rng = np.random.default_rng(0)
+x, y = rng.standard_normal((16, 640, 1)).astype("float32"), rng.standard_normal((16, 12)).astype("float32")
+model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # optimizer state worth restoring
+storage.write_bytes(storage.join(run, "config.json"), b'{"run": 1}\\n')
+storage.write_bytes(storage.join(run, "config.json"), b'{"run": 2}\\n')  # rewritten whole
+backup = Backup(storage.join(run, "backup"), every_epochs=1)
+backup.set_model(model)
+backup.on_epoch_end(0, {})
+checkpoints = cb.Checkpoints(storage.join(run, "checkpoints"), monitor="kl")
+checkpoints.set_model(model)
+checkpoints.on_epoch_end(0, {"kl": 1.0})
+history = cb.History(storage.join(run, "history.csv"))
+history.on_epoch_end(0, {"kl": 2.0})
+history.on_epoch_end(1, {"kl": 1.0})
+cb.save_model_atomically(model, storage.join(run, "model.keras"))
+export_model(model, out, class_names=[f"c{i}" for i in range(12)])
+
+again = student()
+restored = Backup(storage.join(run, "backup"), every_epochs=1).restore(again)
+resumed = cb.History(storage.join(run, "history.csv"))
+resumed.resume_at(1)
+windows = x[:3, :, 0]
+loaded = tf.saved_model.load(out).signatures["serving_default"](windows=tf.constant(windows))["logits"].numpy()
+print(json.dumps({
+    "restored": list(restored),
+    "same_state": all(np.array_equal(a, b) for a, b in zip(model.get_weights() + [v.numpy() for v in model.optimizer.variables],
+                                                           again.get_weights() + [v.numpy() for v in again.optimizer.variables])),
+    "iterations": int(again.optimizer.iterations.numpy()),
+    "keras_file_same": all(np.array_equal(a, b) for a, b in zip(
+        model.get_weights(), keras.saving.load_model(storage.join(run, "model.keras"), compile=False).get_weights())),
+    "history_rows": [r["epoch"] for r in resumed.rows],
+    "config": storage.read_text(storage.join(run, "config.json")),
+    "export_max_diff": float(np.max(np.abs(loaded - model.predict(windows[..., None], verbose=0)))),
+    "listing": sorted(storage.listdir(run)),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_a_runs_files_and_export_go_to_a_gcs_server_through_tensorflows_own_client(tmp_path, gcs_emulator):
+    """Backups (written, then restored), checkpoints, history, model.keras and the export written by the project's
+    code to `gs://` through `tf.io.gfile`'s GCS client, against gcp-storage-emulator on 127.0.0.1 (reached
+    through the TLS proxy of `gcs_proxy.py`), and read back both by that client and by Google's own."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("cryptography", reason="part of the test extra")
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    from gcs_proxy import TlsProxy, make_certificates, tensorflow_env
+
+    ca, cert, key = make_certificates(str(tmp_path))
+    port = int(os.environ["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1])
+    proxy = TlsProxy(("127.0.0.1", port), cert, key)
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        result = subprocess.run([sys.executable, "-c", GCS_SCRIPT, f"{gcs_emulator}/runs/cloud",
+                                 f"{gcs_emulator}/saved_models/cloud"], cwd=work, env=tensorflow_env(proxy, ca),
+                                capture_output=True, text=True, timeout=400)
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["restored"] == [1, 0] and report["same_state"] and report["iterations"] == 2, report
+    assert report["keras_file_same"] and report["history_rows"] == ["1"] and report["config"] == '{"run": 2}\n'
+    assert report["export_max_diff"] < 1e-4, report
+
+    bucket = gcs.Client(project="test", credentials=AnonymousCredentials()).bucket("audionet")
+    names = {blob.name for blob in bucket.list_blobs()}
+    for name in ("config.json", "history.csv", "model.keras", "checkpoints/last.keras", "checkpoints/best.keras",
+                 "checkpoints/best.json", "backup/state.json", "backup/epoch-000001-step-000000000.weights.h5"):
+        assert f"runs/cloud/{name}" in names, sorted(names)
+    for name in ("saved_model.pb", "model.tflite", "model_int8.tflite", "labels.txt", "metadata.json"):
+        assert f"saved_models/cloud/{name}" in names, sorted(names)
+    assert [n for n in names if n.startswith("saved_models/cloud/variables/")]
+    assert not [n for n in names if "/." in n or n.endswith(".tmp")], sorted(names)  # final names only
+    assert set(report["listing"]) >= {"config.json", "history.csv", "model.keras", "backup", "checkpoints"}
+    assert not os.path.exists(work / "gs:") and not [n for n in os.listdir(work) if n.startswith("gs")]
