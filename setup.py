@@ -37,9 +37,10 @@ setup(
         # The tests: LiteRT runs the exported .tflite files; the GCS emulator and Beam's GCS client
         # let them write a dataset to a GCS server on 127.0.0.1; Beam's dask extra (dask, distributed)
         # lets them prepare on a Dask scheduler and workers they start on 127.0.0.1; tensorflow-hub
-        # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults.
+        # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults; cryptography makes the
+        # certificate with which TensorFlow's own GCS client reaches that server (tests/gcs_proxy.py).
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
-                 "tensorflow-hub>=0.16"],
+                 "tensorflow-hub>=0.16", "cryptography>=42"],
         "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
         "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner

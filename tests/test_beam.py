@@ -1,9 +1,7 @@
 """Data preparation on Apache Beam's DirectRunner, against the single-process path: same examples, resume, gs://."""
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -102,45 +100,6 @@ def test_a_retried_bundle_does_not_duplicate_examples(served, single, tmp_path):
     assert not state.duplicates and example_multiset(out) == single_examples
     named = {s.file for s in state.shards()}
     assert {n for n in os.listdir(out) if n.endswith(records.SHARD_SUFFIX)} == named
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def gcs_emulator(monkeypatch):
-    """A GCS JSON API server (gcp-storage-emulator) on 127.0.0.1 with one bucket."""
-    pytest.importorskip("gcp_storage_emulator", reason="part of the test extra")
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs
-
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                                "--port", str(port), "--in-memory"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    # No Google credentials exist here: tell Beam's credential cache so, instead of letting it
-    # retry the lookup with back-off for half a minute (its client then connects anonymously).
-    from apache_beam.internal.gcp import auth
-
-    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
-    monkeypatch.setattr(auth._Credentials, "_credentials", None)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        gcs.Client(project="test", credentials=AnonymousCredentials()).create_bucket("audionet")
-        yield "gs://audionet"
-    finally:
-        process.kill()
-        process.wait()
-        storage.use_tf_filesystems()  # later tests in this process use tf.io.gfile again
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from audionet_tf.core import console
+from audionet_tf.core import console, storage
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.serving.export import calibration_windows, export_model, export_run
 
@@ -60,11 +60,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Export per parsed flags."""
     from audionet_tf.model.student import load_model
 
-    name = os.path.splitext(os.path.basename(os.path.normpath(args.source)))[0]
+    name = os.path.splitext(storage.basename(args.source))[0]
     out = args.out or os.path.join("saved_models", name)
-    if os.path.isdir(args.source):
-        return export_run(args.source, out)
-    if not os.path.isfile(args.source):
+    if storage.isfile(storage.join(args.source, "config.json")) or os.path.isdir(args.source):
+        return export_run(args.source, out)  # a run directory, local or in a bucket
+    if not storage.isfile(args.source):
         raise AudioNetError(f"{args.source}: no such run directory or .keras file")
     try:
         model = load_model(args.source)

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from audionet_tf.core import config as cfg, console
+from audionet_tf.core import config as cfg, console, storage
 from audionet_tf.core.config import PipelineConfig
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.training.trainer import PeerLost
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collective-timeout-s", type=_positive_float,
                    help="multiworker: seconds without a heartbeat before workers give up on a peer")
     p.add_argument("--name", help="run name (default: the pipeline's, or the dataset directory's name)")
-    p.add_argument("--runs-dir")
-    p.add_argument("--export-dir")
+    p.add_argument("--runs-dir", help="where runs go: a local directory, or a URL (gs://BUCKET/runs, ram://...)")
+    p.add_argument("--export-dir", help="where exports go: a local directory, or a URL (gs://BUCKET/saved_models)")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", default=None, help="log lines instead of progress bars")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
@@ -110,7 +110,7 @@ def _finish(config: PipelineConfig, run_dir: str) -> None:
     if tc.export:
         from audionet_tf.serving import export
 
-        out = os.path.join(tc.export_dir, os.path.basename(run_dir))
+        out = storage.join(tc.export_dir, storage.basename(run_dir))
         export.export_run(run_dir, out)
         print(f"exported to {out}")
     if tc.report:

@@ -73,6 +73,78 @@ def exists(path: str) -> bool:
     return fs.exists(path) if fs else _gfile().exists(path)
 
 
+def isfile(path: str) -> bool:
+    """Whether a file (not a directory) is there."""
+    if not is_remote(path):
+        return os.path.isfile(path)
+    fs = _beam_fs()
+    if fs:
+        return fs.exists(path)
+    gfile = _gfile()
+    return gfile.exists(path) and not gfile.isdir(path)
+
+
+def listdir(directory: str) -> list[str]:
+    """Names of the entries directly inside `directory`, sorted ([] when it is absent)."""
+    if not is_remote(directory):
+        try:
+            return sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+    gfile = _gfile()
+    if not gfile.isdir(directory):
+        return []
+    return sorted(n.rstrip("/") for n in gfile.listdir(directory))
+
+
+def abspath(path: str) -> str:
+    """An absolute local path; a URL as it is."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def basename(path: str) -> str:
+    """The last component of a local path or a URL (a trailing slash ignored)."""
+    return os.path.basename(str(path).rstrip("/")) if is_remote(path) else os.path.basename(os.path.normpath(path))
+
+
+def copy_tree(local_dir: str, url: str, last: str | None = None) -> None:
+    """Copy a local directory's files under `url`, each written once under its final name; `last`
+    (a file name at the top) is written after every other file, so its presence says the copy is whole."""
+    deferred = None
+    for root, _, files in os.walk(local_dir):
+        relative = os.path.relpath(root, local_dir)
+        parts = [] if relative == "." else relative.split(os.sep)
+        makedirs(join(url, *parts))
+        for name in sorted(files):
+            target = join(url, *parts, name)
+            if last is not None and not parts and name == last:
+                deferred = (os.path.join(root, name), target)
+                continue
+            with open(os.path.join(root, name), "rb") as handle:
+                write_bytes(target, handle.read())
+    if deferred is not None:
+        with open(deferred[0], "rb") as handle:
+            write_bytes(deferred[1], handle.read())
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory and everything under it; one already gone is fine."""
+    if not is_remote(path):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    gfile = _gfile()
+    if not gfile.exists(path):
+        return
+    try:
+        gfile.rmtree(path)
+    except Exception:  # noqa: BLE001 - ram:// lists no folder it was not asked to make: delete file by file
+        for name in gfile.glob(path.rstrip("/") + "/**"):
+            if not gfile.isdir(name):
+                gfile.remove(name)
+
+
 def makedirs(directory: str) -> None:
     """Create a local directory; a no-op for URLs (object stores have no directories to make)."""
     if not is_remote(directory):
@@ -128,6 +200,14 @@ def fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def clear_for_rewrite(path: str) -> None:
+    """Before a file is written again under the same name by a writer other than this module's (Keras):
+    TensorFlow's `ram://` appends to an existing file opened with "wb" instead of replacing it.
+    Elsewhere nothing to do (an object is replaced whole; a local file is truncated)."""
+    if str(path).startswith("ram://") and _gfile().exists(path):
+        _gfile().remove(path)
 
 
 def write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
@@ -210,6 +290,7 @@ def open_write(path: str) -> IO[bytes]:
     fs = _beam_fs()
     if fs:
         return fs.create(path, mime_type="application/octet-stream")
+    clear_for_rewrite(path)
     return _gfile().GFile(path, "wb")
 
 

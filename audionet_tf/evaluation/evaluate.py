@@ -64,8 +64,8 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
     if not held_out or not description.examples("validation"):
         raise AudioNetError(f"dataset {data_dir} holds nothing out; prepare it with --holdout (whole clips) or "
                             f"--holdout-part (a part of every clip) to evaluate on unseen audio")
-    model_path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(model_path):
+    model_path = storage.join(run_dir, "model.keras")
+    if not storage.isfile(model_path):
         raise AudioNetError(f"{run_dir} holds no model.keras: not a finished training run")
     model = load_model(model_path)
     val = reader.load_arrays(data_dir, "validation")
@@ -81,7 +81,7 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
     splits = {c.id: c.split for c in description.clips}
     result: dict[str, Any] = {
         # Names, not machine paths: the report is shared.
-        "run": os.path.basename(os.path.normpath(run_dir)), "data": os.path.basename(os.path.normpath(data_dir)),
+        "run": storage.basename(run_dir), "data": os.path.basename(os.path.normpath(data_dir)),
         "held_out_clips": sorted(held_out), "split": sorted({splits[c] for c in held_out}),
         "student": agreement(val["logits"], student), "prior": agreement(val["logits"], prior),
         "per_clip": {cid: {"student": s, "prior": agreement(val["logits"][val["clip_id"] == cid],
@@ -91,7 +91,7 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
     }
     if folds:
         result["folds"] = cross_validate(run_dir, data_dir, folds, epochs)
-    out = os.path.join(run_dir, "report", "distill.json")
+    out = storage.join(run_dir, "report", "distill.json")
     storage.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -136,8 +136,7 @@ def cross_validate(run_dir: str, data_dir: str, folds: int, epochs: int | None) 
     from audionet_tf.model.student import build_audionet
     from audionet_tf.training.trainer import compile_student
 
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
-        doc = json.load(handle)
+    doc = json.loads(storage.read_text(storage.join(run_dir, "config.json")))
     train_cfg = cfg.build_section(cfg.TrainConfig, {k: v for k, v in doc["train"].items() if v is not None},
                                   "run config")
     model_cfg = cfg.build_section(cfg.ModelConfig, doc.get("model", {}), "run config")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import os
 from typing import Sequence
@@ -16,18 +17,18 @@ from audionet_tf.training.figures import clip_audio, pyplot, timeline_figure
 
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, dpi=90)
+    # Rendered in memory, then written whole (locally through a temporary name; in an object store once).
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format="png")
     pyplot().close(fig)
-    os.replace(tmp, path)
+    storage.write_bytes(path, buffer.getvalue(), fsync=False)
 
 
 def plot_history(history_csv: str, out: str) -> str | None:
     """Training curves from history.csv."""
-    if not os.path.isfile(history_csv):
+    if not storage.isfile(history_csv):
         return None
-    with open(history_csv, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(history_csv), newline="")))
     if not rows:
         return None
     plt = pyplot()
@@ -46,7 +47,7 @@ def plot_history(history_csv: str, out: str) -> str | None:
             ax.set_yscale("log")
         ax.legend()
     fig.tight_layout()
-    path = os.path.join(out, "curves.png")
+    path = storage.join(out, "curves.png")
     _save(fig, path)
     return path
 
@@ -59,7 +60,7 @@ def plot_filters(model, sample_rate: int, out: str) -> str:
     image = filter_figure(model.get_layer("conv").kernel.numpy(), sample_rate)
     fig = plt.figure(figsize=(image.shape[1] / 90, image.shape[0] / 90))
     fig.figimage(image)
-    path = os.path.join(out, "filters.png")
+    path = storage.join(out, "filters.png")
     _save(fig, path)
     return path
 
@@ -74,7 +75,7 @@ def plot_timeline(model, arrays: dict[str, np.ndarray], clip_id: str, class_name
     hop = hop or windows.shape[1]
     fig = timeline_figure(teacher, student, times, clip_audio(windows, times, hop, sample_rate), class_names,
                           sample_rate, title or f"{clip_id}: top class over time", held_out)
-    path = os.path.join(out, f"timeline-{clip_id}.png")
+    path = storage.join(out, f"timeline-{clip_id}.png")
     _save(fig, path)
     return path
 
@@ -140,25 +141,24 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) 
     from audionet_tf.evaluation import evaluate
     from audionet_tf.model.student import load_model
 
-    model_path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(model_path):
+    model_path = storage.join(run_dir, "model.keras")
+    if not storage.isfile(model_path):
         raise AudioNetError(f"{run_dir} holds no model.keras: not a finished training run")
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
+    config = json.loads(storage.read_text(storage.join(run_dir, "config.json")))
     data_dir = data_dir or config.get("dataset", {}).get("data_dir")
-    out = os.path.join(run_dir, "report")
-    os.makedirs(out, exist_ok=True)
+    out = storage.join(run_dir, "report")
+    storage.makedirs(out)
     model = load_model(model_path)
     dataset = config.get("dataset", {})
     sample_rate = int(dataset.get("sample_rate", 16000))
     images, tables = [], []
-    curves = plot_history(os.path.join(run_dir, "history.csv"), out)
+    curves = plot_history(storage.join(run_dir, "history.csv"), out)
     if curves:
         images.append(("Training curves", curves))
     images.append(("The 16 learned filters and their frequency responses (peak marked)",
                    plot_filters(model, sample_rate, out)))
-    distill_path, transfer_path = os.path.join(out, "distill.json"), os.path.join(out, "transfer.json")
-    if data_dir and os.path.isfile(os.path.join(data_dir, records.DESCRIPTION_FILE)):
+    distill_path, transfer_path = storage.join(out, "distill.json"), storage.join(out, "transfer.json")
+    if data_dir and storage.isfile(storage.join(data_dir, records.DESCRIPTION_FILE)):
         description = catalog.read_description(data_dir)
         names = catalog.read_class_names(data_dir, description)
         ok = [c for c in description.clips if c.ok]
@@ -166,7 +166,7 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) 
         result = None
         if held and description.examples("validation"):
             # The agreement tables come from evaluate's own computation (reused when evaluate wrote it).
-            result = json.load(open(distill_path, encoding="utf-8")) if os.path.isfile(distill_path) else \
+            result = json.loads(storage.read_text(distill_path)) if storage.isfile(distill_path) else \
                 evaluate.distill(run_dir, data_dir)
         ordered = [c.id for c in ok if c.id in held] + [c.id for c in ok if c.id not in held]
         chosen = ordered[:max_clips]
@@ -197,33 +197,33 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) 
             tables.append(clip_table(result, description, arrays, student, names))
             if "folds" in result:
                 tables.append(folds_table(result["folds"]))
-    elif os.path.isfile(distill_path):
-        result = json.load(open(distill_path, encoding="utf-8"))
+    elif storage.isfile(distill_path):
+        result = json.loads(storage.read_text(distill_path))
         tables.append(_table("Agreement with the teacher on held-out data",
                              {"student": result["student"], "prior baseline": result["prior"]},
                              ("kl", "top1_agreement", "top5_agreement")))
         if "folds" in result:
             tables.append(folds_table(result["folds"]))
-    if os.path.isfile(transfer_path):
-        result = json.load(open(transfer_path, encoding="utf-8"))
+    if storage.isfile(transfer_path):
+        result = json.loads(storage.read_text(transfer_path))
         tables.append(_table(f"Transfer: linear classifier accuracy ({result['cv']})", result["accuracy"],
                              ("mean", "std")))
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    if os.path.isfile(metrics_path):
-        metrics = json.load(open(metrics_path, encoding="utf-8"))
+    metrics_path = storage.join(run_dir, "metrics.json")
+    if storage.isfile(metrics_path):
+        metrics = json.loads(storage.read_text(metrics_path))
         tables.insert(0, _table("Final metrics", {k: v for k, v in metrics.items() if isinstance(v, dict)},
                                 ("kl", "top1_agreement", "top5_agreement")))
     figures = "".join(f"<h2>{html.escape(title)}</h2><img src='{html.escape(os.path.basename(path))}'>"
                       for title, path in images)
     # Names only, never machine paths: reports are shared.
-    name = os.path.basename(os.path.normpath(run_dir))
-    data_name = os.path.basename(os.path.normpath(data_dir)) if data_dir else "none"
+    name = storage.basename(run_dir)
+    data_name = storage.basename(data_dir) if data_dir else "none"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>AudioNet run {html.escape(name)}</title>"
             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}"
             "td,th{padding:2px 10px;text-align:right}</style></head><body>"
             f"<h1>AudioNet run {html.escape(name)}</h1>"
             f"<p>teacher: {html.escape(str(dataset.get('teacher')))}; dataset: "
             f"{html.escape(data_name)}</p>{''.join(tables)}{figures}</body></html>")
-    index = os.path.join(out, "index.html")
+    index = storage.join(out, "index.html")
     storage.atomic_write_text(index, page)
     return index

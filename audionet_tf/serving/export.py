@@ -145,10 +145,15 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
     num_classes = int(model.output.shape[-1])
     if len(class_names) != num_classes:
         raise AudioNetError(f"{len(class_names)} class names for a model with {num_classes} classes")
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    remote = storage.is_remote(out_dir)
+    out_dir = storage.abspath(out_dir)
+    if remote:
+        # Built and checked here, then uploaded file by file (an object store has no rename).
+        staging = tempfile.mkdtemp(prefix=f"audionet-export-{storage.basename(out_dir)}.")
+    else:
+        parent = os.path.dirname(out_dir)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
     try:
         build_archive(model, sample_rate, window_samples, hop_samples).write_out(staging, verbose=False)
         rng = np.random.default_rng(0)
@@ -202,11 +207,23 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
             **(metadata or {}),
         }
         storage.atomic_write_text(os.path.join(staging, "metadata.json"), json.dumps(doc, indent=2) + "\n")
-        _replace_dir(staging, out_dir)
+        if remote:
+            _upload_dir(staging, out_dir)
+        else:
+            _replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if remote:
+        shutil.rmtree(staging, ignore_errors=True)
     return doc
+
+
+def _upload_dir(staging: str, out_dir: str) -> None:
+    """Put a finished export into an object store: an older export there is removed first, then each file is
+    written once under its final name, metadata.json last (an export without it is unfinished)."""
+    storage.remove_tree(out_dir)
+    storage.copy_tree(staging, out_dir, last="metadata.json")
 
 
 def _replace_dir(staging: str, out_dir: str) -> None:
@@ -243,23 +260,22 @@ def export_run(run_dir: str, out_dir: str) -> dict[str, Any]:
     """Export a training run (its `model.keras`, labels, config and metrics) to `out_dir`."""
     from audionet_tf.model.student import load_model
 
-    model_path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(model_path):
+    model_path = storage.join(run_dir, "model.keras")
+    if not storage.isfile(model_path):
         raise AudioNetError(f"{run_dir} holds no model.keras: not a finished training run")
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
+    config = json.loads(storage.read_text(storage.join(run_dir, "config.json")))
     dataset = config.get("dataset", {})
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    metrics = json.load(open(metrics_path, encoding="utf-8")) if os.path.isfile(metrics_path) else {}
-    with open(os.path.join(run_dir, "labels.txt"), encoding="utf-8") as handle:
-        class_names = [line.rstrip("\n") for line in handle if line.strip()]
+    metrics_path = storage.join(run_dir, "metrics.json")
+    metrics = json.loads(storage.read_text(metrics_path)) if storage.isfile(metrics_path) else {}
+    class_names = [line for line in storage.read_text(storage.join(run_dir, "labels.txt")).splitlines()
+                   if line.strip()]
     model = load_model(model_path)
     return export_model(
         model, out_dir, class_names=class_names, sample_rate=int(dataset.get("sample_rate", 16000)),
         window_samples=int(dataset.get("window_samples", 640)), hop_samples=int(dataset.get("hop_samples", 640)),
         calibration=calibration_windows(dataset.get("data_dir", "")),
         metadata=without_machine_paths({"teacher": dataset.get("teacher"),
-                                        "run": os.path.basename(os.path.normpath(os.path.abspath(run_dir))),
+                                        "run": storage.basename(storage.abspath(run_dir)),
                                         "training_config": config, "final_metrics": metrics}))
 
 

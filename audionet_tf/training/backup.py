@@ -179,17 +179,18 @@ def _finite(model: keras.Model, logs: dict[str, Any] | None) -> bool:
 
 def read_state(backup_dir: str) -> dict[str, Any] | None:
     """The backup directory's state (None when there is none, or it is unreadable)."""
-    path = os.path.join(backup_dir, BACKUP_STATE)
+    path = storage.join(backup_dir, BACKUP_STATE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
+        if not storage.exists(path):
+            return None
+        state = json.loads(storage.read_text(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         # The weights files' names say where they were taken: use them, newest first.
         log.warning("backup state %s is unreadable (%s); using the backup files' names", path, exc)
         found = []
-        for name in sorted(os.listdir(backup_dir), reverse=True):
+        for name in sorted(storage.listdir(backup_dir), reverse=True):
             match = BACKUP_NAME.fullmatch(name)
             if match:
                 found.append({"weights": name, "epoch": int(match.group(1)), "step": int(match.group(2))})
@@ -272,7 +273,7 @@ class Backup(keras.callbacks.Callback):
         candidates = [] if state is None else list(state["backups"])
         bad: list[str] = [state["damaged"]] if state and "damaged" in state else []
         for entry in candidates:
-            path = os.path.join(self.restore_dir, entry["weights"])
+            path = storage.join(self.restore_dir, entry["weights"])
             try:
                 model.load_weights(path)
             except Exception as exc:  # h5py reports truncation and corruption with several types
@@ -296,13 +297,12 @@ class Backup(keras.callbacks.Callback):
     def _restore_checkpoint(self, model: keras.Model, bad: list[str]) -> int | None:
         if not self.checkpoint_dir:
             return None
-        last = os.path.join(self.checkpoint_dir, "last.keras")
-        marker = os.path.join(self.checkpoint_dir, "last.json")
-        if not (bad and os.path.isfile(last) and os.path.isfile(marker)):
+        last = storage.join(self.checkpoint_dir, "last.keras")
+        marker = storage.join(self.checkpoint_dir, "last.json")
+        if not (bad and storage.isfile(last) and storage.isfile(marker)):
             return None
         try:
-            with open(marker, encoding="utf-8") as handle:
-                epoch = int(json.load(handle)["epoch"])
+            epoch = int(json.loads(storage.read_text(marker))["epoch"])
             model.load_weights(last)
         except Exception as exc:
             log.warning("checkpoint %s is damaged (%s)", last, str(exc).splitlines()[0][:200])
@@ -375,7 +375,7 @@ class Backup(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
         where = self.last_saved
-        saved = (f"saved {os.path.join(self.restore_dir, where['weights'])} (epoch {where['epoch']}, "
+        saved = (f"saved {storage.join(self.restore_dir, where['weights'])} (epoch {where['epoch']}, "
                  f"step {where.get('step', 0)})" if where else "nothing had been trained yet")
         raise Stopped(f"stopped by {self.stop.reason}: {saved}; run the same command to continue")
 
@@ -393,37 +393,45 @@ class Backup(keras.callbacks.Callback):
             self._writer.submit(self.model, lambda copy: self._write(copy, entry))
 
     def _write(self, model: keras.Model, entry: dict[str, Any]) -> None:
-        final = os.path.join(self.backup_dir, entry["weights"])
-        tmp = os.path.join(self.backup_dir, f".{entry['weights']}.{os.getpid()}.tmp.weights.h5")
+        final = storage.join(self.backup_dir, entry["weights"])
+        remote = storage.is_remote(final)
+        tmp = storage.join(self.backup_dir, f".{entry['weights']}.{os.getpid()}.tmp.weights.h5")
         state = read_state(self.backup_dir) or {"backups": []}
         kept = [b for b in state["backups"] if b["weights"] != entry["weights"]][: self.keep - 1]
         try:
-            os.makedirs(self.backup_dir, exist_ok=True)
-            model.save_weights(tmp, overwrite=True)
-            storage.fsync_path(tmp)  # the rename must not reach the disk before the data
-            os.replace(tmp, final)
-            atomic_write_text(os.path.join(self.backup_dir, BACKUP_STATE),
+            storage.makedirs(self.backup_dir)
+            if remote:
+                # No rename in an object store: Keras writes the file locally, then uploads it whole
+                # under its final name; state.json names it only after that.
+                storage.clear_for_rewrite(final)
+                model.save_weights(final, overwrite=True)
+            else:
+                model.save_weights(tmp, overwrite=True)
+                storage.fsync_path(tmp)  # the rename must not reach the disk before the data
+                os.replace(tmp, final)
+            atomic_write_text(storage.join(self.backup_dir, BACKUP_STATE),
                               json.dumps({"backups": [entry, *kept]}, indent=1) + "\n")
         except Exception as exc:
             try:
-                if os.path.exists(tmp):
+                if not remote and os.path.exists(tmp):
                     os.unlink(tmp)
             except OSError:
                 pass
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
             good = kept[0] if kept else None
-            if self.last_saved and os.path.isfile(os.path.join(self.backup_dir, self.last_saved["weights"])):
+            if self.last_saved and storage.isfile(storage.join(self.backup_dir, self.last_saved["weights"])):
                 good = self.last_saved
-            keeps = (f"the last good backup {os.path.join(self.backup_dir, good['weights'])} (epoch {good['epoch']}, "
+            keeps = (f"the last good backup {storage.join(self.backup_dir, good['weights'])} (epoch {good['epoch']}, "
                      f"step {good.get('step', 0)}) is kept" if good else "no backup had been written yet")
             raise BackupWriteError(f"cannot write the backup {final}: {reason}; {keeps}; free space or fix the "
                                    f"directory, then run the same command to continue") from None
         self.last_saved = entry
         keep_names = {b["weights"] for b in (entry, *kept)}
-        for old in os.listdir(self.backup_dir):
-            # Also the temporary files of writes that a kill interrupted.
-            if old.endswith(".weights.h5") and old not in keep_names:
+        for old in storage.listdir(self.backup_dir):
+            # Also the temporary files of writes that a kill interrupted (a weights file, or state.json's).
+            stale_state = old.startswith(f".{BACKUP_STATE}.") and old.endswith(".tmp")
+            if (old.endswith(".weights.h5") and old not in keep_names) or stale_state:
                 try:
-                    os.unlink(os.path.join(self.backup_dir, old))
+                    storage.remove(storage.join(self.backup_dir, old))
                 except OSError:
                     pass

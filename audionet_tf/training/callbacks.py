@@ -15,6 +15,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from audionet_tf.core import storage
 from audionet_tf.core.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,13 @@ def _finite_logs(logs: dict[str, Any] | None) -> bool:
 
 
 def save_model_atomically(model: keras.Model, path: str) -> None:
-    """Save a `.keras` file through a temporary name (Keras writes the final path directly)."""
+    """Save a `.keras` file through a temporary name (Keras writes the final path directly).
+
+    In an object store (no rename) Keras zips the file in memory and uploads it whole under `path`."""
+    if storage.is_remote(path):
+        storage.clear_for_rewrite(path)
+        model.save(path)
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.keras"
     try:
@@ -108,10 +115,9 @@ class Checkpoints(keras.callbacks.Callback):
         self.write = write
         self.best = math.inf
         self._writer = BackgroundWriter(make_copy, "checkpoints") if make_copy is not None else None
-        best_state = os.path.join(directory, "best.json")
-        if os.path.isfile(best_state):
-            with open(best_state, encoding="utf-8") as handle:
-                self.best = float(json.load(handle).get(monitor, math.inf))
+        best_state = storage.join(directory, "best.json")
+        if storage.isfile(best_state):
+            self.best = float(json.loads(storage.read_text(best_state)).get(monitor, math.inf))
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
@@ -142,10 +148,14 @@ class Checkpoints(keras.callbacks.Callback):
             self._writer.finish_quietly()
 
     def _write(self, model: keras.Model, done: int, best: float | None) -> None:
-        save_model_atomically(model, os.path.join(self.directory, "last.keras"))
+        save_model_atomically(model, storage.join(self.directory, "last.keras"))
         # The epoch of last.keras: a run whose backups are damaged resumes from it.
-        atomic_write_text(os.path.join(self.directory, "last.json"), json.dumps({"epoch": done}) + "\n")
-        if best is not None:
+        atomic_write_text(storage.join(self.directory, "last.json"), json.dumps({"epoch": done}) + "\n")
+        if best is not None and storage.is_remote(self.directory):
+            # One upload of the same bytes, under the final name (no rename in an object store).
+            path = storage.join(self.directory, "best.keras")
+            storage.write_bytes(path, storage.read_bytes(storage.join(self.directory, "last.keras")))
+        elif best is not None:
             # The same model as last.keras: a copy costs a fraction of serialising it again.
             path = os.path.join(self.directory, "best.keras")
             tmp = f"{path}.{os.getpid()}.tmp"
@@ -155,7 +165,8 @@ class Checkpoints(keras.callbacks.Callback):
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-            atomic_write_text(os.path.join(self.directory, "best.json"),
+        if best is not None:
+            atomic_write_text(storage.join(self.directory, "best.json"),
                               json.dumps({"epoch": done, self.monitor: best}) + "\n")
 
 
@@ -178,11 +189,10 @@ class History(keras.callbacks.Callback):
     def resume_at(self, epoch: int) -> None:
         """Keep the rows of epochs before `epoch` (1-based count of finished epochs)."""
         self.start_epoch = epoch
-        if os.path.isfile(self.path):
-            with open(self.path, newline="", encoding="utf-8") as handle:
-                # A row cut short by a kill has missing cells; it belongs to an epoch being replayed.
-                self.rows = [r for r in csv.DictReader(handle)
-                             if None not in r.values() and int(r["epoch"]) <= epoch]
+        if storage.isfile(self.path):
+            # A row cut short by a kill has missing cells; it belongs to an epoch being replayed.
+            self.rows = [r for r in csv.DictReader(io.StringIO(storage.read_text(self.path), newline=""))
+                         if None not in r.values() and int(r["epoch"]) <= epoch]
         self.fields = None
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -190,7 +200,9 @@ class History(keras.callbacks.Callback):
         self.rows.append(row)
         if not self.write:
             return
-        if self.fields is not None and set(row) <= set(self.fields) and os.path.isfile(self.path):
+        # An object can only be written whole: there the file is rewritten each epoch.
+        if (self.fields is not None and set(row) <= set(self.fields) and not storage.is_remote(self.path)
+                and os.path.isfile(self.path)):
             with open(self.path, "a", newline="", encoding="utf-8") as handle:
                 csv.DictWriter(handle, fieldnames=self.fields).writerow(row)
             return

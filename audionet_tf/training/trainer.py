@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -62,25 +61,24 @@ def choose_run_dir(config: PipelineConfig, name: str, chief: bool = True) -> str
     Only the chief checks an unfinished directory's contents: the other workers of a cluster
     start while the chief is writing into it, and follow the same choice.
     """
-    base = os.path.join(config.train.runs_dir, name)
+    base = storage.join(config.train.runs_dir, name)
     candidate, index = base, 1
     while True:
-        config_path = os.path.join(candidate, "config.json")
-        if not os.path.exists(candidate):
+        config_path = storage.join(candidate, "config.json")
+        if not storage.exists(candidate):
             return candidate
-        if os.path.isfile(os.path.join(candidate, "metrics.json")):
+        if storage.isfile(storage.join(candidate, "metrics.json")):
             index += 1
             candidate = f"{base}-{index}"
             continue
         if not chief:
             return candidate
-        if not os.path.isfile(config_path):
+        if not storage.isfile(config_path):
             # Hidden entries: another worker's scratch directory, a file being written.
-            if not [n for n in os.listdir(candidate) if not n.startswith(".")]:
+            if not [n for n in storage.listdir(candidate) if not n.startswith(".")]:
                 return candidate
             raise ConfigError(f"{candidate} exists and is not a run directory; choose another --name or --runs-dir")
-        with open(config_path, encoding="utf-8") as handle:
-            previous = json.load(handle)
+        previous = json.loads(storage.read_text(config_path))
         if _comparable(previous) != _comparable(config.to_dict()):
             before, now = _comparable(previous), _comparable(config.to_dict())
             diffs = [f"{section}.{k}: {before[section].get(k)!r} then, {now[section].get(k)!r} now"
@@ -268,7 +266,12 @@ def _own_run(config: PipelineConfig, strategy, chief: bool, description, extra_c
     name = run_name(config)
     run_dir = choose_run_dir(config, name, chief)
     # One owner per run: a second command on a run being trained is refused before it reads anything.
-    run_lock = DirectoryLock(run_dir, what="trained") if chief else None
+    # An object store has no lock to take (nor a rename): say so once, where the run starts.
+    run_lock = DirectoryLock(run_dir, what="trained") if chief and not storage.is_remote(run_dir) else None
+    if chief and storage.is_remote(run_dir):
+        log.warning("run %s is in an object store: no lock there, so a second training of the same run is not "
+                    "refused (start one only); files are written under their final names (an object appears "
+                    "whole or not at all), and a resume reads the backup its state.json names", run_dir)
     if run_lock is not None:
         run_lock.acquire()
     stop = (_cluster_stop(strategy, tc.collective_timeout_s) if tc.strategy == "multiworker"
@@ -284,10 +287,10 @@ def _own_run(config: PipelineConfig, strategy, chief: bool, description, extra_c
 def _run_document(config: PipelineConfig, description, run_dir: str, strategy) -> dict[str, Any]:
     """The run's resolved settings with its dataset and replicas, as config.json and TensorBoard hold them."""
     doc = config.to_dict()
-    doc["dataset"] = {"data_dir": os.path.abspath(config.data_dir), **dataclasses.asdict(description.spec),
+    doc["dataset"] = {"data_dir": storage.abspath(config.data_dir), **dataclasses.asdict(description.spec),
                       "hop_samples": config.audio.hop_samples, "train_examples": description.examples("train"),
                       "validation_examples": description.examples("validation")}
-    doc["run"] = {"name": os.path.basename(run_dir), "replicas": strategy.num_replicas_in_sync}
+    doc["run"] = {"name": storage.basename(run_dir), "replicas": strategy.num_replicas_in_sync}
     return doc
 
 
@@ -382,13 +385,15 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     if train_count == 0:
         raise AudioNetError(f"dataset {data_dir} has no training examples (all clips failed or are held out)")
 
-    os.makedirs(run_dir, exist_ok=True)
-    write_dir = run_dir if chief else os.path.join(run_dir, f".worker-{_task_id(strategy)}")
+    write_dir = run_dir if chief else storage.join(run_dir, f".worker-{_task_id(strategy)}")
+    for folder in ("", "backup", "checkpoints", "logs"):
+        # Local folders; in ram:// a folder must be made to be listed; no-op on gs:// (no folders).
+        storage.makedirs(storage.join(write_dir, folder) if folder else run_dir)
     doc = _run_document(config, description, run_dir, strategy)
     if chief:
-        _write_json(os.path.join(run_dir, "config.json"), doc)
+        _write_json(storage.join(run_dir, "config.json"), doc)
         class_names = catalog.read_class_names(data_dir, description)
-        storage.atomic_write_text(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
+        storage.atomic_write_text(storage.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
 
     steps_per_epoch = max(1, math.ceil(train_count / tc.batch_size))
     spe = _steps_per_execution(tc, steps_per_epoch)
@@ -410,12 +415,12 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
 
     with strategy.scope():
         student = make_student()
-    backup = Backup(os.path.join(write_dir, "backup"), every_epochs=tc.checkpoint_every,
+    backup = Backup(storage.join(write_dir, "backup"), every_epochs=tc.checkpoint_every,
                     every_steps=tc.backup_every_steps, every_minutes=tc.backup_every_minutes,
-                    keep=tc.keep_backups, restore_dir=os.path.join(run_dir, "backup"),
-                    checkpoint_dir=os.path.join(run_dir, "checkpoints"), stop=stop, steps_per_epoch=steps_per_epoch,
+                    keep=tc.keep_backups, restore_dir=storage.join(run_dir, "backup"),
+                    checkpoint_dir=storage.join(run_dir, "checkpoints"), stop=stop, steps_per_epoch=steps_per_epoch,
                     make_copy=make_student)
-    history = cb.History(os.path.join(write_dir, "history.csv"))
+    history = cb.History(storage.join(write_dir, "history.csv"))
     nan_guard = cb.StopOnNaN()
     with strategy.scope():  # the optimizer's slots are distributed variables
         initial_epoch, initial_step = backup.restore(student)
@@ -434,17 +439,17 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         cb.LearningRateLog(),
         nan_guard,
         history,
-        cb.Checkpoints(os.path.join(write_dir, "checkpoints"), monitor=monitor, every=tc.checkpoint_every,
+        cb.Checkpoints(storage.join(write_dir, "checkpoints"), monitor=monitor, every=tc.checkpoint_every,
                        make_copy=make_student),
-        cb.TensorBoardLogs(os.path.join(write_dir, "logs"), tc.histogram_every),
-        cb.FilterImages(os.path.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
-        *timeline.timeline_callbacks(data_dir, description, os.path.join(write_dir, "logs"), tc.histogram_every,
+        cb.TensorBoardLogs(storage.join(write_dir, "logs"), tc.histogram_every),
+        cb.FilterImages(storage.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
+        *timeline.timeline_callbacks(data_dir, description, storage.join(write_dir, "logs"), tc.histogram_every,
                                         config.audio.hop_samples, write=chief),
         backup,  # after the others: a stop request ends `fit` here, once they have seen the epoch
         *extra_callbacks,
     ]
     if chief:
-        _log_config_text(os.path.join(run_dir, "logs", "config"), doc)
+        _log_config_text(storage.join(run_dir, "logs", "config"), doc)
     log.info("training %s: %d train / %d held-out windows, %d replica(s), batch %d, %d steps per epoch",
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
     loop = FitLoop(student, strategy, spe, (tf.zeros([1, spec.window_samples, 1]), tf.zeros([1, spec.num_classes])))
@@ -469,7 +474,7 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     if nan_guard.nan_epoch is not None:
         raise TrainingDiverged(
             f"the loss became NaN or infinite at epoch {nan_guard.nan_epoch} of run {run_dir}; stopped. "
-            f"The last good state is in {os.path.join(run_dir, 'backup')} and checkpoints/; "
+            f"The last good state is in {storage.join(run_dir, 'backup')} and checkpoints/; "
             f"try a lower --learning-rate or --input-scale")
 
     _conclude(config, strategy, chief, run_dir, write_dir, student, loop, train_ds, validation, steps_per_epoch,
@@ -495,13 +500,13 @@ def _conclude(config: PipelineConfig, strategy, chief: bool, run_dir: str, write
     final["seconds"] = round(time.time() - t0, 1)
     if chief:
         with _faults_as_messages(run_dir, backup, False):
-            cb.save_model_atomically(student, os.path.join(run_dir, "model.keras"))
-            _write_json(os.path.join(run_dir, "metrics.json"), final)
+            cb.save_model_atomically(student, storage.join(run_dir, "model.keras"))
+            _write_json(storage.join(run_dir, "metrics.json"), final)
         _print_summary(run_dir, final)
         if finish is not None:
             finish(run_dir)
     else:
-        shutil.rmtree(write_dir, ignore_errors=True)
+        storage.remove_tree(write_dir)
 
 
 class PeerLost(AudioNetError):
@@ -513,7 +518,7 @@ def _write_failure(exc: OSError, run_dir: str, backup: "Backup") -> AudioNetErro
     from audionet_tf.training.backup import BackupWriteError
 
     saved = backup.last_saved
-    kept = (f"the last backup {os.path.join(run_dir, 'backup', saved['weights'])} (epoch {saved['epoch']}, "
+    kept = (f"the last backup {storage.join(run_dir, 'backup', saved['weights'])} (epoch {saved['epoch']}, "
             f"step {saved.get('step', 0)}) is kept" if saved else "no backup of this session was written")
     return BackupWriteError(f"cannot write {exc.filename or run_dir}: {exc.strerror or exc}; {kept}; "
                             f"fix the storage, then run the same command to continue")
@@ -536,11 +541,11 @@ def _faults_as_messages(run_dir: str, backup: "Backup", multiworker: bool):
                 if any(w in line.lower() for w in ("connect", "timed out", "timeout", "deadline", "peer", "socket"))]
         why = f": {said[0][:200]}" if said else ""
         raise PeerLost(f"lost contact with another worker ({type(exc).__name__}{why}); "
-                       f"the chief's last backup is in {os.path.join(run_dir, 'backup')}: start the same command "
+                       f"the chief's last backup is in {storage.join(run_dir, 'backup')}: start the same command "
                        f"on every host to continue") from None
     except tf.errors.OpError as exc:
         # TensorBoard's writers report a full or vanished disk as an op error naming the file.
-        text, names = str(exc), (run_dir, os.path.abspath(run_dir))
+        text, names = str(exc), (run_dir, storage.abspath(run_dir))
         if not any(name in text for name in names):
             raise
         path = next((w.rstrip(";:,") for w in text.split() if any(name in w for name in names)), run_dir)
