@@ -332,18 +332,22 @@ class TensorBoardLogs(keras.callbacks.Callback):
     `<weight path>/histogram` every `histogram_every` epochs (0-based epochs divisible by it, as
     Keras counts); `validation/` gets `epoch_<name>` for each `val_<name>` log and
     `evaluation_<name>_vs_iterations` at the optimizer's step. The scalars of consecutive
-    epochs are collected and written by one `tf.function` call every `flush_seconds` and when
-    training ends, instead of one eager op per value and epoch.
+    epochs are collected and written by one `tf.function` call per writer every `flush_seconds`
+    and when training ends, instead of one eager op per value and epoch. Tags are an input of
+    that function, so it is traced once, when training begins (for `validation/` too when
+    `validation` is true, else at its first use), not in the middle of the epochs.
     """
 
-    def __init__(self, log_dir: str, histogram_every: int = 0, write: bool = True, flush_seconds: float = 5.0):
+    def __init__(self, log_dir: str, histogram_every: int = 0, write: bool = True, flush_seconds: float = 5.0,
+                 validation: bool = False):
         super().__init__()
         self.log_dir = log_dir
         self.histogram_every = histogram_every
         self.write = write
         self.flush_seconds = flush_seconds
+        self.validation = validation
         self._writers: dict[str, Any] = {}
-        self._functions: dict[tuple, Any] = {}
+        self._functions: dict[str, Any] = {}
         self._rows: list[tuple[int, int, dict[str, float], dict[str, float]]] = []
         self._last_flush = time.monotonic()
 
@@ -354,53 +358,57 @@ class TensorBoardLogs(keras.callbacks.Callback):
             self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
         return self._writers[name]
 
-    def _scalars_function(self, train_names: tuple[str, ...], val_names: tuple[str, ...]):
+    def _scalars_function(self, writer_name: str):
         import tensorflow as tf
 
         from tensorboard.plugins.scalar import metadata
 
-        key = (train_names, val_names)
-        if key not in self._functions:
+        if writer_name not in self._functions:
             # What `tf.summary.scalar` writes, with the tag as given: inside the loop below it
             # would be prefixed with the loop's name scope.
             scalar = metadata.create_summary_metadata(display_name=None, description=None).SerializeToString()
+            writer = self._writer(writer_name)
 
-            def put(tag, value, step):
-                tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=scalar)
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32),
+                                          tf.TensorSpec([None], tf.int64)])
+            def write(tags, values, steps):
+                with writer.as_default():
+                    for i in tf.range(tf.shape(tags)[0]):
+                        tf.summary.write(tags[i], values[i], step=steps[i], metadata=scalar)
 
-            train_writer = self._writer("train")
-            val_writer = self._writer("validation") if val_names else None
+            write.get_concrete_function()  # traced now, whatever the tags and the rows a flush carries
+            self._functions[writer_name] = write
+        return self._functions[writer_name]
 
-            # One trace per set of names, whatever the number of rows a flush carries.
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
-                                          tf.TensorSpec([None, len(train_names)], tf.float32),
-                                          tf.TensorSpec([None, len(val_names)], tf.float32)])
-            def write(epochs, iterations, train_values, val_values):
-                for row in tf.range(tf.shape(epochs)[0]):
-                    with train_writer.as_default():
-                        for i, name in enumerate(train_names):
-                            put(f"epoch_{name}", train_values[row, i], epochs[row])
-                    if val_writer is not None:
-                        with val_writer.as_default():
-                            for i, name in enumerate(val_names):
-                                put(f"epoch_{name}", val_values[row, i], epochs[row])
-                                put(f"evaluation_{name}_vs_iterations", val_values[row, i], iterations[row])
-            self._functions[key] = write
-        return self._functions[key]
+    def on_train_begin(self, logs=None) -> None:
+        if self.write:
+            self._scalars_function("train")
+            if self.validation:
+                self._scalars_function("validation")
 
     def _flush(self) -> None:
         import tensorflow as tf
 
         rows, self._rows = self._rows, []
         self._last_flush = time.monotonic()
-        groups: dict[tuple, list] = {}
-        for row in rows:
-            groups.setdefault((tuple(row[2]), tuple(row[3])), []).append(row)
-        for (train_names, val_names), group in groups.items():
-            write = self._scalars_function(train_names, val_names)
-            write(tf.constant([r[0] for r in group], tf.int64), tf.constant([r[1] for r in group], tf.int64),
-                  tf.constant([list(r[2].values()) for r in group], tf.float32, shape=[len(group), len(train_names)]),
-                  tf.constant([list(r[3].values()) for r in group], tf.float32, shape=[len(group), len(val_names)]))
+        events: dict[str, tuple[list[str], list[float], list[int]]] = {}
+
+        def put(writer_name: str, tag: str, value: float, step: int) -> None:
+            tags, values, steps = events.setdefault(writer_name, ([], [], []))
+            tags.append(tag)
+            values.append(value)
+            steps.append(step)
+
+        # In each file, the order of one eager write per value: an epoch's training values, then its held-out ones.
+        for epoch, iterations, train, val in rows:
+            for name, value in train.items():
+                put("train", f"epoch_{name}", value, epoch)
+            for name, value in val.items():
+                put("validation", f"epoch_{name}", value, epoch)
+                put("validation", f"evaluation_{name}_vs_iterations", value, iterations)
+        for writer_name, (tags, values, steps) in events.items():
+            self._scalars_function(writer_name)(tf.constant(tags, tf.string), tf.constant(values, tf.float32),
+                                                tf.constant(steps, tf.int64))
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         import tensorflow as tf
