@@ -183,12 +183,14 @@ class Breakdown:
 
 
 def train_command(data_dir: str, runs_dir: str, warmup: int, epochs: int,
-                  validate_every: int = cfg.TrainConfig.validate_every, breakdown: bool = False) -> dict[str, float]:
+                  validate_every: int = cfg.TrainConfig.validate_every, breakdown: bool = False,
+                  histogram_every: int = cfg.TrainConfig.histogram_every) -> dict[str, float]:
     """`train.train()` with the defaults, one epoch more than timed (its final work is not timed)."""
     clock = EpochClock(warmup, epochs)
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=data_dir, epochs=warmup + epochs + 1, runs_dir=runs_dir, name=f"bench-{time.time_ns()}",
-        export=False, report=False, quiet=True, validate_every=validate_every))
+        export=False, report=False, quiet=True, validate_every=validate_every,
+        histogram_every=histogram_every))
     parts = Breakdown().install() if breakdown else None
     train.train(config, extra_callbacks=[clock])
     if parts is not None:
@@ -252,6 +254,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--validate-every", type=int, default=cfg.TrainConfig.validate_every,
                         help="the train command's validation frequency")
+    parser.add_argument("--histogram-every", type=int, default=cfg.TrainConfig.histogram_every,
+                        help="the train command's epochs between filter images, timelines and histograms")
     parser.add_argument("--breakdown", action="store_true",
                         help="print where each of the train command's epochs goes (steps, evaluation, each callback)")
     parser.add_argument("--torch-requirement", default="torch", help="what pip installs into the torch venv")
@@ -269,7 +273,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             results["train command"].append(train_command(data_dir, os.path.join(tmp, "runs"), args.warmup,
                                                           args.epochs, args.validate_every,
-                                                          args.breakdown))
+                                                          args.breakdown, args.histogram_every))
             results["Keras fit (NumPy)"].append(keras_fit(x, y, args.warmup, args.epochs))
             results["PyTorch eager"].append(pytorch(arrays, args.warmup, args.epochs))
             results["PyTorch eager, 1 thread"].append(pytorch(arrays, args.warmup, args.epochs, threads=1))
@@ -293,6 +297,8 @@ def main(argv=None) -> int:
         rows.append(f"| {name} | {med:.0f} ms ({epoch.min():.0f}–{epoch.max():.0f}) | {np.median(steps):.0f} ms | "
                     f"{over:.0f} ms ({over / med:.0%}) | {speed:.2f}× |")
     flags = f" --validate-every {args.validate_every}" if args.validate_every != cfg.TrainConfig.validate_every else ""
+    if args.histogram_every != cfg.TrainConfig.histogram_every:
+        flags += f" --histogram-every {args.histogram_every}"
     print(f"\ndocs/speed.md rows ({COMMAND} --epochs {args.epochs} --repeats {args.repeats}{flags}):")
     print("| way to train | time per epoch (median, range) | in the steps | overhead | speed vs the faster PyTorch |")
     print("|---|---|---|---|---|")

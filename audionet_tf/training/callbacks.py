@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from audionet_tf.core.storage import atomic_write_text
+from audionet_tf.training import figures
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,11 @@ def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 class FilterImages(keras.callbacks.Callback):
-    """Writes an image of the learned conv filters and their frequency responses to TensorBoard."""
+    """Writes an image of the learned conv filters and their frequency responses to TensorBoard.
+
+    The kernel is read at the epoch; the figure is drawn and written in the background
+    (`figures.BackgroundDrawing`), and training's end waits for it.
+    """
 
     def __init__(self, log_dir: str, sample_rate: int, every: int = 50, write: bool = True):
         super().__init__()
@@ -298,6 +303,7 @@ class FilterImages(keras.callbacks.Callback):
         self.every = every
         self.write = write
         self._writer = None
+        self._drawing = figures.BackgroundDrawing("filter-images")
 
     def _log(self, step: int) -> None:
         import tensorflow as tf
@@ -306,22 +312,40 @@ class FilterImages(keras.callbacks.Callback):
             return
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        image = filter_figure(self.model.get_layer("conv").kernel.numpy(), self.sample_rate)
-        with self._writer.as_default():
+        self._drawing.submit(self._draw, np.array(self.model.get_layer("conv").kernel.numpy()), step, self._writer)
+
+    def _draw(self, kernel: np.ndarray, step: int, writer) -> None:
+        import tensorflow as tf
+
+        with figures.PYPLOT:
+            image = filter_figure(kernel, self.sample_rate)
+        with writer.as_default():
             tf.summary.image("conv_filters", image[None], step=step)
-        self._writer.flush()
+        writer.flush()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._drawing.check()
         if (epoch + 1) % self.every == 0:
             self._log(epoch + 1)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def on_train_end(self, logs=None) -> None:
         epochs = self.params.get("epochs", 0) if self.params else 0
         if epochs % self.every:
             self._log(epochs)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            self._drawing.close()
+        finally:
+            self._close()
+
+    def finish_after_error(self) -> None:
+        """Training ends on an exception: let the image being drawn be written."""
+        self._drawing.finish_quietly()
+        self._close()
 
 
 class TensorBoardLogs(keras.callbacks.Callback):
@@ -334,7 +358,7 @@ class TensorBoardLogs(keras.callbacks.Callback):
     `evaluation_<name>_vs_iterations` at the optimizer's step. The scalars of consecutive
     epochs are collected and written by one `tf.function` call per writer every `flush_seconds`
     and when training ends, instead of one eager op per value and epoch. Tags are an input of
-    that function, so it is traced once, when training begins (for `validation/` too when
+    that function, so it is traced (and run empty) once, when training begins (for `validation/` too when
     `validation` is true, else at its first use), not in the middle of the epochs.
     """
 
@@ -376,7 +400,9 @@ class TensorBoardLogs(keras.callbacks.Callback):
                     for i in tf.range(tf.shape(tags)[0]):
                         tf.summary.write(tags[i], values[i], step=steps[i], metadata=scalar)
 
-            write.get_concrete_function()  # traced now, whatever the tags and the rows a flush carries
+            # Traced and run once now with no rows (it writes nothing): the first call of a function
+            # also builds its graph in the runtime, 0.1-0.2 s here, which would fall on an epoch.
+            write(tf.constant([], tf.string), tf.constant([], tf.float32), tf.constant([], tf.int64))
             self._functions[writer_name] = write
         return self._functions[writer_name]
 
