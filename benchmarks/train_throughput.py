@@ -26,12 +26,14 @@ share; the train command's last epoch (final checkpoint, filter images) is not t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -157,6 +159,17 @@ class Breakdown:
                 breakdown.finish()
 
         loop.FitLoop.fit = fit
+        # Python's cyclic garbage collector pauses whichever thread allocates: counted apart.
+        gc_start: dict[str, float] = {}
+
+        def collection(phase, info):
+            if phase == "start":
+                gc_start["t"] = time.perf_counter()
+            elif "t" in gc_start and threading.current_thread() is threading.main_thread():
+                breakdown._add(f"gc (generation {info['generation']})", time.perf_counter() - gc_start.pop("t"))
+
+        gc.callbacks.append(collection)
+        self._collection = collection
         return self
 
     def finish(self) -> None:
@@ -164,6 +177,8 @@ class Breakdown:
         if self._begin is not None:
             self._add("epoch", time.perf_counter() - self._begin)
             self._begin = None
+        if getattr(self, "_collection", None) in gc.callbacks:
+            gc.callbacks.remove(self._collection)
 
     def table(self, first: int, last: int) -> str:
         """Per epoch [first, last): wall, steps, evaluation, then each part over 1 ms, in ms."""
@@ -172,7 +187,8 @@ class Breakdown:
             row = dict(self.epochs.get(epoch, {}))
             wall, steps = row.pop("epoch", 0.0), row.pop("steps", 0.0)
             evaluation = row.pop("evaluation", 0.0)
-            hooks = sum(row.values())
+            # A collection happens inside a step, a hook or the loop: listed, not added again.
+            hooks = sum(v for k, v in row.items() if not k.startswith("gc"))
             parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in sorted(row.items(), key=lambda kv: -kv[1])
                               if v >= 0.001)
             loop = wall - steps - evaluation - hooks

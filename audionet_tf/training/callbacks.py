@@ -354,7 +354,7 @@ class TensorBoardLogs(keras.callbacks.Callback):
 
     `train/` gets `epoch_<name>` for each training log (and `learning_rate`) and
     `<weight path>/histogram` every `histogram_every` epochs (0-based epochs divisible by it, as
-    Keras counts); `validation/` gets `epoch_<name>` for each `val_<name>` log and
+    Keras counts; written in the background from the weights read at the epoch); `validation/` gets `epoch_<name>` for each `val_<name>` log and
     `evaluation_<name>_vs_iterations` at the optimizer's step. The scalars of consecutive
     epochs are collected and written by one `tf.function` call per writer every `flush_seconds`
     and when training ends, instead of one eager op per value and epoch. Tags are an input of
@@ -374,6 +374,7 @@ class TensorBoardLogs(keras.callbacks.Callback):
         self._functions: dict[str, Any] = {}
         self._rows: list[tuple[int, int, dict[str, float], dict[str, float]]] = []
         self._last_flush = time.monotonic()
+        self._histograms = figures.BackgroundDrawing("histograms")
 
     def _writer(self, name: str):
         import tensorflow as tf
@@ -450,11 +451,20 @@ class TensorBoardLogs(keras.callbacks.Callback):
         self._rows.append((epoch, iterations, train, val))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self._flush()
+        self._histograms.check()
         if self.histogram_every and epoch % self.histogram_every == 0:
-            with self._writer("train").as_default(step=epoch):
-                for layer in self.model.layers:
-                    for weight in layer.weights:
-                        tf.summary.histogram(f"{weight.path.replace(':', '_')}/histogram", weight)
+            # The weights are read now; the histograms (one eager op each) are written in the background.
+            weights = [(f"{weight.path.replace(':', '_')}/histogram", np.array(weight.numpy()))
+                       for layer in self.model.layers for weight in layer.weights]
+            self._histograms.submit(self._write_histograms, weights, epoch, self._writer("train"))
+
+    @staticmethod
+    def _write_histograms(weights: list[tuple[str, np.ndarray]], step: int, writer) -> None:
+        import tensorflow as tf
+
+        with writer.as_default(step=step):
+            for name, value in weights:
+                tf.summary.histogram(name, value)
 
     def finish_after_error(self) -> None:
         """Training ends on an exception: write what is collected."""
@@ -464,9 +474,12 @@ class TensorBoardLogs(keras.callbacks.Callback):
             log.warning("TensorBoard logs not written: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
 
     def on_train_end(self, logs=None) -> None:
-        if self._rows:
-            self._flush()
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
-        self._functions.clear()
+        try:
+            self._histograms.close()
+            if self._rows:
+                self._flush()
+        finally:
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
+            self._functions.clear()

@@ -25,7 +25,8 @@ def pyplot():
 
 
 class BackgroundDrawing:
-    """Draws a callback's figures and writes them on a thread of its own, while training goes on.
+    """Draws a callback's figures (or computes its summaries) and writes them on a thread of its own,
+    while training goes on.
 
     Drawing the filter images and the timelines with matplotlib costs about as much as a dozen
     epochs of the seed experiment; what the figure shows (weights, predictions) is taken on the

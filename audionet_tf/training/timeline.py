@@ -43,6 +43,7 @@ class TimelineImages(keras.callbacks.Callback):
         self._writer = None
         self._last = -1
         self._drawing = None
+        self._predict_function = None
 
     def _writer_ready(self):
         import tensorflow as tf
@@ -71,13 +72,24 @@ class TimelineImages(keras.callbacks.Callback):
         self._last = step
         predictions = []
         for clip in self.clips:
-            windows = self.arrays["audio"][self.arrays["clip_id"] == clip.id]
-            # A plain call, not predict(): no collective step, so only the chief needs to run it.
-            predictions.append(np.concatenate([np.asarray(self.model(windows[i:i + 512, :, None], training=False))
+            windows = np.asarray(self.arrays["audio"][self.arrays["clip_id"] == clip.id], np.float32)
+            predictions.append(np.concatenate([self._predict(windows[i:i + 512, :, None]).numpy()
                                                for i in range(0, len(windows), 512)]))
         if self._drawing is None:
             self._drawing = BackgroundDrawing("timelines")
         self._drawing.submit(self._draw, step, predictions, self._writer_ready())
+
+    def _predict(self, windows: np.ndarray):
+        import tensorflow as tf
+
+        if self._predict_function is None:
+            # A plain call, not predict(): no collective step, so only the chief needs to run it.
+            # Compiled: one call releases the GIL for the whole forward pass, while the figures
+            # of the epoch before may still be drawn on another thread.
+            self._predict_function = tf.function(
+                lambda x: self.model(x, training=False),
+                input_signature=[tf.TensorSpec([None, windows.shape[1], 1], tf.float32)])
+        return self._predict_function(windows)
 
     def _draw(self, step: int, predictions: list[np.ndarray], writer) -> None:
         import tensorflow as tf
