@@ -192,6 +192,12 @@ class Breakdown:
             parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in sorted(row.items(), key=lambda kv: -kv[1])
                               if v >= 0.001)
             loop = wall - steps - evaluation - hooks
+            if epoch == max(self.epochs):
+                # Training's end (waiting for the files and figures, the final metrics) is counted in it.
+                lines.append(f"epoch {epoch + 1:3d} and training's end: {wall * 1000:.1f} ms; " + ", ".join(
+                    f"{k} {v * 1000:.1f}" for k, v in sorted(self.epochs[epoch].items(), key=lambda kv: -kv[1])
+                    if v >= 0.001 and k != "epoch"))
+                continue
             lines.append(f"epoch {epoch + 1:3d}: {wall * 1000:6.1f} ms, steps {steps * 1000:6.1f}, outside "
                          f"{(wall - steps) * 1000:5.1f} ({(wall - steps) / wall:4.0%}): evaluation "
                          f"{evaluation * 1000:.1f}, loop {loop * 1000:.1f}; {parts}")
