@@ -26,12 +26,14 @@ share; the train command's last epoch (final checkpoint, filter images) is not t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -87,14 +89,135 @@ class EpochClock(keras.callbacks.Callback):
         return {"epoch_s": (self.end - self.start) / self.epochs, "steps_s": self.steps / self.epochs}
 
 
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_test_begin",
+         "on_test_end", "on_epoch_end", "on_train_end")
+
+
+class Breakdown:
+    """Where each epoch of the train command goes: per epoch, the wall time, the steps, the held-out
+    evaluation and each callback's hooks (the time between them is the loop's own)."""
+
+    def __init__(self):
+        self.epochs: dict[int, dict[str, float]] = {}
+        self.epoch = -1
+        self._begin = None
+
+    def _add(self, part: str, seconds: float) -> None:
+        row = self.epochs.setdefault(self.epoch, {})
+        row[part] = row.get(part, 0.0) + seconds
+
+    def wrap(self, callbacks):
+        """Time every hook of these callbacks (instances are patched; the train command runs once)."""
+        for callback in callbacks:
+            name = type(callback).__name__
+            for hook in HOOKS:
+                original = getattr(callback, hook)
+
+                def timed(*args, _original=original, _name=name, _hook=hook, **kwargs):
+                    if _hook == "on_epoch_begin":
+                        self._epoch_begin(args[0])
+                    start = time.perf_counter()
+                    try:
+                        return _original(*args, **kwargs)
+                    finally:
+                        self._add(f"{_name}" if _hook not in ("on_train_batch_begin", "on_train_batch_end")
+                                  else f"{_name} (batch)", time.perf_counter() - start)
+                setattr(callback, hook, timed)
+
+    def _epoch_begin(self, epoch: int) -> None:
+        now = time.perf_counter()
+        if self._begin is not None and epoch != self.epoch:
+            self._add("epoch", now - self._begin)
+        if epoch != self.epoch:
+            self.epoch, self._begin = epoch, now
+
+    def install(self):
+        """Time the train command's loop: its steps, its held-out evaluations and its callbacks' hooks."""
+        from audionet_tf.training import loop
+
+        original_fit, breakdown = loop.FitLoop.fit, self
+
+        def timed(function, part):
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    breakdown._add(part, time.perf_counter() - start)
+            return call
+
+        def fit(fit_loop, iterator, **kwargs):
+            if not getattr(fit_loop, "_timed", False):
+                fit_loop._train_function = timed(fit_loop._train_function, "steps")
+                fit_loop.evaluate = timed(fit_loop.evaluate, "evaluation")
+                fit_loop._timed = True
+            self.wrap(kwargs["callbacks"])
+            try:
+                return original_fit(fit_loop, iterator, **kwargs)
+            finally:
+                loop.FitLoop.fit = original_fit
+                breakdown.finish()
+
+        loop.FitLoop.fit = fit
+        # Python's cyclic garbage collector pauses whichever thread allocates: counted apart.
+        gc_start: dict[str, float] = {}
+
+        def collection(phase, info):
+            if phase == "start":
+                gc_start["t"] = time.perf_counter()
+            elif "t" in gc_start and threading.current_thread() is threading.main_thread():
+                breakdown._add(f"gc (generation {info['generation']})", time.perf_counter() - gc_start.pop("t"))
+
+        gc.callbacks.append(collection)
+        self._collection = collection
+        return self
+
+    def finish(self) -> None:
+        """The last epoch's wall time ends here."""
+        if self._begin is not None:
+            self._add("epoch", time.perf_counter() - self._begin)
+            self._begin = None
+        if getattr(self, "_collection", None) in gc.callbacks:
+            gc.callbacks.remove(self._collection)
+
+    def table(self, first: int, last: int) -> str:
+        """Per epoch [first, last): wall, steps, evaluation, then each part over 1 ms, in ms."""
+        lines = []
+        for epoch in range(first, last):
+            row = dict(self.epochs.get(epoch, {}))
+            wall, steps = row.pop("epoch", 0.0), row.pop("steps", 0.0)
+            evaluation = row.pop("evaluation", 0.0)
+            # A collection happens inside a step, a hook or the loop: listed, not added again.
+            hooks = sum(v for k, v in row.items() if not k.startswith("gc"))
+            parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in sorted(row.items(), key=lambda kv: -kv[1])
+                              if v >= 0.001)
+            loop = wall - steps - evaluation - hooks
+            if epoch == max(self.epochs):
+                # Training's end (waiting for the files and figures, the final metrics) is counted in it.
+                lines.append(f"epoch {epoch + 1:3d} and training's end: {wall * 1000:.1f} ms; " + ", ".join(
+                    f"{k} {v * 1000:.1f}" for k, v in sorted(self.epochs[epoch].items(), key=lambda kv: -kv[1])
+                    if v >= 0.001 and k != "epoch"))
+                continue
+            lines.append(f"epoch {epoch + 1:3d}: {wall * 1000:6.1f} ms, steps {steps * 1000:6.1f}, outside "
+                         f"{(wall - steps) * 1000:5.1f} ({(wall - steps) / wall:4.0%}): evaluation "
+                         f"{evaluation * 1000:.1f}, loop {loop * 1000:.1f}; {parts}")
+        return "\n".join(lines)
+
+
 def train_command(data_dir: str, runs_dir: str, warmup: int, epochs: int,
-                  validate_every: int = cfg.TrainConfig.validate_every) -> dict[str, float]:
+                  validate_every: int = cfg.TrainConfig.validate_every, breakdown: bool = False,
+                  histogram_every: int = cfg.TrainConfig.histogram_every) -> dict[str, float]:
     """`train.train()` with the defaults, one epoch more than timed (its final work is not timed)."""
     clock = EpochClock(warmup, epochs)
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=data_dir, epochs=warmup + epochs + 1, runs_dir=runs_dir, name=f"bench-{time.time_ns()}",
-        export=False, report=False, quiet=True, validate_every=validate_every))
+        export=False, report=False, quiet=True, validate_every=validate_every,
+        histogram_every=histogram_every))
+    parts = Breakdown().install() if breakdown else None
     train.train(config, extra_callbacks=[clock])
+    if parts is not None:
+        print(f"train command, per epoch (timed: {warmup + 1}-{warmup + epochs}; ms):\n"
+              f"{parts.table(0, warmup + epochs + 1)}", flush=True)
     return clock.result()
 
 
@@ -153,6 +276,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--validate-every", type=int, default=cfg.TrainConfig.validate_every,
                         help="the train command's validation frequency")
+    parser.add_argument("--histogram-every", type=int, default=cfg.TrainConfig.histogram_every,
+                        help="the train command's epochs between filter images, timelines and histograms")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="print where each of the train command's epochs goes (steps, evaluation, each callback)")
     parser.add_argument("--torch-requirement", default="torch", help="what pip installs into the torch venv")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)
@@ -167,7 +294,8 @@ def main(argv=None) -> int:
         x, y = write_arrays(data_dir, arrays)
         for _ in range(args.repeats):
             results["train command"].append(train_command(data_dir, os.path.join(tmp, "runs"), args.warmup,
-                                                          args.epochs, args.validate_every))
+                                                          args.epochs, args.validate_every,
+                                                          args.breakdown, args.histogram_every))
             results["Keras fit (NumPy)"].append(keras_fit(x, y, args.warmup, args.epochs))
             results["PyTorch eager"].append(pytorch(arrays, args.warmup, args.epochs))
             results["PyTorch eager, 1 thread"].append(pytorch(arrays, args.warmup, args.epochs, threads=1))
@@ -191,6 +319,8 @@ def main(argv=None) -> int:
         rows.append(f"| {name} | {med:.0f} ms ({epoch.min():.0f}–{epoch.max():.0f}) | {np.median(steps):.0f} ms | "
                     f"{over:.0f} ms ({over / med:.0%}) | {speed:.2f}× |")
     flags = f" --validate-every {args.validate_every}" if args.validate_every != cfg.TrainConfig.validate_every else ""
+    if args.histogram_every != cfg.TrainConfig.histogram_every:
+        flags += f" --histogram-every {args.histogram_every}"
     print(f"\ndocs/speed.md rows ({COMMAND} --epochs {args.epochs} --repeats {args.repeats}{flags}):")
     print("| way to train | time per epoch (median, range) | in the steps | overhead | speed vs the faster PyTorch |")
     print("|---|---|---|---|---|")

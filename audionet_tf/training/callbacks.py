@@ -17,6 +17,7 @@ import numpy as np
 
 from audionet_tf.core import storage
 from audionet_tf.core.storage import atomic_write_text
+from audionet_tf.training import figures
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,11 @@ def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 class FilterImages(keras.callbacks.Callback):
-    """Writes an image of the learned conv filters and their frequency responses to TensorBoard."""
+    """Writes an image of the learned conv filters and their frequency responses to TensorBoard.
+
+    The kernel is read at the epoch; the figure is drawn and written in the background
+    (`figures.BackgroundDrawing`), and training's end waits for it.
+    """
 
     def __init__(self, log_dir: str, sample_rate: int, every: int = 50, write: bool = True):
         super().__init__()
@@ -310,6 +315,7 @@ class FilterImages(keras.callbacks.Callback):
         self.every = every
         self.write = write
         self._writer = None
+        self._drawing = figures.BackgroundDrawing("filter-images")
 
     def _log(self, step: int) -> None:
         import tensorflow as tf
@@ -318,22 +324,40 @@ class FilterImages(keras.callbacks.Callback):
             return
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        image = filter_figure(self.model.get_layer("conv").kernel.numpy(), self.sample_rate)
-        with self._writer.as_default():
+        self._drawing.submit(self._draw, np.array(self.model.get_layer("conv").kernel.numpy()), step, self._writer)
+
+    def _draw(self, kernel: np.ndarray, step: int, writer) -> None:
+        import tensorflow as tf
+
+        with figures.PYPLOT:
+            image = filter_figure(kernel, self.sample_rate)
+        with writer.as_default():
             tf.summary.image("conv_filters", image[None], step=step)
-        self._writer.flush()
+        writer.flush()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._drawing.check()
         if (epoch + 1) % self.every == 0:
             self._log(epoch + 1)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def on_train_end(self, logs=None) -> None:
         epochs = self.params.get("epochs", 0) if self.params else 0
         if epochs % self.every:
             self._log(epochs)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            self._drawing.close()
+        finally:
+            self._close()
+
+    def finish_after_error(self) -> None:
+        """Training ends on an exception: let the image being drawn be written."""
+        self._drawing.finish_quietly()
+        self._close()
 
 
 class TensorBoardLogs(keras.callbacks.Callback):
@@ -342,81 +366,90 @@ class TensorBoardLogs(keras.callbacks.Callback):
 
     `train/` gets `epoch_<name>` for each training log (and `learning_rate`) and
     `<weight path>/histogram` every `histogram_every` epochs (0-based epochs divisible by it, as
-    Keras counts); `validation/` gets `epoch_<name>` for each `val_<name>` log and
+    Keras counts; written in the background from the weights read at the epoch); `validation/` gets `epoch_<name>` for each `val_<name>` log and
     `evaluation_<name>_vs_iterations` at the optimizer's step. The scalars of consecutive
-    epochs are collected and written by one `tf.function` call every `flush_seconds` and when
-    training ends, instead of one eager op per value and epoch.
+    epochs are collected and written by one `tf.function` call per writer every `flush_seconds`
+    and when training ends, instead of one eager op per value and epoch. Tags are an input of
+    that function, so it is traced (and run empty) once, when training begins (for `validation/` too when
+    `validation` is true, else at its first use), not in the middle of the epochs.
     """
 
-    def __init__(self, log_dir: str, histogram_every: int = 0, write: bool = True, flush_seconds: float = 5.0):
+    def __init__(self, log_dir: str, histogram_every: int = 0, write: bool = True, flush_seconds: float = 5.0,
+                 validation: bool = False):
         super().__init__()
         self.log_dir = log_dir
         self.histogram_every = histogram_every
         self.write = write
         self.flush_seconds = flush_seconds
+        self.validation = validation
         self._writers: dict[str, Any] = {}
-        self._functions: dict[tuple, Any] = {}
+        self._functions: dict[str, Any] = {}
         self._rows: list[tuple[int, int, dict[str, float], dict[str, float]]] = []
         self._last_flush = time.monotonic()
+        self._histograms = figures.BackgroundDrawing("histograms")
 
     def _writer(self, name: str):
         import tensorflow as tf
 
         if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+            self._writers[name] = tf.summary.create_file_writer(storage.join(self.log_dir, name))
         return self._writers[name]
 
-    def _scalars_function(self, train_names: tuple[str, ...], val_names: tuple[str, ...]):
+    def _scalars_function(self, writer_name: str):
         import tensorflow as tf
 
         from tensorboard.plugins.scalar import metadata
 
-        key = (train_names, val_names)
-        if key not in self._functions:
+        if writer_name not in self._functions:
             # What `tf.summary.scalar` writes, with the tag as given: inside the loop below it
             # would be prefixed with the loop's name scope.
             scalar = metadata.create_summary_metadata(display_name=None, description=None).SerializeToString()
+            writer = self._writer(writer_name)
 
-            def put(tag, value, step):
-                tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=scalar)
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32),
+                                          tf.TensorSpec([None], tf.int64)])
+            def write(tags, values, steps):
+                with writer.as_default():
+                    for i in tf.range(tf.shape(tags)[0]):
+                        tf.summary.write(tags[i], values[i], step=steps[i], metadata=scalar)
 
-            train_writer = self._writer("train")
-            val_writer = self._writer("validation") if val_names else None
+            # Traced and run once now with no rows (it writes nothing): the first call of a function
+            # also builds its graph in the runtime, 0.1-0.2 s here, which would fall on an epoch.
+            write(tf.constant([], tf.string), tf.constant([], tf.float32), tf.constant([], tf.int64))
+            self._functions[writer_name] = write
+        return self._functions[writer_name]
 
-            # One trace per set of names, whatever the number of rows a flush carries.
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
-                                          tf.TensorSpec([None, len(train_names)], tf.float32),
-                                          tf.TensorSpec([None, len(val_names)], tf.float32)])
-            def write(epochs, iterations, train_values, val_values):
-                for row in tf.range(tf.shape(epochs)[0]):
-                    with train_writer.as_default():
-                        for i, name in enumerate(train_names):
-                            put(f"epoch_{name}", train_values[row, i], epochs[row])
-                    if val_writer is not None:
-                        with val_writer.as_default():
-                            for i, name in enumerate(val_names):
-                                put(f"epoch_{name}", val_values[row, i], epochs[row])
-                                put(f"evaluation_{name}_vs_iterations", val_values[row, i], iterations[row])
-            self._functions[key] = write
-        return self._functions[key]
+    def on_train_begin(self, logs=None) -> None:
+        if self.write:
+            self._scalars_function("train")
+            if self.validation:
+                self._scalars_function("validation")
 
     def _flush(self) -> None:
         import tensorflow as tf
 
         rows, self._rows = self._rows, []
         self._last_flush = time.monotonic()
-        groups: dict[tuple, list] = {}
-        for row in rows:
-            groups.setdefault((tuple(row[2]), tuple(row[3])), []).append(row)
-        for (train_names, val_names), group in groups.items():
-            write = self._scalars_function(train_names, val_names)
-            write(tf.constant([r[0] for r in group], tf.int64), tf.constant([r[1] for r in group], tf.int64),
-                  tf.constant([list(r[2].values()) for r in group], tf.float32, shape=[len(group), len(train_names)]),
-                  tf.constant([list(r[3].values()) for r in group], tf.float32, shape=[len(group), len(val_names)]))
+        events: dict[str, tuple[list[str], list[float], list[int]]] = {}
+
+        def put(writer_name: str, tag: str, value: float, step: int) -> None:
+            tags, values, steps = events.setdefault(writer_name, ([], [], []))
+            tags.append(tag)
+            values.append(value)
+            steps.append(step)
+
+        # In each file, the order of one eager write per value: an epoch's training values, then its held-out ones.
+        for epoch, iterations, train, val in rows:
+            for name, value in train.items():
+                put("train", f"epoch_{name}", value, epoch)
+            for name, value in val.items():
+                put("validation", f"epoch_{name}", value, epoch)
+                put("validation", f"evaluation_{name}_vs_iterations", value, iterations)
+        for writer_name, (tags, values, steps) in events.items():
+            self._scalars_function(writer_name)(tf.constant(tags, tf.string), tf.constant(values, tf.float32),
+                                                tf.constant(steps, tf.int64))
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        import tensorflow as tf
-
         if not self.write:
             return
         logs = dict(logs or {})
@@ -428,11 +461,20 @@ class TensorBoardLogs(keras.callbacks.Callback):
         self._rows.append((epoch, iterations, train, val))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self._flush()
+        self._histograms.check()
         if self.histogram_every and epoch % self.histogram_every == 0:
-            with self._writer("train").as_default(step=epoch):
-                for layer in self.model.layers:
-                    for weight in layer.weights:
-                        tf.summary.histogram(f"{weight.path.replace(':', '_')}/histogram", weight)
+            # The weights are read now; the histograms (one eager op each) are written in the background.
+            weights = [(f"{weight.path.replace(':', '_')}/histogram", np.array(weight.numpy()))
+                       for layer in self.model.layers for weight in layer.weights]
+            self._histograms.submit(self._write_histograms, weights, epoch, self._writer("train"))
+
+    @staticmethod
+    def _write_histograms(weights: list[tuple[str, np.ndarray]], step: int, writer) -> None:
+        import tensorflow as tf
+
+        with writer.as_default(step=step):
+            for name, value in weights:
+                tf.summary.histogram(name, value)
 
     def finish_after_error(self) -> None:
         """Training ends on an exception: write what is collected."""
@@ -442,9 +484,12 @@ class TensorBoardLogs(keras.callbacks.Callback):
             log.warning("TensorBoard logs not written: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
 
     def on_train_end(self, logs=None) -> None:
-        if self._rows:
-            self._flush()
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
-        self._functions.clear()
+        try:
+            self._histograms.close()
+            if self._rows:
+                self._flush()
+        finally:
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
+            self._functions.clear()

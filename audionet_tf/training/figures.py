@@ -1,9 +1,17 @@
 """Figures drawn during training (TensorBoard) and again in the report: a clip's timeline of top classes."""
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+# pyplot's figure registry is global: one figure is drawn at a time, whichever thread draws it.
+PYPLOT = threading.Lock()
 
 
 def pyplot():
@@ -14,6 +22,56 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+class BackgroundDrawing:
+    """Draws a callback's figures (or computes its summaries) and writes them on a thread of its own,
+    while training goes on.
+
+    Drawing the filter images and the timelines with matplotlib costs about as much as a dozen
+    epochs of the seed experiment; what the figure shows (weights, predictions) is taken on the
+    training thread first. One drawing per callback runs at a time: a new one first waits for the
+    last, and a failed one is raised by the next `submit`, `check` or `wait`.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, draw: Callable[..., Any], *args: Any) -> None:
+        """Run `draw(*args)` in the background, after the drawing in progress."""
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._pending = self._pool.submit(draw, *args)
+
+    def check(self) -> None:
+        """Raise the failure of a drawing that has ended, without waiting for one still running."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the drawing in progress, if any; raise its failure."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last drawing (raising its failure), then end the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def finish_quietly(self) -> None:
+        """Wait for the last drawing; log its failure instead of raising it (another error is on its way)."""
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - the error being raised already says what went wrong
+            log.warning("a figure was not written: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
 
 
 def clip_audio(windows: np.ndarray, times: np.ndarray, hop: int, sample_rate: int) -> np.ndarray:

@@ -12,11 +12,17 @@ arguments `fit` gives them. It uses only Keras's public API (`train_step`, `test
 """
 from __future__ import annotations
 
+import gc
+import sys
 from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+
+# The GIL's switch interval while training (Python's default is 5 ms); see FitLoop.fit.
+SWITCH_INTERVAL_S = 0.0005
 
 
 def _floats(logs: dict[str, Any]) -> dict[str, float]:
@@ -75,6 +81,18 @@ class FitLoop:
         calls = keras.callbacks.CallbackList(list(callbacks), add_history=False, add_progbar=verbose != 0,
                                              verbose=verbose, epochs=epochs, steps=steps_per_epoch, model=self.model)
         self.model.stop_training = False
+        # Figures are drawn and files written on other threads of this process while the epochs
+        # run; matplotlib and serialisation hold the GIL for long stretches, and the training
+        # thread, back from a call that released it, waits up to one switch interval (5 ms by
+        # default) each time it needs it again. A shorter interval bounds that wait.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
+        # Python's oldest-generation collection walks every object of the process (TensorFlow's
+        # and Keras's included): 0.2 s here, falling on whichever epoch crosses its threshold.
+        # What exists when training starts is collected once and frozen (kept out of later
+        # collections) until training ends; what the epochs allocate is collected as usual.
+        gc.collect()
+        gc.freeze()
         try:
             return self._epochs(iterator, calls, epochs, initial_epoch, steps_per_epoch, validation,
                                 set(validation_epochs))
@@ -86,6 +104,9 @@ class FitLoop:
                 if finish is not None:
                     finish()
             raise
+        finally:
+            gc.unfreeze()
+            sys.setswitchinterval(switch)
 
     def _epochs(self, iterator, calls, epochs: int, initial_epoch: int, steps_per_epoch: int,
                 validation: tuple[Any, int] | None, validate_after: set[int]) -> dict[str, float]:

@@ -2,12 +2,12 @@
 timeline image every N epochs (IMAGES tab, `timeline/<clip>`) and the clip's audio once (AUDIO tab)."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import keras
 import numpy as np
 
+from audionet_tf.core import storage
 from audionet_tf.dataset import catalog, reader, records
 
 TIMELINE_CLIPS = 2
@@ -24,7 +24,11 @@ def figure_image(fig) -> np.ndarray:
 
 
 class TimelineImages(keras.callbacks.Callback):
-    """Every `every` epochs, the teacher's top class against the student's over each chosen clip."""
+    """Every `every` epochs, the teacher's top class against the student's over each chosen clip.
+
+    The student's predictions are made at the epoch; the figures are drawn and written in the
+    background (`figures.BackgroundDrawing`), and training's end waits for them.
+    """
 
     def __init__(self, log_dir: str, arrays: dict[str, np.ndarray], clips: Sequence[records.ClipRecord],
                  class_names: Sequence[str], sample_rate: int, hop: int, every: int = 10):
@@ -38,6 +42,8 @@ class TimelineImages(keras.callbacks.Callback):
         self.every = every
         self._writer = None
         self._last = -1
+        self._drawing = None
+        self._predict_function = None
 
     def _writer_ready(self):
         import tensorflow as tf
@@ -59,38 +65,75 @@ class TimelineImages(keras.callbacks.Callback):
         self._writer.flush()
 
     def _log(self, step: int) -> None:
-        import tensorflow as tf
-
-        from audionet_tf.training.figures import clip_audio, timeline_figure
+        from audionet_tf.training.figures import BackgroundDrawing
 
         if step == self._last:
             return
         self._last = step
-        with self._writer_ready().as_default():
-            for clip in self.clips:
+        predictions = []
+        for clip in self.clips:
+            windows = np.asarray(self.arrays["audio"][self.arrays["clip_id"] == clip.id], np.float32)
+            predictions.append(np.concatenate([self._predict(windows[i:i + 512, :, None]).numpy()
+                                               for i in range(0, len(windows), 512)]))
+        if self._drawing is None:
+            self._drawing = BackgroundDrawing("timelines")
+        self._drawing.submit(self._draw, step, predictions, self._writer_ready())
+
+    def _predict(self, windows: np.ndarray):
+        import tensorflow as tf
+
+        if self._predict_function is None:
+            # A plain call, not predict(): no collective step, so only the chief needs to run it.
+            # Compiled: one call releases the GIL for the whole forward pass, while the figures
+            # of the epoch before may still be drawn on another thread.
+            self._predict_function = tf.function(
+                lambda x: self.model(x, training=False),
+                input_signature=[tf.TensorSpec([None, windows.shape[1], 1], tf.float32)])
+        return self._predict_function(windows)
+
+    def _draw(self, step: int, predictions: list[np.ndarray], writer) -> None:
+        import tensorflow as tf
+
+        from audionet_tf.training.figures import PYPLOT, clip_audio, timeline_figure
+
+        with writer.as_default():
+            for clip, student in zip(self.clips, predictions):
                 mine = self.arrays["clip_id"] == clip.id
                 windows, times = self.arrays["audio"][mine], self.arrays["time"][mine]
-                # A plain call, not predict(): no collective step, so only the chief needs to run it.
-                student = np.concatenate([np.asarray(self.model(windows[i:i + 512, :, None], training=False))
-                                          for i in range(0, len(windows), 512)])
-                fig = timeline_figure(self.arrays["logits"][mine], student, times,
-                                      clip_audio(windows, times, self.hop, self.sample_rate), self.class_names,
-                                      self.sample_rate, f"{clip.id} at epoch {step}",
-                                      clip.held_out_span)
-                tf.summary.image(f"timeline/{clip.id}", figure_image(fig)[None], step=step)
-        self._writer.flush()
+                with PYPLOT:
+                    fig = timeline_figure(self.arrays["logits"][mine], student, times,
+                                          clip_audio(windows, times, self.hop, self.sample_rate), self.class_names,
+                                          self.sample_rate, f"{clip.id} at epoch {step}", clip.held_out_span)
+                    image = figure_image(fig)
+                tf.summary.image(f"timeline/{clip.id}", image[None], step=step)
+        writer.flush()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self._drawing is not None:
+            self._drawing.check()
         if (epoch + 1) % self.every == 0 or epoch == 0:
             self._log(epoch + 1)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def on_train_end(self, logs=None) -> None:
         epochs = self.params.get("epochs", 0) if self.params else 0
         if epochs:
             self._log(epochs)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            if self._drawing is not None:
+                self._drawing.close()
+        finally:
+            self._close()
+
+    def finish_after_error(self) -> None:
+        """Training ends on an exception: let the timelines being drawn be written."""
+        if self._drawing is not None:
+            self._drawing.finish_quietly()
+        self._close()
 
 
 def timeline_callbacks(data_dir: str, description: records.Description, log_dir: str, every: int,
@@ -101,5 +144,5 @@ def timeline_callbacks(data_dir: str, description: records.Description, log_dir:
         return []
     chosen = held[:TIMELINE_CLIPS]
     arrays = reader.load_arrays(data_dir, "all", clip_ids=[c.id for c in chosen])
-    return [TimelineImages(os.path.join(log_dir, "timelines"), arrays, chosen,
+    return [TimelineImages(storage.join(log_dir, "timelines"), arrays, chosen,
                            catalog.read_class_names(data_dir, description), description.spec.sample_rate, hop, every)]
