@@ -1,7 +1,6 @@
 """Training under the faults of long runs: signals, kills mid-epoch and mid-write, damaged backups, a second
 command on the same run, full and vanishing storage. Each compares the state a run ends with (weights and
 optimizer variables, read from the saved files) with an uninterrupted run of the same settings."""
-import io
 import json
 import os
 import shutil
@@ -9,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
-import h5py
 import numpy as np
 import pytest
 
@@ -20,6 +17,7 @@ from writes import renames_left_unsynced_in_their_directory, renames_under, run_
 from audionet_tf.commands import train
 from audionet_tf.core import config as cfg
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from saved_state import saved_state
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 EXIT_STOPPED = 75  # documented in the README ("Training": faults)
@@ -47,20 +45,6 @@ def command(*args):
 
 def run(args, cwd, timeout=300):
     return subprocess.run(command(*args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def saved_state(path):
-    """Every array of a saved model's state (weights and optimizer variables), by path inside the file."""
-    if str(path).endswith(".keras"):
-        with zipfile.ZipFile(path) as archive:
-            handle = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
-    else:
-        handle = h5py.File(path, "r")
-    arrays = {}
-    handle.visititems(lambda name, item: arrays.__setitem__(name, np.array(item))
-                      if isinstance(item, h5py.Dataset) else None)
-    handle.close()
-    return arrays
 
 
 def assert_same_state(a, b):

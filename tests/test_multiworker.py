@@ -1,5 +1,4 @@
 """Training across two worker processes on loopback (MultiWorkerMirroredStrategy from TF_CONFIG)."""
-import io
 import json
 import os
 import re
@@ -8,11 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-import zipfile
 
-import h5py
 import numpy as np
 import pytest
+from saved_state import saved_state
 
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.model.student import load_model
@@ -40,17 +38,6 @@ class Start(keras.callbacks.Callback):
 config = train.resolve_config(train.build_parser().parse_args(sys.argv[1:]))
 train.train(config, extra_callbacks=[Start()])
 """
-
-
-def saved_state(path):
-    """Every array of a saved model's state (weights and optimizer variables), by path inside the file."""
-    with zipfile.ZipFile(path) as archive:
-        handle = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
-    arrays = {}
-    handle.visititems(lambda name, item: arrays.__setitem__(name, np.array(item))
-                      if isinstance(item, h5py.Dataset) else None)
-    handle.close()
-    return arrays
 
 
 def start_cluster(args, cwd) -> list[subprocess.Popen]:

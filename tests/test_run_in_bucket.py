@@ -1,18 +1,16 @@
 """A run directory and an export in an object store (`--runs-dir` / `--export-dir` URLs): every file of the run
 lands there, the same command resumes from the backup there, and nothing is made on the local disk in its place."""
-import io
 import json
 import os
 import signal
 import uuid
-import zipfile
 
-import h5py
 import numpy as np
 import pytest
 
 from audionet_tf.commands import train
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
+from saved_state import saved_state
 
 EXIT_STOPPED = 75
 
@@ -30,17 +28,6 @@ def flags(dataset, runs_dir, *extra):
     return ["--data", dataset, "--epochs", "3", "--batch-size", "8", "--learning-rate", "0.01", "--name", "cloud",
             "--runs-dir", runs_dir, "--quiet", "--histogram-every", "1000", "--cache", "none", "--deterministic",
             "--steps-per-execution", "1", "--backup-every-steps", "10", "--checkpoint-every", "1", *extra]
-
-
-def state_of_keras_file(data):
-    """Every array of a `.keras` file's state (weights and optimizer variables), by path inside the file."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        handle = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
-    arrays = {}
-    handle.visititems(lambda name, item: arrays.__setitem__(name, np.array(item))
-                      if isinstance(item, h5py.Dataset) else None)
-    handle.close()
-    return arrays
 
 
 def files_under(url):
@@ -63,7 +50,7 @@ def test_a_run_in_ram_urls_resumes_from_its_backup_there_and_ends_like_a_local_r
     monkeypatch.chdir(tmp_path)
     # The reference: the same run on the local disk, uninterrupted, in this process.
     assert train.main(flags(dataset, str(tmp_path / "runs"), "--no-export", "--no-report")) == 0
-    reference = state_of_keras_file((tmp_path / "runs" / "cloud" / "model.keras").read_bytes())
+    reference = saved_state((tmp_path / "runs" / "cloud" / "model.keras").read_bytes())
 
     root = f"ram://bucket-{uuid.uuid4().hex[:8]}"
     args = flags(dataset, f"{root}/runs", "--export-dir", f"{root}/saved_models")
@@ -102,7 +89,7 @@ def test_a_run_in_ram_urls_resumes_from_its_backup_there_and_ends_like_a_local_r
     assert "no lock there" in caplog.text  # what a bucket cannot promise, said at the start
 
     model_bytes = tf.io.gfile.GFile(f"{run}/model.keras", "rb").read()
-    final = state_of_keras_file(model_bytes)
+    final = saved_state(model_bytes)
     assert sorted(final) == sorted(reference) and any("optimizer" in name for name in final)
     for name in final:
         np.testing.assert_array_equal(final[name], reference[name], err_msg=name)

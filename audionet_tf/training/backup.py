@@ -29,7 +29,7 @@ import numpy as np
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.core import storage
 from audionet_tf.core.storage import atomic_write_text
-from audionet_tf.training.callbacks import BackgroundWriter
+from audionet_tf.training.callbacks import BackgroundWriter, WritesInBackground
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class RunDirGuard(keras.callbacks.Callback):
         self._check()
 
 
-class Backup(keras.callbacks.Callback):
+class Backup(WritesInBackground, keras.callbacks.Callback):
     """Saves weights and optimizer state every `every_epochs` epochs, `every_steps` steps or `every_minutes`
     minutes (whichever comes first; 0 turns the last two off), and when a stop is requested.
 
@@ -361,15 +361,6 @@ class Backup(keras.callbacks.Callback):
         if self.every_steps and step - self._last_step >= self.every_steps:
             return True
         return bool(self.every_seconds) and time.monotonic() - self._last_time >= self.every_seconds
-
-    def on_train_end(self, logs=None) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-    def finish_after_error(self) -> None:
-        """Training ends on an exception: let the backup being written finish."""
-        if self._writer is not None:
-            self._writer.finish_quietly()
 
     def _stopped(self) -> None:
         if self._writer is not None:

@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import keras
@@ -43,7 +42,7 @@ def save_model_atomically(model: keras.Model, path: str) -> None:
             os.unlink(tmp)
 
 
-class BackgroundWriter:
+class BackgroundWriter(figures.BackgroundDrawing):
     """Writes files from a copy of a model's state on one background thread, while training goes on.
 
     Serialising a `.keras` file or a weights backup costs about as much as an epoch of the seed
@@ -53,13 +52,11 @@ class BackgroundWriter:
     """
 
     def __init__(self, make_copy: Callable[[], keras.Model], name: str):
+        super().__init__(name, failure="a background write failed too")
         self._make_copy = make_copy
-        self._name = name
         self._copy: keras.Model | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
 
-    def submit(self, model: keras.Model, write: Callable[[keras.Model], None]) -> None:
+    def submit(self, model: keras.Model, write: Callable[[keras.Model], None]) -> None:  # type: ignore[override]
         """Copy `model`'s state now; `write(copy)` runs in the background."""
         self.wait()  # the copy is free again
         if self._copy is None:
@@ -68,39 +65,26 @@ class BackgroundWriter:
         self._copy.set_weights(model.get_weights())
         for target, source in zip(self._copy.optimizer.variables, model.optimizer.variables):
             target.assign(source)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
-        self._pending = self._pool.submit(write, self._copy)
-
-    def check(self) -> None:
-        """Raise the failure of a write that has ended, without waiting for one still running."""
-        if self._pending is not None and self._pending.done():
-            self.wait()
-
-    def wait(self) -> None:
-        """Wait for the write in progress, if any; raise its failure."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def finish_quietly(self) -> None:
-        """Wait for the last write; log its failure instead of raising it (another error is on its way)."""
-        try:
-            self.close()
-        except Exception as exc:  # noqa: BLE001 - the error being raised already says what went wrong
-            log.warning("a background write failed too: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
-
-    def close(self) -> None:
-        """Wait for the last write (raising its failure), then end the thread."""
-        try:
-            self.wait()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+        super().submit(write, self._copy)
 
 
-class Checkpoints(keras.callbacks.Callback):
+class WritesInBackground:
+    """For a callback whose files a `BackgroundWriter` (`self._writer`, or None) writes: training's end waits
+    for them."""
+
+    _writer: BackgroundWriter | None
+
+    def on_train_end(self, logs=None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def finish_after_error(self) -> None:
+        """Training ends on an exception: let the file being written finish."""
+        if self._writer is not None:
+            self._writer.finish_quietly()
+
+
+class Checkpoints(WritesInBackground, keras.callbacks.Callback):
     """Keeps `last.keras` and `best.keras` (lowest `monitor`) in the run's checkpoints directory.
 
     With `make_copy` (a function returning a compiled model of the same architecture) the files
@@ -138,15 +122,6 @@ class Checkpoints(keras.callbacks.Callback):
             self._write(self.model, done, best)
         else:
             self._writer.submit(self.model, lambda copy: self._write(copy, done, best))
-
-    def on_train_end(self, logs=None) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-    def finish_after_error(self) -> None:
-        """Training ends on an exception: let the checkpoint being written finish."""
-        if self._writer is not None:
-            self._writer.finish_quietly()
 
     def _write(self, model: keras.Model, done: int, best: float | None) -> None:
         save_model_atomically(model, storage.join(self.directory, "last.keras"))

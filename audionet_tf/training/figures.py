@@ -34,8 +34,9 @@ class BackgroundDrawing:
     last, and a failed one is raised by the next `submit`, `check` or `wait`.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, failure: str = "a figure was not written"):
         self._name = name
+        self._failure = failure
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
 
@@ -71,7 +72,7 @@ class BackgroundDrawing:
         try:
             self.close()
         except Exception as exc:  # noqa: BLE001 - the error being raised already says what went wrong
-            log.warning("a figure was not written: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
+            log.warning("%s: %s", self._failure, str(exc).splitlines()[0][:300] if str(exc) else exc)
 
 
 def clip_audio(windows: np.ndarray, times: np.ndarray, hop: int, sample_rate: int) -> np.ndarray:
