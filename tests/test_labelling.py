@@ -222,7 +222,7 @@ def test_peak_memory_does_not_grow_with_the_clip_length(tmp_path):
 
 def test_a_teacher_that_cannot_load_stops_the_run_with_one_message(tmp_path):
     """A fault of the run, not of a clip: the teacher file is not a model. The run stops with the teacher's
-    message (raised from the decoding thread to the caller), and no clip is recorded as failed for it."""
+    message (raised from the thread that loads it to the caller), and no clip is recorded as failed for it."""
     from audionet_tf.core.errors import AudioNetError
 
     clips = [{"url": make_clip(str(tmp_path / f"{c}.mp4"), 1.0, video=f"color=c={c}:size=32x24:rate=25"),

@@ -46,3 +46,29 @@ def test_resnet50_teacher_applies_its_preprocessing(frames):
     assert float(np.abs(logits - expected).max()) / scale <= 1e-4
     raw = reference(frames.astype(np.float32), training=False).numpy()  # the bug this guards against
     assert float(np.abs(logits - raw).max()) / scale > 1e-2
+
+
+def test_input_size_read_from_a_keras_file_is_the_loaded_models(tmp_path):
+    """Decoding starts at the size `input_size_of` reads from a `.keras` file while the teacher loads: it is
+    the loaded model's for a functional model, a Sequential with an Input and one built with a shape; a model
+    that takes any size gives None (decoding then waits for the load). The demo teacher's is its own."""
+    import keras
+
+    inputs = keras.Input((16, 20, 3))
+    functional = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    with_input = keras.Sequential([keras.Input((12, 14, 3)), keras.layers.GlobalAveragePooling2D(),
+                                   keras.layers.Dense(5)])
+    built = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    built.build((None, 10, 18, 3))
+    for name, model in (("functional", functional), ("with_input", with_input), ("built", built)):
+        path = str(tmp_path / f"{name}.keras")
+        model.save(path)
+        assert teachers.input_size_of(path) == teachers.load_teacher(path).input_size, name
+    assert teachers.input_size_of(str(tmp_path / "functional.keras")) == (16, 20)
+    inputs = keras.Input((None, None, 3))
+    any_size = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    any_size.save(str(tmp_path / "any.keras"))
+    assert teachers.input_size_of(str(tmp_path / "any.keras")) is None
+    (tmp_path / "broken.keras").write_bytes(b"not a model")
+    assert teachers.input_size_of(str(tmp_path / "broken.keras")) is None
+    assert teachers.input_size_of(teachers.DEMO_TEACHER) == teachers.demo_teacher().input_size

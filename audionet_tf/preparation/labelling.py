@@ -2,9 +2,10 @@
 
 Both runners call it: `runner` (one process) and `beam` (clips spread over Beam workers), through
 `Labeller.label_clips`: downloads run ahead, a background thread decodes clips in chunks, and the
-teacher labels fixed-size batches that run across clip boundaries. The teacher is loaded on first use, when
-the first clip has been downloaded, so a list whose clips all fail to download ends with
-the per-clip reasons and never waits for (or fails on) the teacher's weights.
+teacher labels fixed-size batches that run across clip boundaries. The teacher starts loading in a
+thread of its own when the first clip has been downloaded, so a list whose clips all fail to download
+ends with the per-clip reasons and never waits for (or fails on) the teacher's weights; decoding does
+not wait for the load when the teacher's input size is known without it (`teacher.input_size_of`).
 """
 from __future__ import annotations
 
@@ -107,8 +108,9 @@ class Part:
 # A part-filled batch waits this long for the next clip's frames, then runs padded, so that a slow
 # download does not hold back the commit of the clips before it.
 FLUSH_AFTER_S = 2.0
-# Decoded chunks waiting for the teacher: enough to keep it busy, few enough to bound memory.
-QUEUED_CHUNKS = 3
+# Decoded frames waiting for the teacher, in chunks of `prepare.chunk_frames`: enough to keep it busy (and for
+# decoding to get ahead while the teacher loads), few enough to bound memory whatever a clip's length.
+QUEUED_CHUNKS = 4
 _FULL_DISK = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system", re.I)
 
 
@@ -168,14 +170,40 @@ class _ClipState:
 
 
 class _Slot:
-    """One decoded chunk waiting for its logits."""
+    """One decoded chunk waiting for its logits (its frames are let go once all are copied into batches)."""
 
     def __init__(self, state: _ClipState, chunk, num_classes: int):
         self.state = state
         self.chunk = chunk
+        self.size = len(chunk.frames)
         self.copied = 0
         self.filled = 0
-        self.logits = np.empty((len(chunk.frames), num_classes), np.float32)
+        self.logits = np.empty((self.size, num_classes), np.float32)
+
+
+class _FrameBudget:
+    """How many decoded frames may wait for the teacher: the decoder waits while a chunk would exceed it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._changed = threading.Condition()
+
+    def take(self, count: int, stop: threading.Event) -> bool:
+        """Wait for room for `count` frames (always granted when none wait); False if `stop` came first."""
+        with self._changed:
+            while self.used and self.used + count > self.limit:
+                if stop.is_set():
+                    return False
+                self._changed.wait(0.2)
+            self.used += count
+            return True
+
+    def give(self, count: int) -> None:
+        """`count` frames no longer wait (copied into a batch, or dropped)."""
+        with self._changed:
+            self.used -= count
+            self._changed.notify_all()
 
 
 class Labeller:
@@ -195,6 +223,10 @@ class Labeller:
         self.downloader = download.Downloader(pc.cache_dir, retries=pc.retries, margin_s=pc.margin_s)
         self._teacher = None
         self._lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+        self._load_done = threading.Event()
+        self._load_error: BaseException | None = None
+        self._size: tuple[int, int] | None = None
         self._header = False
 
     @property
@@ -202,20 +234,50 @@ class Labeller:
         """Whether the teacher has been loaded."""
         return self._teacher is not None
 
+    def start_loading(self) -> None:
+        """Start loading the teacher in a thread of its own (once), so that decoding goes on meanwhile."""
+        from audionet_tf.preparation import teacher as teacher_lib
+
+        with self._lock:
+            if self._loader is None:
+                self._size = teacher_lib.input_size_of(self.config.prepare.teacher)  # before the load checks it
+                self._loader = threading.Thread(target=self._load, name="audionet-teacher", daemon=True)
+                self._loader.start()
+
+    def _load(self) -> None:
+        from audionet_tf.preparation import teacher as teacher_lib
+
+        pc = self.config.prepare
+        try:
+            teacher = teacher_lib.load_teacher(pc.teacher, pc.labels, weights=self.weights,
+                                               batch_size=pc.teacher_batch)
+            if self._size is not None and tuple(teacher.input_size) != tuple(self._size):
+                raise TeacherError(f"teacher {pc.teacher}: its file gives the input size {self._size}, but the "
+                                   f"loaded model takes {teacher.input_size}")
+            self._teacher = teacher
+        except AudioNetError as exc:
+            self._load_error = exc if isinstance(exc, TeacherError) else TeacherError(str(exc))
+        except BaseException as exc:  # memory exhausted while loading, for one: the caller's to raise
+            self._load_error = exc
+        finally:
+            self._load_done.set()
+
     @property
     def teacher(self):
-        """The teacher (loaded on first use; a failure to load is a `TeacherError`)."""
-        with self._lock:
+        """The teacher (loaded on first use, or waited for if loading; a failure to load is a `TeacherError`)."""
+        if self._teacher is None:
+            self.start_loading()
+            self._load_done.wait()
             if self._teacher is None:
-                from audionet_tf.preparation import teacher as teacher_lib
+                raise self._load_error
+        return self._teacher
 
-                pc = self.config.prepare
-                try:
-                    self._teacher = teacher_lib.load_teacher(pc.teacher, pc.labels, weights=self.weights,
-                                                             batch_size=pc.teacher_batch)
-                except AudioNetError as exc:
-                    raise TeacherError(str(exc)) from None
-            return self._teacher
+    def frame_size(self) -> tuple[int, int]:
+        """The size frames are decoded at: the teacher's input size, known before it has loaded if it can be."""
+        self.start_loading()
+        if self._teacher is None and self._size is not None:
+            return self._size
+        return self.teacher.input_size
 
     @property
     def spec(self) -> records.DatasetSpec:
@@ -242,29 +304,31 @@ class Labeller:
         A clip of more than `prepare.chunk_frames` frames comes as `Part`s then its `Labelled`; a shorter
         one as its `Labelled` with its examples. A clip's failure is its `Labelled`; a fault of the run
         (`run_fault`) is raised."""
-        work: queue.Queue = queue.Queue(maxsize=QUEUED_CHUNKS)
+        work: queue.Queue = queue.Queue()
+        budget = _FrameBudget(QUEUED_CHUNKS * self.config.prepare.chunk_frames)
         stop = threading.Event()
-        producer = threading.Thread(target=self._decode_all, args=(list(clips), ahead, work, stop),
+        producer = threading.Thread(target=self._decode_all, args=(list(clips), ahead, work, budget, stop),
                                     name="audionet-decode", daemon=True)
         producer.start()
         try:
-            yield from self._label_queue(list(clips), work)
+            yield from self._label_queue(list(clips), work, budget)
         finally:
             stop.set()
             producer.join(timeout=10)
 
-    def _decode_all(self, clips: list[Clip], ahead: int, work: queue.Queue, stop: threading.Event) -> None:
-        """The producer: downloads (`ahead` at once) and decodes clips in order into `work`."""
+    def _decode_all(self, clips: list[Clip], ahead: int, work: queue.Queue, budget: _FrameBudget,
+                    stop: threading.Event) -> None:
+        """The producer: downloads (`ahead` at once) and decodes clips in order into `work`, as far ahead of the
+        teacher as `budget` allows."""
         from audionet_tf.preparation import media
 
         def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    work.put(item, timeout=0.2)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            if stop.is_set():
+                return False
+            if item[0] == "chunk" and not budget.take(len(item[2].frames), stop):
+                return False
+            work.put(item)
+            return True
 
         pc, ac = self.config.prepare, self.config.audio
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, ahead), thread_name_prefix="audionet-fetch")
@@ -275,7 +339,8 @@ class Labeller:
                     futures[index + ahead] = pool.submit(self.downloader.fetch, clips[index + ahead])
                 try:
                     got = futures.pop(index).result()
-                    size = self.teacher.input_size
+                    self.start_loading()
+                    size = self.frame_size()
                     count = self.frame_count(clip)
                     times = np.arange(count) * (ac.frame_period_ms / 1000.0)
                     splits, held_part = assign_splits(clip, times, self.held_out, ac, self.time_split)
@@ -301,7 +366,7 @@ class Labeller:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _label_queue(self, clips: list[Clip], work: queue.Queue) -> Iterator[Part | Labelled]:
+    def _label_queue(self, clips: list[Clip], work: queue.Queue, budget: _FrameBudget) -> Iterator[Part | Labelled]:
         """The consumer: fills fixed-size batches from the decoded chunks, runs the teacher, hands out outcomes."""
         pc = self.config.prepare
         states: dict[int, _ClipState] = {}
@@ -325,7 +390,7 @@ class Labeller:
                 state = states[head]
                 if state.error is not None:
                     yield self.failed(state.clip, state.error)
-                elif state.slots and state.slots[0].filled == len(state.slots[0].chunk.frames):
+                elif state.slots and state.slots[0].filled == state.slots[0].size:
                     part = self._part(state, state.slots.popleft())
                     if state.streamed:
                         yield part
@@ -370,16 +435,20 @@ class Labeller:
             while waiting:
                 slot = waiting[0]
                 if slot.state.error is not None:  # its clip failed later on: no need to label the rest
+                    budget.give(slot.size - slot.copied)
+                    slot.chunk.frames = None
                     waiting.popleft()
                     continue
                 if batch is None:
                     batch = np.zeros((self.teacher.batch_size, *slot.chunk.frames.shape[1:]), np.uint8)
-                n = min(len(slot.chunk.frames) - slot.copied, len(batch) - fill)
+                n = min(slot.size - slot.copied, len(batch) - fill)
                 batch[fill:fill + n] = slot.chunk.frames[slot.copied:slot.copied + n]
                 segments.append((slot, slot.copied, fill, n))
                 slot.copied += n
                 fill += n
-                if slot.copied == len(slot.chunk.frames):
+                budget.give(n)
+                if slot.copied == slot.size:
+                    slot.chunk.frames = None  # in the batch now: only its windows and logits are still needed
                     waiting.popleft()
                 if fill == len(batch):
                     run_batch()
@@ -390,7 +459,7 @@ class Labeller:
 
     def _part(self, state: _ClipState, slot: _Slot) -> Part:
         """A labelled chunk's examples (guard frames dropped)."""
-        first, n = slot.chunk.first, len(slot.chunk.frames)
+        first, n = slot.chunk.first, slot.size
         splits = state.splits[first:first + n]
         kept = splits != None  # noqa: E711  (guard frames: no split, not written)
         state.top.add(slot.logits, splits)

@@ -187,6 +187,7 @@ class _Pipe:
         self.what, self.path = what, path
         self.stderr = tempfile.TemporaryFile()
         args = stream.compile(cmd=ffmpeg_exe())
+        args = [args[0], "-nostdin", "-filter_complex_threads", "1", *args[1:]]  # global options go first
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr)
 
     def read(self, size: int) -> bytes:
@@ -243,11 +244,14 @@ def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, fr
     if start:
         audio_args["ss"] = f"{start:.6f}"
     audio_args["t"] = f"{duration:.6f}"
-    sound = _Pipe(ffmpeg.input(path).output("pipe:", **audio_args), "audio", path)
+    # One thread each for decoding and filters: the teacher wants the cores, and ffmpeg's own threads would only
+    # contend with it for them (decoding runs ahead of the teacher anyway).
+    sound = _Pipe(ffmpeg.input(path, threads=1).output("pipe:", **audio_args), "audio", path)
     fps = audio.frames_per_second
-    video = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}").video
+    video = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}", threads=1).video
     video = fit_filters(video.filter("fps", fps=fps, start_time=0, round="near"), frame_size, fit)
-    picture = _Pipe(video.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=count), "video", path)
+    video = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=count)
+    picture = _Pipe(video, "video", path)
     frame_bytes = frame_size[0] * frame_size[1] * 3
     wave = np.zeros(0, np.float32)  # samples [base, base + len(wave)) of the clip
     base, audio_done, video_done, last = 0, False, False, None

@@ -19,7 +19,9 @@ classes; their names come from a labels file (one per line), else `class_0`, `cl
 """
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Callable
@@ -140,6 +142,35 @@ def demo_teacher(batch_size: int = 64) -> Teacher:
     model = keras.Model(inputs, outputs, name="demo_colour_teacher")
     dense.set_weights([2 * gain * prototypes.T, -gain * np.sum(prototypes ** 2, axis=1)])
     return Teacher(DEMO_TEACHER, (32, 32), list(DEMO_COLOURS), lambda x: model(x, training=False), batch_size)
+
+
+def input_size_of(spec: str) -> tuple[int, int] | None:
+    """A teacher's input size (H, W) read without loading it, or None when only loading it can tell.
+
+    Registry and demo teachers have theirs by name; a `.keras` file's is in its `config.json` (the
+    model's one input layer, or the shape it was built with). Decoding starts at this size while the
+    teacher loads; `Labeller` checks it against the loaded model."""
+    if spec == DEMO_TEACHER:
+        return (32, 32)
+    if spec in REGISTRY_NAMES:
+        return (224, 224)
+    if not spec.endswith(".keras") or not os.path.isfile(spec):
+        return None
+    try:
+        with zipfile.ZipFile(spec) as archive:
+            doc = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    config = doc.get("config") or {}
+    shapes = [layer.get("config", {}).get("batch_shape") or layer.get("config", {}).get("batch_input_shape")
+              for layer in config.get("layers") or () if layer.get("class_name") == "InputLayer"]
+    if len(shapes) != 1:
+        built = (doc.get("build_config") or {}).get("input_shape")
+        shapes = [built] if built else []
+    if len(shapes) != 1 or not isinstance(shapes[0], list) or len(shapes[0]) != 4:
+        return None
+    height, width = shapes[0][1:3]
+    return (height, width) if isinstance(height, int) and isinstance(width, int) else None
 
 
 def load_teacher(spec: str, labels: str | None = None, weights: str | None = "imagenet",
