@@ -109,6 +109,39 @@ def test_streamed_chunks_are_the_whole_clip_decode(tmp_path):
             np.testing.assert_array_equal(np.concatenate([c.windows for c in chunks]), windows)
 
 
+def ffmpeg_children_niceness() -> list[int]:
+    """The scheduling niceness of each ffmpeg process this process has started and not yet reaped."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/comm") as handle:
+                name = handle.read().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and "ffmpeg" in name:
+            found.append(int(fields[16]))  # stat's 19th field: nice
+    return found
+
+
+@pytest.mark.parametrize("niceness", [0, 10])
+def test_decoding_runs_below_the_teachers_priority_and_gives_the_same_frames(tmp_path, niceness):
+    """The two ffmpeg processes of a clip run `prepare.decode_niceness` below this process (so they fill the
+    teacher's idle moments instead of pausing its threads), and what they decode is the same."""
+    path = make_clip(str(tmp_path / "clip.mp4"), 3.0, video="testsrc=size=64x48:rate=25")
+    audio = AudioConfig()
+    chunks = stream_clip(path, 0.0, 3.0, audio, (24, 32), chunk_frames=10, niceness=niceness)
+    first = next(chunks)
+    seen = ffmpeg_children_niceness()
+    rest = list(chunks)
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen == [min(19, own + niceness)] * 2
+    whole = decode_clip(path, 0.0, 3.0, audio, (24, 32))
+    np.testing.assert_array_equal(np.concatenate([first.frames, *[c.frames for c in rest]]), whole.frames)
+    assert cfg.PrepareConfig().decode_niceness == 10
+
+
 @pytest.mark.slow
 def test_batches_across_clips_and_chunks_keep_each_clip_whole_and_a_failure_mid_clip_alone(tmp_path):
     """Teacher batches of 7 frames run across clip boundaries and 16-frame chunks: every clip's examples are

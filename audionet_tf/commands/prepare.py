@@ -45,7 +45,7 @@ def print_summary(summary: Summary) -> None:
 PREPARE_FLAGS = {
     "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
     "holdout": str, "holdout_part": str, "holdout_at": str, "frame_fit": str, "shard_size": int, "shard_clips": int,
-    "chunk_frames": int, "audio_format": str, "logits_format": str,
+    "chunk_frames": int, "decode_niceness": int, "audio_format": str, "logits_format": str,
     "retries": int, "margin_s": float, "index_every": int,
     "runner": str,
 }

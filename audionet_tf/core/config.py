@@ -176,6 +176,7 @@ class PrepareConfig:
     shard_size: int = 1024  # examples per shard
     shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
     chunk_frames: int = 256  # a longer clip is decoded, labelled and written this many frames at a time
+    decode_niceness: int = 10  # ffmpeg's scheduling priority below the teacher's (0: the same; 0-19)
     audio_format: str = "int16"  # int16 | float32
     logits_format: str = "float16"  # float16 | float32
     retries: int = 3
@@ -191,6 +192,8 @@ class PrepareConfig:
         _check(self.teacher_batch >= 1, "prepare.teacher_batch", f"must be at least 1, got {self.teacher_batch}")
         _check(self.shard_size >= 1, "prepare.shard_size", f"must be at least 1, got {self.shard_size}")
         _check(self.chunk_frames >= 1, "prepare.chunk_frames", f"must be at least 1, got {self.chunk_frames}")
+        _check(0 <= self.decode_niceness <= 19, "prepare.decode_niceness",
+               f"must be from 0 to 19, got {self.decode_niceness}")
         _check(self.shard_clips >= 1, "prepare.shard_clips", f"must be at least 1, got {self.shard_clips}")
         _check(self.audio_format in ("int16", "float32"), "prepare.audio_format",
                f"must be 'int16' or 'float32', got {self.audio_format!r}")

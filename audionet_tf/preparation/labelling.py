@@ -347,7 +347,8 @@ class Labeller:
                     if not put(("start", index, (times, splits, held_part))):
                         return
                     with contextlib.closing(media.stream_clip(got.path, got.offset, clip.duration, ac, size,
-                                                              pc.frame_fit, pc.chunk_frames)) as chunks:
+                                                              pc.frame_fit, pc.chunk_frames,
+                                                              pc.decode_niceness)) as chunks:
                         for chunk in chunks:
                             if not put(("chunk", index, chunk)):
                                 return

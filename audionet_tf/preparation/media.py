@@ -180,7 +180,7 @@ class Chunk:
 class _Pipe:
     """An ffmpeg process whose output is read as it comes (stderr goes to a file: a full pipe would block it)."""
 
-    def __init__(self, stream, what: str, path: str):
+    def __init__(self, stream, what: str, path: str, niceness: int = 0):
         import subprocess
         import tempfile
 
@@ -189,6 +189,14 @@ class _Pipe:
         args = stream.compile(cmd=ffmpeg_exe())
         args = [args[0], "-nostdin", "-filter_complex_threads", "1", *args[1:]]  # global options go first
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr)
+        if niceness:
+            # Decoding runs ahead of the teacher: below its priority it fills the teacher's idle moments instead
+            # of pausing one of its threads (every op of the teacher waits for its slowest thread).
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.process.pid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness))
+            except (AttributeError, OSError):  # no setpriority (not a POSIX system), or the process has ended
+                pass
 
     def read(self, size: int) -> bytes:
         """Up to `size` bytes; fewer only at the end of the output."""
@@ -225,9 +233,10 @@ class _Pipe:
 
 
 def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, frame_size: tuple[int, int],
-                fit: str = "crop", chunk_frames: int = 256) -> Iterator[Chunk]:
+                fit: str = "crop", chunk_frames: int = 256, niceness: int = 0) -> Iterator[Chunk]:
     """`decode_clip`'s frames and `frame_windows`' windows, `chunk_frames` frames at a time, holding only one
-    chunk's frames and audio: memory does not grow with the clip's length."""
+    chunk's frames and audio: memory does not grow with the clip's length. The two ffmpeg processes run
+    `niceness` steps below this process's scheduling priority."""
     import ffmpeg
 
     if not os.path.isfile(path):
@@ -246,12 +255,12 @@ def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, fr
     audio_args["t"] = f"{duration:.6f}"
     # One thread each for decoding and filters: the teacher wants the cores, and ffmpeg's own threads would only
     # contend with it for them (decoding runs ahead of the teacher anyway).
-    sound = _Pipe(ffmpeg.input(path, threads=1).output("pipe:", **audio_args), "audio", path)
+    sound = _Pipe(ffmpeg.input(path, threads=1).output("pipe:", **audio_args), "audio", path, niceness)
     fps = audio.frames_per_second
     video = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}", threads=1).video
     video = fit_filters(video.filter("fps", fps=fps, start_time=0, round="near"), frame_size, fit)
     video = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=count)
-    picture = _Pipe(video, "video", path)
+    picture = _Pipe(video, "video", path, niceness)
     frame_bytes = frame_size[0] * frame_size[1] * 3
     wave = np.zeros(0, np.float32)  # samples [base, base + len(wave)) of the clip
     base, audio_done, video_done, last = 0, False, False, None
