@@ -253,6 +253,23 @@ def test_peak_memory_does_not_grow_with_the_clip_length(tmp_path):
     assert peaks[300] < 1.2 * peaks[60], peaks
 
 
+def test_a_run_whose_clips_fail_while_the_teacher_loads_leaves_no_loading_thread(tmp_path):
+    """The teacher starts loading when the first clip is fetched; when every clip then fails (here: a file
+    that is not media), the run returns only once the load has ended: no thread of it builds a model later."""
+    import threading
+
+    from audionet_tf.core.errors import AudioNetError
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 1000)
+    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
+        out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher="ResNet50",
+        clips=({"url": str(broken), "start": 0, "duration": 1, "label": "x"},), holdout="0"))
+    with pytest.raises(AudioNetError, match="no clip"):
+        runner.prepare(config, weights=None)
+    assert [t.name for t in threading.enumerate() if t.name == "audionet-teacher"] == []
+
+
 def test_a_teacher_that_cannot_load_stops_the_run_with_one_message(tmp_path):
     """A fault of the run, not of a clip: the teacher file is not a model. The run stops with the teacher's
     message (raised from the thread that loads it to the caller), and no clip is recorded as failed for it."""

@@ -315,6 +315,10 @@ class Labeller:
         finally:
             stop.set()
             producer.join(timeout=10)
+            # A run that ends while the teacher still loads (its clips all failed) must not leave a thread
+            # building a model behind it: it would take the caller's CPU and draw from Keras's random seeds.
+            if self._loader is not None:
+                self._loader.join()
 
     def _decode_all(self, clips: list[Clip], ahead: int, work: queue.Queue, budget: _FrameBudget,
                     stop: threading.Event) -> None:
