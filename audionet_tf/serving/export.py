@@ -211,11 +211,8 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
             _upload_dir(staging, out_dir)
         else:
             _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if remote:
-        shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # locally renamed into place already, unless it failed
     return doc
 
 
