@@ -18,6 +18,7 @@ from audionet_tf.core.errors import AudioNetError, DatasetError
 from audionet_tf.dataset import catalog, commits, reader, records
 from audionet_tf.commands import prepare as prepare_cmd
 from audionet_tf.preparation import runner
+from audionet_tf.preparation.manifest import read_manifest
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 COLOURS = ("red", "green", "blue", "yellow", "white", "black")
@@ -42,8 +43,21 @@ def flags(manifest, out, cache):
             "--shard-clips", "2", "--holdout", "0.25"]
 
 
-def config_for(manifest, out, cache):
-    return prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args(flags(manifest, out, cache)))
+def config_for(manifest, out, cache, holdout=None):
+    extra = ["--holdout", holdout] if holdout else []
+    return prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args([*flags(manifest, out, cache), *extra]))
+
+
+def first_four(clip_list):
+    """The first four clips of the list, and the id of one to hold out in both lists.
+
+    A held-out fraction holds out at least one clip of a short list, and which one can change as the list
+    grows (a changed setting, which withdraws that clip's commit and relabels it): naming it keeps it.
+    """
+    path = os.path.join(os.path.dirname(clip_list), "first-four.csv")
+    with open(clip_list) as whole, open(path, "w") as part:
+        part.write("".join(whole.readlines()[:5]))
+    return path, read_manifest(path)[0].id
 
 
 def committed_ok(directory):
@@ -148,23 +162,25 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
 
     out = str(tmp_path / "data")
     rng = random.Random(0)
-    kills = [("first commit", lambda p, old: wait_for(p, lambda: commit_count(out) >= 1)),
-             # a shard renamed to its final name, its commit record not yet written
-             ("mid-commit", lambda p, old: wait_for(p, lambda: uncommitted_shard(out, old))),
-             ("fourth commit", lambda p, old: wait_for(p, lambda: commit_count(out) >= 4)),
-             ("random", lambda p, old: time.sleep(rng.uniform(0.0, 3.0)))]
+    # Labelling batches frames across clips, so several groups can be committed within a few milliseconds:
+    # the kills that must find work left run with renames held back (see SLOW_RENAMES), the middle of a
+    # commit first, while all six groups are still to come.
+    kills = [("mid-commit", True, lambda p, old, n: wait_for(p, lambda: uncommitted_shard(out, old))),
+             ("first commit", True, lambda p, old, n: wait_for(p, lambda: commit_count(out) >= n + 1)),
+             ("fourth commit", False, lambda p, old, n: wait_for(p, lambda: commit_count(out) >= 4)),
+             ("random", False, lambda p, old, n: time.sleep(rng.uniform(0.0, 3.0)))]
     killed_with_work_left = 0
-    for number, (moment, kill_when) in enumerate(kills):
+    for number, (moment, slow, kill_when) in enumerate(kills):
         before = committed_ok(out)
         log = tmp_path / f"run-{number}.log"
-        traced = moment == "mid-commit"
         old = frozenset(shard_names(out))
-        process = start(clip_list, out, tmp_path / "cache", log, slow_renames=traced)
-        seen = kill_when(process, old)
-        assert seen or not traced, "with renames held back, the middle of a commit is always seen"
+        process = start(clip_list, out, tmp_path / "cache", log, slow_renames=slow)
+        seen = kill_when(process, old, commit_count(out))
+        assert seen or not slow, f"{moment}: renames held back, yet not seen (exit {process.poll()}): " \
+                                 f"{log.read_text()[-3000:]}"
         if process.poll() is None and kill(process.pid):
             killed_with_work_left += 1
-            if traced:  # killed in the middle of a commit: a shard in place that no record names
+            if moment == "mid-commit":  # killed in the middle of a commit: a shard in place that no record names
                 assert uncommitted_shard(out, old)
         process.wait(timeout=60)
         output = log.read_text()
@@ -239,14 +255,12 @@ runpy.run_module("audionet_tf.prepare", run_name="__main__", alter_sys=True)
 
 def test_a_kill_while_the_index_is_written_leaves_the_older_index_and_readers_use_the_records(
         clip_list, tmp_path, caplog):
-    first_four = os.path.join(os.path.dirname(clip_list), "first-four.csv")
-    with open(clip_list) as whole, open(first_four, "w") as part:
-        part.write("".join(whole.readlines()[:5]))
+    four, held_out = first_four(clip_list)
     out, cache = tmp_path / "data", tmp_path / "cache"
-    runner.prepare(config_for(first_four, out, cache))
+    runner.prepare(config_for(four, out, cache, held_out))
     older = (out / commits.INDEX_FILE).read_bytes()
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_INDEX, *flags(clip_list, out, cache)], env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_INDEX, *flags(clip_list, out, cache), "--holdout", held_out],
+                            env=ENV, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (out / commits.INDEX_FILE).read_bytes() == older
     assert [n for n in os.listdir(out) if n.startswith(".index.json.")]  # the new one, never renamed
@@ -258,7 +272,7 @@ def test_a_kill_while_the_index_is_written_leaves_the_older_index_and_readers_us
     assert "rerun the same prepare command" in caplog.text
     check_consistent(out)
     # The same command labels nothing and writes the new index.
-    summary = runner.prepare(config_for(clip_list, out, cache))
+    summary = runner.prepare(config_for(clip_list, out, cache, held_out))
     assert not summary.written and len(summary.skipped) == 12
     assert len(json.loads((out / commits.INDEX_FILE).read_text())["commits"]) == commit_count(out) == 6
     assert not [n for n in os.listdir(out) if n.startswith(".index.json.")]
@@ -285,20 +299,9 @@ def test_a_resume_with_nothing_to_do_does_not_import_tensorflow(clip_list, tmp_p
 def test_a_prepare_adding_clips_does_not_disturb_a_training_reading_the_dataset(clip_list, tmp_path):
     """Training takes the shards committed when it starts; a prepare committing more clips meanwhile (and
     removing files no record names) leaves it running to its end on what it took."""
-    first_four = os.path.join(os.path.dirname(clip_list), "first-four.csv")
-    with open(clip_list) as whole, open(first_four, "w") as part:
-        part.write("".join(whole.readlines()[:5]))
-    from audionet_tf.preparation.manifest import read_manifest
-
+    four, held_out = first_four(clip_list)
     out, cache = tmp_path / "data", tmp_path / "cache"
-
-    def one_held_out(manifest):
-        # Held-out clips named outright: a fraction holds out at least one clip of a short list, and that forced
-        # choice can change as the list grows (a changed setting, which relabels the clip).
-        args = [*flags(manifest, out, cache), "--holdout", read_manifest(first_four)[0].id]
-        return prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args(args))
-
-    runner.prepare(one_held_out(first_four))
+    runner.prepare(config_for(four, out, cache, held_out))
     before = catalog.read_description(str(out))
     training = subprocess.Popen(
         [sys.executable, "-m", "audionet_tf.train", "--data", str(out), "--epochs", "60", "--batch-size", "8",
@@ -306,7 +309,7 @@ def test_a_prepare_adding_clips_does_not_disturb_a_training_reading_the_dataset(
         cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(training, lambda: (tmp_path / "runs" / "reader" / "backup" / "state.json").exists(), 240)
-        summary = runner.prepare(one_held_out(clip_list))
+        summary = runner.prepare(config_for(clip_list, out, cache, held_out))
         assert len(summary.written) == 8 and len(summary.skipped) == 4
         assert training.poll() is None, "the training ended before the prepare did: nothing was tested"
         err = training.communicate(timeout=600)[1]
