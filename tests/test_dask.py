@@ -19,6 +19,7 @@ from audionet_tf.core import config as cfg
 from audionet_tf.dataset import catalog, commits
 from audionet_tf.preparation import runner
 from audionet_tf.preparation.beam import INDEX_POLL_S
+from audionet_tf.preparation.manifest import make_clip as clip_entry
 from audionet_tf.preparation.manifest import read_manifest
 
 pytest.importorskip("apache_beam", reason="the beam extra is part of the test install")
@@ -124,9 +125,15 @@ def clips(tmp_path_factory):
     return entries, root, example_multiset(str(root / "single"))
 
 
+# The first clip is held out, by name, in every list: a held-out fraction holds out at least one clip of a short
+# list, and which one can change as the list grows (a changed setting, which relabels that clip).
+def held_out(first):
+    return clip_entry(first["url"], first["start"], first["duration"], first["label"], "clips").id
+
+
 def config(out, entries, cache):
     return cfg.PipelineConfig(prepare=cfg.PrepareConfig(
-        out=str(out), cache_dir=str(cache), teacher="demo-colour", clips=tuple(entries), holdout="0.25",
+        out=str(out), cache_dir=str(cache), teacher="demo-colour", clips=tuple(entries), holdout=held_out(entries[0]),
         retries=0, shard_size=50, shard_clips=2))
 
 
@@ -138,8 +145,9 @@ def write_manifest(path, entries):
 
 
 def command(manifest, out, cache, address, *extra):
+    first = read_manifest(manifest)[0]
     return [sys.executable, "-m", "audionet_tf.prepare", "--manifest", manifest, "--teacher", "demo-colour",
-            "--out", str(out), "--cache-dir", str(cache), "--holdout", "0.25", "--retries", "0",
+            "--out", str(out), "--cache-dir", str(cache), "--holdout", first.id, "--retries", "0",
             "--shard-size", "50", "--shard-clips", "2", "--quiet", "--runner", "DaskRunner",
             "--dask_client_address", address, *extra]
 
