@@ -9,17 +9,25 @@ share) and 24 clips of 10 s (6,000 frames; VGGSound's clips are 10 s). Each roun
 each workload in turn, in this one process:
 
 - `teacher alone` (the bar): the teacher's sustained frames/s through `Teacher.forward` (the
-  tf.function with a fixed batch shape that `prepare` runs, loaded once for the whole script),
+  compiled call with a fixed batch shape and the weights folded in that `prepare` runs, loaded
+  once for the whole script),
   over as many frames as the workload has, in whole batches, measured right before and right
   after the prepare run; the mean of the two. **This replaced "the best of 5 timings of 4
   batches"** as the bar, because a best-of-5 picks the quietest moment of a shared machine while
   prepare is timed over its whole run; `best` is still printed as an extra column;
+- `unfolded`: the same, with the weights left as variables (`--no-teacher-fold`): the model in a
+  `tf.function`, the form issue 18 measured its bar with. Folding makes the teacher itself faster,
+  so the bar above is the higher one;
 - `prepare`: `runner.prepare` on all clips into a fresh directory, timed from the call to its
   return: loading the teacher, tracing it, decoding, labelling, writing and committing; split
   into `teacher ready` (from the call to the end of the teacher's first batch: load, trace,
   first call), `its batches` (every later `Teacher.forward` call inside the run, with their
   frames/s against the teacher alone: how much decoding on the same cores slows it) and
   `other` (the rest: time outside the teacher's calls after its first one);
+- the teacher's start: `fresh` in each workload's first round (no kept graph: load the `.keras`
+  file, trace, fold, keep the graph), `kept` in the later rounds (the folded graph the first
+  round kept in the cache, `preparation/teacher_graphs.py`), as a rerun or a Beam worker sharing
+  the cache starts;
 - the load average (1 min) around the round, since the machine may be shared.
 
 It prints each round, then a table with the median and spread of the ratios over the rounds.
@@ -31,6 +39,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,13 +117,16 @@ def timed(calls: list[tuple[float, float]], loading: list[float]):
         teachers.Teacher.forward, teachers.load_teacher = forward, load
 
 
-def run_round(teacher, batch: np.ndarray, model_path: str, clips: list[str], seconds: float, out: str,
-              cache: str) -> dict:
+def run_round(teacher, unfolded, batch: np.ndarray, model_path: str, clips: list[str], seconds: float, out: str,
+              cache: str, fresh: bool) -> dict:
     """One side-by-side measurement: the teacher alone, the whole prepare call, the teacher alone again."""
+    if fresh:
+        shutil.rmtree(os.path.join(cache, "teachers"), ignore_errors=True)
     entries = tuple({"url": p, "start": 0, "duration": seconds, "label": "x"} for p in clips)
     frames = int(round(seconds * 25)) * len(clips)
     load_before = os.getloadavg()[0]
     before = sustained_rate(teacher, batch, frames)
+    unfolded_before = sustained_rate(unfolded, batch, frames)
     best = best_rate(teacher, batch)
     config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
         out=out, cache_dir=cache, teacher=model_path, teacher_batch=len(batch), clips=entries, holdout="0"))
@@ -125,11 +137,15 @@ def run_round(teacher, batch: np.ndarray, model_path: str, clips: list[str], sec
         summary = runner.prepare(config)
     seconds_ = time.perf_counter() - start
     after = sustained_rate(teacher, batch, frames)
+    unfolded_after = sustained_rate(unfolded, batch, frames)
     best = max(best, best_rate(teacher, batch))
     assert summary.examples["train"] == frames, summary
+    assert len(loading) == (1 if fresh else 0), "a kept graph is used in every round but the first"
     first_end = calls[0][0] + calls[0][1] - start  # the teacher loaded, traced and its first batch labelled
     busy = sum(c[1] for c in calls[1:])
-    return {"frames": frames, "sustained": (before + after) / 2, "before": before, "after": after, "best": best,
+    return {"start": "fresh" if fresh else "kept", "frames": frames, "sustained": (before + after) / 2,
+            "before": before, "after": after, "best": best,
+            "unfolded": (unfolded_before + unfolded_after) / 2,
             "prepare": frames / seconds_, "seconds": seconds_, "load_s": sum(loading), "ready_s": first_end,
             "busy_s": busy, "other_s": seconds_ - first_end - busy,
             "inside": len(batch) * (len(calls) - 1) / busy, "loadavg": (load_before + os.getloadavg()[0]) / 2}
@@ -146,7 +162,7 @@ def main(argv=None) -> int:
     logging.disable(logging.WARNING)
     import keras
 
-    rows: dict[tuple[int, float], list[dict]] = {w: [] for w in workloads}
+    rows: dict[tuple[int, float, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_path = os.path.join(tmp, "EfficientNetV2B0.keras")
         keras.applications.EfficientNetV2B0(weights=None, classifier_activation=None,
@@ -154,34 +170,42 @@ def main(argv=None) -> int:
         clips = {w: make_clips(os.path.join(tmp, f"clips{w[0]}x{w[1]:g}"), *w) for w in workloads}
         # The teacher alone, loaded once in this process: the same file, batch size and compiled call as prepare's.
         teacher = load_teacher(model_path, batch_size=args.batch)
+        unfolded = load_teacher(model_path, batch_size=args.batch, fold=False)
         batch = np.random.default_rng(0).integers(0, 256, (args.batch, *teacher.input_size, 3), dtype=np.uint8)
         teacher.forward(batch)
+        unfolded.forward(batch)
+        assert teacher.folded and not unfolded.folded
         for round_ in range(args.rounds):
             for w in workloads:
-                r = run_round(teacher, batch, model_path, clips[w], w[1], os.path.join(tmp, f"data{round_}-{w[0]}"),
-                              os.path.join(tmp, "cache"))
-                rows[w].append(r)
-                print(f"round {round_ + 1}, {w[0]}x{w[1]:g} s ({r['frames']} frames), load {r['loadavg']:.1f}: "
+                r = run_round(teacher, unfolded, batch, model_path, clips[w], w[1],
+                              os.path.join(tmp, f"data{round_}-{w[0]}"), os.path.join(tmp, "cache"), round_ == 0)
+                rows.setdefault((*w, r["start"]), []).append(r)
+                print(f"round {round_ + 1}, {w[0]}x{w[1]:g} s ({r['frames']} frames), {r['start']} start, "
+                      f"load {r['loadavg']:.1f}: "
                       f"teacher alone {r['sustained']:.1f} frames/s (before {r['before']:.1f}, after "
-                      f"{r['after']:.1f}; best {r['best']:.1f}); prepare {r['prepare']:.1f} "
-                      f"({r['prepare'] / r['sustained']:.2f}x; {r['prepare'] / r['best']:.2f}x of best) in "
+                      f"{r['after']:.1f}; best {r['best']:.1f}; unfolded {r['unfolded']:.1f}); prepare "
+                      f"{r['prepare']:.1f} ({r['prepare'] / r['sustained']:.2f}x; {r['prepare'] / r['best']:.2f}x "
+                      f"of best; {r['prepare'] / r['unfolded']:.2f}x of unfolded) in "
                       f"{r['seconds']:.1f} s = teacher ready {r['ready_s']:.1f} s (load {r['load_s']:.1f}) + its "
                       f"batches {r['busy_s']:.1f} s at {r['inside']:.1f} frames/s "
                       f"({r['inside'] / r['sustained']:.2f}x) + other {r['other_s']:.1f} s", flush=True)
     print(f"\nEfficientNetV2B0 (weights=None) .keras, batch {args.batch}, {os.cpu_count()} cores, "
           f"{args.rounds} rounds; ratios: median (min-max)")
-    print("| workload | load average | teacher alone, frames/s | prepare / teacher alone | prepare / best | "
-          "teacher inside prepare / alone | teacher ready, s |")
-    print("|---|---|---|---|---|---|---|")
-    for (count, seconds), rs in rows.items():
+    print("| workload | teacher's start | load average | teacher alone, frames/s | prepare / teacher alone | prepare / best | "
+          "unfolded teacher alone, frames/s | prepare / unfolded | teacher inside prepare / alone | "
+          "teacher ready, s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (count, seconds, start), rs in rows.items():
         def spread(values, fmt="{:.2f}"):
             return f"{fmt.format(np.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
-        print(f"| {count} clips of {seconds:g} s, {rs[0]['frames']} frames | "
+        print(f"| {count} clips of {seconds:g} s, {rs[0]['frames']} frames | {start} | "
               f"{min(r['loadavg'] for r in rs):.1f}-{max(r['loadavg'] for r in rs):.1f} | "
               f"{spread([r['sustained'] for r in rs], '{:.0f}')} | "
               f"**{spread([r['prepare'] / r['sustained'] for r in rs])}** | "
               f"{spread([r['prepare'] / r['best'] for r in rs])} | "
+              f"{spread([r['unfolded'] for r in rs], '{:.0f}')} | "
+              f"{spread([r['prepare'] / r['unfolded'] for r in rs])} | "
               f"{spread([r['inside'] / r['sustained'] for r in rs])} | "
               f"{spread([r['ready_s'] for r in rs], '{:.1f}')} |")
     return 0

@@ -183,10 +183,12 @@ def test_batches_across_clips_and_chunks_keep_each_clip_whole_and_a_failure_mid_
     assert sorted(f for f in os.listdir(tmp_path / "data") if f.endswith(records.SHARD_SUFFIX)) == sorted(named)
 
 
-@pytest.mark.parametrize("kind", [pytest.param("registry", marks=pytest.mark.slow), "keras", "savedmodel"])
-def test_compiled_teacher_gives_the_eager_call_logits(tmp_path, kind):
-    """The teacher runs as one compiled function with a fixed batch (the last batch padded); its logits are
-    the model's eager call's, for registry, `.keras` and SavedModel teachers."""
+@pytest.mark.parametrize("kind,fold", [pytest.param("registry", True, marks=pytest.mark.slow), ("keras", True),
+                                       ("keras", False), ("savedmodel", True)])
+def test_compiled_teacher_gives_the_eager_call_logits(tmp_path, kind, fold):
+    """The teacher runs as one compiled function with a fixed batch (the last batch padded), its weights folded
+    into it as constants (unless told not to); its logits are the model's eager call's, for registry, `.keras`
+    and SavedModel teachers."""
     import keras
     import tensorflow as tf
 
@@ -197,20 +199,22 @@ def test_compiled_teacher_gives_the_eager_call_logits(tmp_path, kind):
     frames = (rng.integers(0, 256, (5, size, size, 3)) * np.linspace(0.2, 1.0, 5)[:, None, None, None])
     frames = frames.astype(np.uint8)
     if kind == "registry":
-        teacher = load_teacher("EfficientNetV2B0", weights=None, batch_size=2)
+        teacher = load_teacher("EfficientNetV2B0", weights=None, batch_size=2, fold=fold)
     else:
         inputs = keras.Input((64, 64, 3))
         x = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
         model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
         if kind == "keras":
             model.save(str(tmp_path / "t.keras"))
-            teacher = load_teacher(str(tmp_path / "t.keras"), batch_size=2)
+            teacher = load_teacher(str(tmp_path / "t.keras"), batch_size=2, fold=fold)
         else:
             model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
-            teacher = load_teacher(str(tmp_path / "sm"), batch_size=2)
+            teacher = load_teacher(str(tmp_path / "sm"), batch_size=2, fold=fold)
     eager = teacher.call(tf.constant(frames, tf.float32)).numpy()
     compiled = teacher.logits(frames)
     assert compiled.shape == eager.shape and teacher._compiled is not None
+    # Folded, the compiled call reads no variable: every weight is a constant of its graph.
+    assert teacher.folded == fold and (len(teacher._compiled.captured_inputs) == 0) == fold
     tolerance = 1e-4 * float(np.abs(eager).max())
     # The frames' logits differ from each other far beyond the tolerance, so a frame's logits in another's
     # place would show.
@@ -284,3 +288,23 @@ def test_a_teacher_that_cannot_load_stops_the_run_with_one_message(tmp_path):
     with pytest.raises(AudioNetError, match="teacher model .*teacher.keras: cannot load it"):
         runner.prepare(config)
     assert not os.path.isdir(tmp_path / "data" / "commits") or not os.listdir(tmp_path / "data" / "commits")
+
+
+def test_the_teacher_is_folded_unless_the_pipeline_file_or_a_flag_says_not(tmp_path):
+    """`prepare.teacher_fold` (default on) reaches the labeller's teacher from a pipeline file and from
+    `--no-teacher-fold`."""
+    import keras
+
+    from audionet_tf.commands import prepare as prepare_cmd
+    from audionet_tf.preparation.labelling import Labeller
+
+    inputs = keras.Input((16, 16, 3))
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(str(tmp_path / "t.keras"))
+    (tmp_path / "unfolded.toml").write_text("[prepare]\nteacher_fold = false\n")
+    base = ["--teacher", str(tmp_path / "t.keras"), "--out", str(tmp_path / "data"),
+            "--cache-dir", str(tmp_path / "cache")]
+    for extra, folded in (([], True), (["--no-teacher-fold"], False),
+                          (["--pipeline", str(tmp_path / "unfolded.toml")], False)):
+        config = prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args([*base, *extra]))
+        assert config.prepare.teacher_fold is folded, extra
+        assert Labeller(config, set(), {}).teacher.folded is folded, extra

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", default=None, help="make and use the offline demo's clips")
     p.add_argument("--strict", action="store_true", default=None, help="any clip that fails is fatal")
     p.add_argument("--overwrite", action="store_true", default=None, help="redo clips already written")
+    p.add_argument("--no-teacher-fold", action="store_false", default=None, dest="teacher_fold",
+                   help="run the teacher over its variables instead of folding its weights into its graph")
+    p.add_argument("--no-teacher-cache", action="store_false", default=None, dest="teacher_cache",
+                   help="neither use nor keep the teacher's folded graph in the cache directory")
     p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p
@@ -72,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> cfg.PipelineConfig:
     """Defaults ← pipeline file ← flags."""
     config = cfg.load_pipeline(args.pipeline)
-    values = {k: getattr(args, k) for k in (*PREPARE_FLAGS, "demo", "strict", "overwrite")}
+    switches = ("demo", "strict", "overwrite", "teacher_fold", "teacher_cache")
+    values = {k: getattr(args, k) for k in (*PREPARE_FLAGS, *switches)}
     config = cfg.override(config, "prepare", values)
     return cfg.override(config, "audio", {"window_ms": args.window_ms, "frame_period_ms": args.frame_period_ms,
                                           "sample_rate": args.sample_rate})

@@ -168,6 +168,8 @@ class PrepareConfig:
     teacher: str = DEFAULT_TEACHER  # registry name, .keras file or SavedModel directory
     labels: str | None = None  # class names file for a user's teacher
     teacher_batch: int = 32
+    teacher_fold: bool = True  # fold the teacher's weights into its compiled graph (faster); false: run over them
+    teacher_cache: bool = True  # keep the folded graph under cache_dir/teachers for the next run's start
     cache_dir: str = "cache/clips"
     holdout: str = "0.2"  # whole clips: a fraction, or comma-separated clip ids ("0": none)
     holdout_part: str = ""  # a part of every clip: a fraction ("0.2") or seconds ("2s"); "": none

@@ -245,12 +245,14 @@ class Labeller:
                 self._loader.start()
 
     def _load(self) -> None:
-        from audionet_tf.preparation import teacher as teacher_lib
+        from audionet_tf.preparation import teacher_graphs
 
         pc = self.config.prepare
         try:
-            teacher = teacher_lib.load_teacher(pc.teacher, pc.labels, weights=self.weights,
-                                               batch_size=pc.teacher_batch)
+            # Loaded and compiled (traced, folded) here, while decoding goes on; or from a graph a run kept.
+            kept = os.path.join(pc.cache_dir, "teachers") if pc.teacher_cache else None
+            teacher = teacher_graphs.load_teacher(pc.teacher, pc.labels, self.weights, pc.teacher_batch,
+                                                  pc.teacher_fold, kept)
             if self._size is not None and tuple(teacher.input_size) != tuple(self._size):
                 raise TeacherError(f"teacher {pc.teacher}: its file gives the input size {self._size}, but the "
                                    f"loaded model takes {teacher.input_size}")
