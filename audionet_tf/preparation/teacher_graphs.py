@@ -18,20 +18,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 
+from audionet_tf.core import storage
+from audionet_tf.dataset.records import file_sha256
 from audionet_tf.preparation import teacher as teacher_lib
 from audionet_tf.preparation.teacher import Teacher
 
 log = logging.getLogger("audionet_tf.prepare")
 
 FORMAT = "audionet-teacher-graph/1"
-
-
-def _hash_file(digest, path: str) -> None:
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
 
 
 def source_key(spec: str, weights: str | None, batch_size: int) -> str | None:
@@ -47,16 +42,14 @@ def source_key(spec: str, weights: str | None, batch_size: int) -> str | None:
             return None  # random or a user's weights file: nothing says two runs have the same weights
         digest.update(f"registry:{spec}:{weights}".encode())
     elif spec.endswith(".keras") and os.path.isfile(spec):
-        digest.update(b"keras:")
-        _hash_file(digest, spec)
+        digest.update(b"keras:" + file_sha256(spec).encode())
     elif os.path.isdir(spec):
         digest.update(b"savedmodel:")
         for root, dirs, files in os.walk(spec):
             dirs.sort()
             for name in sorted(files):
                 path = os.path.join(root, name)
-                digest.update(os.path.relpath(path, spec).encode() + b"\0")
-                _hash_file(digest, path)
+                digest.update(os.path.relpath(path, spec).encode() + b"\0" + file_sha256(path).encode())
     else:
         return None
     return digest.hexdigest()[:40]
@@ -86,19 +79,10 @@ def _write(teacher: Teacher, folder: str, key: str) -> None:
     doc = {"format": FORMAT, "name": teacher.name, "input_size": list(teacher.input_size),
            "classes": teacher.num_classes, "batch_size": teacher.batch_size, "input": compiled.inputs[0].name,
            "output": compiled.outputs[0].name, "sha256": hashlib.sha256(graph).hexdigest(), "bytes": len(graph)}
-    os.makedirs(folder, exist_ok=True)
-    # The graph first, its description last: a description names a graph that is whole.
-    for suffix, data in ((".pb", graph), (".json", json.dumps(doc).encode())):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the graph from other users sharing the cache
-            os.replace(tmp, os.path.join(folder, key + suffix))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+    # The graph first, its description last: a description names a graph that is whole. A kept graph lost
+    # in a power cut costs only a slower start, so neither is fsynced.
+    storage.write_bytes(os.path.join(folder, key + ".pb"), graph, fsync=False)
+    storage.write_bytes(os.path.join(folder, key + ".json"), json.dumps(doc).encode(), fsync=False)
 
 
 def _read(spec: str, labels: str | None, weights: str | None, batch_size: int, folder: str,
