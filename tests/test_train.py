@@ -294,3 +294,42 @@ def test_four_replicas_reach_the_weights_of_one(dataset, tmp_path):
     assert report["same_start"] == 0.0
     assert report["moved"] > 100 * report["max_diff"] and report["moved"] > 1e-3, report
     assert report["max_diff"] < 1e-4, report
+
+
+def test_a_figure_that_fails_in_the_background_is_raised_not_lost(caplog):
+    """Figures drawn on a background thread: a failure reaches the training thread at the next check (once the
+    drawing has ended) or at the end, which waits for the last drawing; after another error it is logged."""
+    import threading
+
+    from audionet_tf.training.figures import BackgroundDrawing
+
+    drawing, release, drawn = BackgroundDrawing("figure-test"), threading.Event(), []
+
+    def fail(message):
+        release.wait(30)
+        raise OSError(message)
+
+    drawing.submit(fail, "no space left on device")
+    drawing.check()  # still drawing: training goes on
+    release.set()
+    for _ in range(3000):  # until the drawing has ended
+        if drawing._pending.done():
+            break
+        time.sleep(0.01)
+    with pytest.raises(OSError, match="no space left"):
+        drawing.check()
+    drawing.check()  # raised once, not again
+    # A new drawing waits for the one in progress; the end waits for the last and raises its failure.
+    release.clear()
+    drawing.submit(fail, "the last figure")
+    release.set()
+    with pytest.raises(OSError, match="the last figure"):
+        drawing.close()
+    drawing.submit(drawn.append, "after")
+    drawing.close()
+    assert drawn == ["after"] and not [t for t in threading.enumerate() if t.name.startswith("figure-test")]
+    # Training already failing: the last drawing's failure is logged, not raised over the first error.
+    drawing.submit(fail, "while stopping")
+    with caplog.at_level("WARNING"):
+        drawing.finish_quietly()
+    assert "while stopping" in caplog.text
