@@ -145,8 +145,15 @@ class Teacher:
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
 
-def read_labels(path: str | None, count: int, where: str) -> list[str]:
-    """Class names from a labels file (one per line, `count` of them), or `class_<i>` without one."""
+def teacher_class_names(spec: str, labels: str | None, count: int) -> list[str]:
+    """A teacher's `count` class names: from its labels file, else ImageNet's for a registry teacher, else
+    `class_<i>`."""
+    if spec in REGISTRY_NAMES and labels is None:
+        return imagenet_class_names()
+    return _read_labels(labels, count, spec)
+
+
+def _read_labels(path: str | None, count: int, where: str) -> list[str]:
     if path is None:
         return [f"class_{i}" for i in range(count)]
     if not os.path.isfile(path):
@@ -224,7 +231,7 @@ def _load_teacher(spec: str, labels: str | None, weights: str | None, batch_size
                                 f"without internet, use the offline demo (audionet demo) or your own "
                                 f"model file") from None
         size = tuple(int(d) for d in model.input_shape[1:3])
-        names = imagenet_class_names() if labels is None else read_labels(labels, 1000, spec)
+        names = teacher_class_names(spec, labels, 1000)
 
         def call(x):
             return model(preprocess(x) if preprocess is not None else x, training=False)
@@ -241,7 +248,7 @@ def _load_teacher(spec: str, labels: str | None, weights: str | None, batch_size
             raise AudioNetError(f"teacher model {spec}: cannot load it ({exc})") from None
         size = tuple(int(d) for d in model.input_shape[1:3])
         count = int(model.output_shape[-1])
-        return Teacher(os.path.basename(spec), size, read_labels(labels, count, spec),
+        return Teacher(os.path.basename(spec), size, teacher_class_names(spec, labels, count),
                        lambda x: model(x, training=False), batch_size)
     if os.path.isdir(spec):
         import tensorflow as tf
@@ -260,7 +267,7 @@ def _load_teacher(spec: str, labels: str | None, weights: str | None, batch_size
         def call_saved(x, _owner=loaded):  # the signature's variables live as long as `loaded` does
             return signature(**{input_name: tf.cast(x, input_spec.dtype)})[output_name]
 
-        return Teacher(os.path.basename(os.path.normpath(spec)), size, read_labels(labels, count, spec),
+        return Teacher(os.path.basename(os.path.normpath(spec)), size, teacher_class_names(spec, labels, count),
                        call_saved, batch_size)
     raise AudioNetError(f"unknown teacher {spec!r}: use one of {', '.join(REGISTRY_NAMES)}, {DEMO_TEACHER}, "
                         f"a .keras file or a SavedModel directory")

@@ -109,8 +109,7 @@ def _read(spec: str, labels: str | None, weights: str | None, batch_size: int, f
     except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError) as exc:
         log.warning("teacher graph %s cannot be used (%s); loading the teacher again", path, exc)
         return None
-    names = teacher_lib.imagenet_class_names() if spec in teacher_lib.REGISTRY_NAMES and labels is None else \
-        teacher_lib.read_labels(labels, count, spec)
+    names = teacher_lib.teacher_class_names(spec, labels, count)
     model: list[Teacher] = []
 
     def call(x):  # the model's own eager call, loaded only if someone asks for it
