@@ -18,6 +18,7 @@ from audionet_tf.core import config as cfg
 from audionet_tf.core.config import AudioConfig
 from audionet_tf.dataset import catalog, reader, split
 from audionet_tf.preparation import runner
+from audionet_tf.preparation.labelling import NothingPrepared
 from audionet_tf.preparation.manifest import make_clip as clip_entry
 from audionet_tf.preparation.media import decode_clip, ffmpeg_exe, read_audio, stream_clip
 
@@ -226,8 +227,8 @@ def test_a_held_out_time_part_of_a_shortened_clip_is_its_own_end_and_shares_no_s
 @pytest.mark.slow
 def test_a_clip_under_the_minimum_is_refused_with_its_reason_and_the_run_goes_on(tmp_path):
     """`prepare` as a user runs it: a clip left with 0.6 s of the 10 s asked is under the 1 s minimum: one
-    console line and its record say why, the other clip is written, exit 0; alone, nothing is prepared (exit 2);
-    with a lower `--min-clip-seconds` it is kept."""
+    console line and its record say why, the other clip is written, exit 0; alone, nothing is prepared; with a
+    lower `--min-clip-seconds` it is kept."""
     short = encode(tmp_path / "short.mp4", 10.0, 0.6)
     good = encode(tmp_path / "good.mp4", 2.0, 2.0)
     short_id = clip_entry(short, 0, 10.0, "short", "test").id
@@ -250,8 +251,9 @@ def test_a_clip_under_the_minimum_is_refused_with_its_reason_and_the_run_goes_on
     records = {c.label: c for c in catalog.read_description(str(tmp_path / "both")).clips}
     assert records["short"].status == "failed" and reason in records["short"].error
     assert records["good"].ok and records["good"].frames == 50
-    alone = run([(short, 10, "short")], "alone")
-    assert alone.returncode == 2 and reason in alone.stderr
+    # Alone, nothing can be prepared: the command's error (exit 2, as for any AudioNetError) lists the reason.
+    with pytest.raises(NothingPrepared, match=re.escape(reason)):
+        runner.prepare(pipeline(tmp_path, [{"url": short, "start": 0, "duration": 10, "label": "short"}], "alone"))
     kept = run([(short, 10, "short")], "kept", "--min-clip-seconds", "0.5")
     assert kept.returncode == 0, kept.stderr[-3000:]
     assert f"kept shorter {short_id}: 0.60 of the 10.00 s asked (15 frames)" in kept.stdout
@@ -282,3 +284,28 @@ def test_real_recordings_paired_with_a_video_are_all_kept_as_far_as_they_go(tmp_
         found = check_clip(tmp_path, records[entry["label"]], entry, arrays=arrays)
         assert list(found["frames"]) == list(range(found["held"]["frames"]))
         assert records[entry["label"]].shortened  # no recording lasts 12.5 s
+
+
+@pytest.mark.slow
+def test_beam_keeps_a_shortened_clip_as_the_single_process_run_does(prepared, tmp_path):
+    """The Beam runner shares the labelling core: the same shortened clip gives the same examples, byte for byte,
+    the same record, and its summary lists it as kept shorter."""
+    pytest.importorskip("apache_beam", reason="the beam extra is part of the test install")
+    from committed import example_multiset
+
+    from audionet_tf.preparation.beam import run_beam
+
+    root, _, _, ids, entries = prepared
+    clips = [entries["audio-0.14-s-early"], entries["lined-up"]]
+    single = pipeline(tmp_path, clips, "single")
+    runner.prepare(single)
+    beam = pipeline(tmp_path, clips, "beam", runner="DirectRunner")
+    summary = run_beam(beam, [])
+    short = ids["audio-0.14-s-early"]
+    assert sorted(summary.written) == sorted([short, ids["lined-up"]]) and list(summary.shortened) == [short]
+    assert "246 frames" in summary.shortened[short] and "audio ends 9.86 s" in summary.shortened[short]
+    assert example_multiset(tmp_path / "beam") == example_multiset(tmp_path / "single")
+    by_id = {out: {c.id: c for c in catalog.read_description(str(tmp_path / out)).clips} for out in ("single", "beam")}
+    for clip_id in (short, ids["lined-up"]):
+        a, b = by_id["single"][clip_id], by_id["beam"][clip_id]
+        assert (a.frames, a.usable_s, a.shortened, a.examples) == (b.frames, b.usable_s, b.shortened, b.examples)

@@ -47,7 +47,10 @@ class ClipTooShort(AudioNetError):
 
 
 def check_usable(path: str, extent, pc: cfg.PrepareConfig) -> None:
-    """Refuse a shortened clip left with less than `prepare.min_clip_seconds` (`ClipTooShort`, naming the file)."""
+    """Refuse a shortened clip left with less than `prepare.min_clip_seconds`, or with no frame at all
+    (`ClipTooShort`, naming the file)."""
+    if extent.frames == 0:
+        raise ClipTooShort(f"{path}: {extent.why()}: no frame has both its picture and its whole window")
     if extent.shortened and extent.seconds < pc.min_clip_seconds:
         raise ClipTooShort(f"{path}: {extent.why()}: {extent.frames} frames ({extent.seconds:.2f} s) can be "
                            f"labelled, under the minimum of {pc.min_clip_seconds:g} s (prepare.min_clip_seconds, "
@@ -404,7 +407,8 @@ class Labeller:
             pending = next(stream, None)
             extent = stream.extent
             if extent is None and self.time_split is not None:
-                extent = media.measure_clip(got.path, got.offset, clip.duration, ac, pc.end_slack_ms)
+                extent = media.measure_clip(got.path, got.offset, clip.duration, ac, pc.end_slack_ms,
+                                            pc.decode_niceness)
             if extent is not None:
                 check_usable(got.path, extent, pc)
             planned = extent.frames if extent is not None else self.frame_count(clip)

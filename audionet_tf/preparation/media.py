@@ -438,10 +438,10 @@ def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, fr
 
 
 def measure_clip(path: str, start: float, duration: float, audio: AudioConfig,
-                 slack_ms: float = PrepareConfig.end_slack_ms) -> Extent:
+                 slack_ms: float = PrepareConfig.end_slack_ms, niceness: int = 0) -> Extent:
     """How many frames `stream_clip` gives for this section, found by decoding it once (pictures at 2×2 pixels,
     so what this costs is the decoding): for a long clip whose held-out part depends on its length."""
-    stream = ClipStream(path, start, duration, audio, (2, 2), "squash", 1024, 0, slack_ms)
+    stream = ClipStream(path, start, duration, audio, (2, 2), "squash", 1024, niceness, slack_ms)
     try:
         for _ in stream:
             pass
