@@ -134,17 +134,19 @@ def test_network_errors_and_http_429_are_retried_with_back_off(served, tmp_path)
         server.stop()
 
 
-@pytest.mark.parametrize("make,seconds,message", [
-    (lambda p: make_clip(p, 1.0, audio=None), 1.0, "no audio stream"),
-    (lambda p: make_clip(p, 1.0, video=None), 1.0, "no video stream"),
-    (lambda p: open(p, "wb").write(b"not a video at all" * 100), 1.0, "cannot decode"),
-    (lambda p: make_clip(p, 1.0), 3.0, "shorter"),
+@pytest.mark.parametrize("make,start,seconds,message", [
+    (lambda p: make_clip(p, 1.0, audio=None), 0.0, 1.0, "no audio stream"),
+    (lambda p: make_clip(p, 1.0, video=None), 0.0, 1.0, "no video stream"),
+    (lambda p: open(p, "wb").write(b"not a video at all" * 100), 0.0, 1.0, "cannot decode"),
+    (lambda p: make_clip(p, 1.0), 2.0, 1.0, r"no video frames in \[2\.00 s, 3\.00 s\)"),
 ])
-def test_bad_clips_are_named(tmp_path, make, seconds, message):
+def test_bad_clips_are_named(tmp_path, make, start, seconds, message):
+    """A file that cannot give a single frame is named with the reason. (A file that ends inside the section is
+    labelled as far as it goes: tests/test_misaligned_clips.py; the last case here starts after the file's end.)"""
     path = str(tmp_path / "clip.mp4")
     make(path)
     with pytest.raises(MediaError, match=message) as info:
-        decode_clip(path, 0.0, seconds, AudioConfig(), (24, 32))
+        decode_clip(path, start, seconds, AudioConfig(), (24, 32))
     assert path in str(info.value)
 
 

@@ -38,6 +38,8 @@ def print_summary(summary: Summary) -> None:
           f"failed: {len(summary.failed)}")
     for clip_id, why in summary.failed.items():
         print(f"  failed {clip_id}: {why}")
+    for clip_id, what in summary.shortened.items():
+        print(f"  kept shorter {clip_id}: {what}")
     for warning in summary.warnings:
         print(f"  note: {warning}")
 
@@ -46,7 +48,7 @@ PREPARE_FLAGS = {
     "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
     "holdout": str, "holdout_part": str, "holdout_at": str, "frame_fit": str, "shard_size": int, "shard_clips": int,
     "chunk_frames": int, "decode_niceness": int, "audio_format": str, "logits_format": str,
-    "retries": int, "margin_s": float, "index_every": int,
+    "retries": int, "margin_s": float, "index_every": int, "min_clip_seconds": float, "end_slack_ms": float,
     "runner": str,
 }
 

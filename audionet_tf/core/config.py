@@ -179,6 +179,11 @@ class PrepareConfig:
     shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
     chunk_frames: int = 256  # a longer clip is decoded, labelled and written this many frames at a time
     decode_niceness: int = 10  # ffmpeg's scheduling priority below the teacher's (0: the same; 0-19)
+    # A clip whose audio or video ends inside its section keeps the frames that have both their picture and
+    # their whole window; it is refused only when fewer than this many seconds are left (a clip that holds
+    # everything asked is never refused for its length).
+    min_clip_seconds: float = 1.0
+    end_slack_ms: float = 5.0  # a window may end this far past the decoded audio (container rounding: zeros)
     audio_format: str = "int16"  # int16 | float32
     logits_format: str = "float16"  # float16 | float32
     retries: int = 3
@@ -204,6 +209,10 @@ class PrepareConfig:
         _check(self.retries >= 0, "prepare.retries", f"must be 0 or more, got {self.retries}")
         _check(self.index_every >= 0, "prepare.index_every", f"must be 0 or more, got {self.index_every}")
         _check(self.margin_s >= 0, "prepare.margin_s", f"must be 0 or more, got {self.margin_s}")
+        _check(self.min_clip_seconds >= 0, "prepare.min_clip_seconds",
+               f"must be 0 or more, got {self.min_clip_seconds}")
+        _check(0 <= self.end_slack_ms <= 40, "prepare.end_slack_ms",
+               f"must be from 0 to 40 ms, got {self.end_slack_ms}")
         _check(self.holdout_at in ("end", "start", "middle"), "prepare.holdout_at",
                f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")
         _check(self.frame_fit in ("crop", "squash", "letterbox"), "prepare.frame_fit",
