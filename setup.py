@@ -39,8 +39,12 @@ setup(
         # lets them prepare on a Dask scheduler and workers they start on 127.0.0.1; tensorflow-hub
         # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults; cryptography makes the
         # certificate with which TensorFlow's own GCS client reaches that server (tests/gcs_proxy.py).
+        # onnxruntime runs ONNX teachers; tf2onnx makes them in the tests from Keras teachers; scikit-image's
+        # wheel ships the real photographs an ONNX ImageNet teacher is checked on.
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
-                 "tensorflow-hub>=0.16", "cryptography>=42"],
+                 "tensorflow-hub>=0.16", "cryptography>=42", "onnxruntime>=1.17", "tf2onnx>=1.16",
+                 "scikit-image>=0.22"],
+        "onnx": ["onnxruntime>=1.17"],  # --teacher model.onnx: a teacher exported from PyTorch or elsewhere
         "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
         "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner
