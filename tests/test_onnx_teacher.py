@@ -1,8 +1,8 @@
 """Teachers from ONNX files (`--teacher model.onnx`), made here from Keras teachers with tf2onnx (Keras 3's
 `model.export(path, format="onnx")`), in both layouts: NHWC as exported, NCHW through a transpose in front.
 
-Logits are compared with the Keras model's on the same input within 1e-4 of the largest logit's size: tf2onnx
-and onnxruntime compute the same network in float32 in another order.
+Logits are compared with the Keras model's on the same input within `onnx_models.TOLERANCE` (1e-4 of the largest
+logit's size): tf2onnx and onnxruntime compute the same network in float32 in another order.
 """
 import json
 import os
@@ -13,13 +13,15 @@ import time
 
 import numpy as np
 import pytest
+from committed import by_frame
 from loopback import make_clip
+from onnx_models import CLASSES, SIZE, channels_first, close, export_onnx, same_labels, tiny_net
 
 from audionet_tf.commands import prepare as prepare_cmd
 from audionet_tf.core import config as cfg
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.dataset import catalog, records
-from audionet_tf.preparation import onnx_teacher, runner, teacher as teachers
+from audionet_tf.preparation import runner, teacher as teachers
 
 pytest.importorskip("onnxruntime", reason="the test extra installs onnxruntime")
 pytest.importorskip("tf2onnx", reason="the test extra installs tf2onnx")
@@ -27,44 +29,10 @@ pytest.importorskip("tf2onnx", reason="the test extra installs tf2onnx")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-TOLERANCE = 1e-4  # of the largest |logit|
-SIZE = 32
-CLASSES = 5
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # Identity preprocessing: the frames as a Keras teacher gets them (RGB float32 in [0, 255]).
 AS_KERAS = dict(onnx_scale=1.0, onnx_mean=(0.0,), onnx_std=(1.0,))
-
-
-def tiny_net(seed=3):
-    """A small conv net with random weights (fixed by `seed`) taking RGB [0, 255] at 32×32: 5 logits."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    # Weights of unit scale and biases, so that the logits are far from zero whatever the input's range.
-    init = dict(kernel_initializer="he_normal", bias_initializer=keras.initializers.RandomNormal(stddev=1.0))
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="tanh", **init)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu", **init)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(CLASSES, **init)(x))
-
-
-def export_onnx(model, path, batch=None):
-    """`model` as an ONNX file through tf2onnx (Keras 3's own export), with a dynamic or a fixed batch."""
-    import tensorflow as tf
-
-    spec = [tf.TensorSpec((batch, *model.input_shape[1:]), tf.float32, name="images")]
-    model.export(str(path), format="onnx", verbose=False, input_signature=spec)
-    return str(path)
-
-
-def channels_first(model):
-    """The same network taking NCHW input (PyTorch's layout): a transpose in front of it."""
-    import keras
-
-    inputs = keras.Input((3, SIZE, SIZE))
-    return keras.Model(inputs, model(keras.layers.Permute((2, 3, 1))(inputs)))
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +50,6 @@ def made(tmp_path_factory):
 
 def frames(count=7, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
-
-
-def close(got, expected):
-    scale = float(np.abs(expected).max())
-    return got.shape == expected.shape and float(np.abs(got - expected).max()) <= TOLERANCE * scale
 
 
 @pytest.mark.parametrize("kind", ["nhwc", "nchw", "batch1"])
@@ -170,28 +133,6 @@ def test_a_thousand_outputs_are_named_as_imagenet_and_a_labels_file_wins(tmp_pat
 
 
 # --- prepare with an ONNX teacher -----------------------------------------------------------------------------
-
-
-def by_frame(out):
-    """Every committed example: (split, clip, time) → (audio bytes, logits)."""
-    description = catalog.read_description(str(out))
-    found = {}
-    for shard in description.shards:
-        ex = records.read_examples(os.path.join(out, shard.file), description.spec)
-        for audio, logits, clip_id, time_s in zip(ex["audio"], ex["logits"], ex["clip_id"], ex["time"]):
-            found[(shard.split, clip_id, round(float(time_s), 4))] = (audio.tobytes(), np.asarray(logits, np.float32))
-    return found
-
-
-def same_labels(a, b):
-    """Two preparations hold the same examples: the same audio, logits within the tolerance, the same top class."""
-    assert a.keys() == b.keys() and a
-    for key in a:
-        assert a[key][0] == b[key][0], key
-        assert close(a[key][1], b[key][1]), (key, float(np.abs(a[key][1] - b[key][1]).max()))
-        top = np.sort(b[key][1])[-2:]
-        if top[1] - top[0] > 1e-3:  # a near tie may go either way within the tolerance
-            assert a[key][1].argmax() == b[key][1].argmax(), key
 
 
 def prepare_args(teacher, clip, out, cache, *extra):
