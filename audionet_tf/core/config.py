@@ -158,6 +158,17 @@ class TrainConfig:
                    f"must be a plain directory name, got {self.name!r}")
 
 
+def _per_channel(values: Any, where: str, positive: bool) -> tuple[float, float, float]:
+    """One number per colour channel: three numbers, or one for all three."""
+    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    _check(len(values) in (1, 3), where, f"must be one number or three (one per channel), got {list(values)}")
+    for value in values:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+               and (value > 0 or not positive), where,
+               f"must be {'positive ' if positive else ''}numbers, got {list(values)}")
+    return tuple(float(v) for v in values) * (3 // len(values))
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Data preparation: where clips come from, the teacher, and how the dataset is written."""
@@ -165,11 +176,23 @@ class PrepareConfig:
     out: str = "data/dataset"
     manifest: str | None = None  # CSV: project, AudioSet or VGGSound layout
     clips: tuple = ()  # inline clips from a pipeline file: dicts with url, start, duration, label
-    teacher: str = DEFAULT_TEACHER  # registry name, .keras file or SavedModel directory
+    teacher: str = DEFAULT_TEACHER  # registry name, .keras file, SavedModel directory or .onnx file
     labels: str | None = None  # class names file for a user's teacher
     teacher_batch: int = 32
     teacher_fold: bool = True  # fold the teacher's weights into its compiled graph (faster); false: run over them
     teacher_cache: bool = True  # keep the folded graph under cache_dir/teachers for the next run's start
+    # An ONNX teacher's input (`--teacher model.onnx`; every other kind of teacher preprocesses inside its
+    # model): the frame's channels in this order, then x * onnx_scale, then (x - onnx_mean) / onnx_std per
+    # channel, mean and std given in the model's channel order (one value: the same for every channel).
+    # The defaults are torchvision's ImageNet models': RGB, 1/255, ImageNet's mean and std.
+    onnx_channels: str = "RGB"  # RGB | BGR
+    onnx_scale: float = 1.0 / 255.0
+    onnx_mean: tuple = (0.485, 0.456, 0.406)
+    onnx_std: tuple = (0.229, 0.224, 0.225)
+    # onnxruntime's intra-op threads for an ONNX teacher; 0: one per core of the machine. Decoding runs beside
+    # it at a lower priority (decode_niceness), so the teacher may take every core; where several workers
+    # share a machine (Beam, Dask), give each its share: docs/preparation.md, "ONNX teachers".
+    onnx_threads: int = 0
     cache_dir: str = "cache/clips"
     holdout: str = "0.2"  # whole clips: a fraction, or comma-separated clip ids ("0": none)
     holdout_part: str = ""  # a part of every clip: a fraction ("0.2") or seconds ("2s"); "": none
@@ -217,6 +240,14 @@ class PrepareConfig:
                f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")
         _check(self.frame_fit in ("crop", "squash", "letterbox"), "prepare.frame_fit",
                f"must be 'crop', 'squash' or 'letterbox', got {self.frame_fit!r}")
+        _check(self.onnx_channels in ("RGB", "BGR"), "prepare.onnx_channels",
+               f"must be 'RGB' or 'BGR', got {self.onnx_channels!r}")
+        _check(self.onnx_scale > 0 and math.isfinite(self.onnx_scale), "prepare.onnx_scale",
+               f"must be a positive number, got {self.onnx_scale}")
+        # Stored as three floats whatever was given, so that the same preprocessing is always recorded the same.
+        object.__setattr__(self, "onnx_mean", _per_channel(self.onnx_mean, "prepare.onnx_mean", positive=False))
+        object.__setattr__(self, "onnx_std", _per_channel(self.onnx_std, "prepare.onnx_std", positive=True))
+        _check(self.onnx_threads >= 0, "prepare.onnx_threads", f"must be 0 or more, got {self.onnx_threads}")
 
 
 @dataclass(frozen=True)

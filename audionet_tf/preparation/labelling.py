@@ -31,6 +31,7 @@ from audionet_tf.core.errors import AudioNetError
 from audionet_tf.core.lock import DirectoryLock
 from audionet_tf.dataset import records, split as split_lib
 from audionet_tf.dataset.split import holdout_ids  # noqa: F401  (re-exported for both runners)
+from audionet_tf.preparation import onnx_teacher
 from audionet_tf.preparation.manifest import Clip, clips_from_entries, read_manifest
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def clip_key(clip: Clip, config: cfg.PipelineConfig, held_out: bool = False) -> 
     if pc.end_slack_ms != cfg.PrepareConfig.end_slack_ms:
         # Only when changed: the keys of clips committed before the setting existed stay valid.
         doc["end_slack_ms"] = pc.end_slack_ms
+    if onnx_teacher.is_onnx(pc.teacher):  # its preprocessing changes its logits (absent otherwise: keys stay)
+        doc["onnx"] = onnx_teacher.settings_of(pc)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -103,7 +106,8 @@ def settings(config: cfg.PipelineConfig) -> dict[str, Any]:
     pc = config.prepare
     return {"settings": {"teacher": pc.teacher, "labels": pc.labels, "holdout": pc.holdout,
                          "holdout_part": pc.holdout_part, "holdout_at": pc.holdout_at, "frame_fit": pc.frame_fit,
-                         "audio": dataclasses.asdict(config.audio)}}
+                         "audio": dataclasses.asdict(config.audio),
+                         **({"onnx": onnx_teacher.settings_of(pc)} if onnx_teacher.is_onnx(pc.teacher) else {})}}
 
 
 @dataclass
@@ -282,7 +286,7 @@ class Labeller:
             # Loaded and compiled (traced, folded) here, while decoding goes on; or from a graph a run kept.
             kept = os.path.join(pc.cache_dir, "teachers") if pc.teacher_cache else None
             teacher = teacher_graphs.load_teacher(pc.teacher, pc.labels, self.weights, pc.teacher_batch,
-                                                  pc.teacher_fold, kept)
+                                                  pc.teacher_fold, kept, pc)
             if self._size is not None and tuple(teacher.input_size) != tuple(self._size):
                 raise TeacherError(f"teacher {pc.teacher}: its file gives the input size {self._size}, but the "
                                    f"loaded model takes {teacher.input_size}")
