@@ -321,10 +321,10 @@ class ClipStream:
     chunk's frames and audio: memory does not grow with the clip's length. The two ffmpeg processes run
     `niceness` steps below this process's scheduling priority.
 
-    An iterator of `Chunk`s. `extent` is None until the last chunk is handed out (before that
-    chunk is: a clip of one chunk is known whole when its chunk comes), then says how many
-    frames there were (`usable_frames`: where the audio or the pictures end inside the section,
-    the chunks stop at the last frame that has both). `close()` stops ffmpeg."""
+    An iterator of `Chunk`s that stops at the last frame with both its picture and its whole
+    window (`usable_frames`). `extent` says how far that was and why: it is set with the last
+    chunk when the end is found while reading it (a clip of one chunk always has it with its
+    chunk), else when the iteration ends. `close()` stops ffmpeg."""
 
     def __init__(self, path: str, start: float, duration: float, audio: AudioConfig, frame_size: tuple[int, int],
                  fit: str = "crop", chunk_frames: int = 256, niceness: int = 0,
