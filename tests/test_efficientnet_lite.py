@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audionet_tf.core import config as cfg
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.dataset import reader
-from audionet_tf.preparation import efficientnet_lite, media, runner, teacher_graphs
+from audionet_tf.dataset import catalog, reader
+from audionet_tf.preparation import efficientnet_lite, media, teacher_graphs
 from audionet_tf.preparation import teacher as teachers
 
 REFERENCE = Path(__file__).parent / "data" / "efficientnet_lite_reference.json"
@@ -158,11 +157,17 @@ def test_prepare_labels_a_real_photograph_and_recording_with_the_photographs_cla
                         os.path.join(photo_folder(), photo), "-i", str(SHARED_REAL / sound), "-t", "2",
                         "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                         "-c:a", "aac", "-shortest", path], check=True)
-        clips.append({"url": path, "start": 0, "duration": 2.0, "label": clip_id})
-    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
-        out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher="EfficientNetLite0",
-        clips=tuple(clips), holdout="0", teacher_batch=16, logits_format="float32"))
-    runner.prepare(config)
+        clips.append(f"{path},0,2,{clip_id}")
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("url,start,duration,label\n" + "\n".join(clips) + "\n")
+    # The command a user runs, in a process of its own.
+    done = subprocess.run([sys.executable, "-m", "audionet_tf.prepare", "--manifest", str(manifest),
+                           "--teacher", "EfficientNetLite0", "--out", str(tmp_path / "data"), "--cache-dir",
+                           str(tmp_path / "cache"), "--holdout", "0", "--teacher-batch", "16",
+                           "--logits-format", "float32"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = catalog.read_description(str(tmp_path / "data")).spec
+    assert spec.teacher == "EfficientNetLite0" and spec.num_classes == 1000
     arrays = reader.load_arrays(str(tmp_path / "data"), "train")
     expected = {"motorcycle": set(EXPECTED["motorcycle_left.png"]), "coffee": {967}}
     for clip_id, classes in expected.items():
