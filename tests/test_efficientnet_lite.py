@@ -107,7 +107,7 @@ def test_the_folded_and_kept_graphs_give_the_plain_calls_logits(lite0, tmp_path)
         teacher_graphs.source_key("EfficientNetLite0", "imagenet", 5)
     with open(copy, "r+b") as handle:
         handle.seek(-4, os.SEEK_END)
-        handle.write(b"\0\0\0\0")
+        handle.write(b"\x01\x02\x03\x04")
     assert teacher_graphs.source_key("EfficientNetLite0", str(copy), 5) != \
         teacher_graphs.source_key("EfficientNetLite0", "imagenet", 5)
 
