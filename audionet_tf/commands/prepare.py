@@ -3,6 +3,7 @@
     python -m audionet_tf.prepare --pipeline seed        # the slides' ten clips
     python -m audionet_tf.prepare --pipeline demo        # offline demo clips
     python -m audionet_tf.prepare --manifest clips.csv --teacher ResNet50 --out data/mine
+    python -m audionet_tf.prepare --pipeline real --pictures ../shared/real/instruments   # picture + sound pairs
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
 with the reason in the summary and in the dataset's commit records, and the others go on (`--strict`
@@ -43,7 +44,7 @@ def print_summary(summary: Summary) -> None:
 
 
 PREPARE_FLAGS = {
-    "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
+    "out": str, "manifest": str, "pictures": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
     "holdout": str, "holdout_part": str, "holdout_at": str, "frame_fit": str, "shard_size": int, "shard_clips": int,
     "chunk_frames": int, "decode_niceness": int, "audio_format": str, "logits_format": str,
     "retries": int, "margin_s": float, "index_every": int,
