@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 from audionet_tf.core import console, storage
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.serving.export import calibration_windows, export_model, export_run
+from audionet_tf.serving.export import calibration_windows, export_model, export_run, held_out_windows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             names = [line.rstrip("\n") for line in handle if line.strip()]
     return export_model(model, out, class_names=names, sample_rate=args.sample_rate,
                         window_samples=args.window_samples, hop_samples=args.hop_samples,
-                        calibration=calibration_windows(args.data) if args.data else None)
+                        calibration=calibration_windows(args.data) if args.data else None,
+                        check=held_out_windows(args.data) if args.data else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
