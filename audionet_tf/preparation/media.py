@@ -312,3 +312,21 @@ def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, fr
     finally:
         sound.kill()
         picture.kill()
+
+
+def read_picture(path: str, size: tuple[int, int], fit: str = "crop") -> np.ndarray:
+    """One picture file (PNG, JPEG, …) as RGB uint8 `[H, W, 3]`, brought to `size` as video frames are
+    (`fit_filters`), so that a teacher sees a photograph as it would see it in a clip."""
+    import ffmpeg
+
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file")
+    stream = fit_filters(ffmpeg.input(path).video, size, fit)
+    try:
+        out, _ = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=1).run(
+            cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
+    except ffmpeg.Error as exc:
+        raise MediaError(f"{path}: ffmpeg cannot decode it ({_stderr_tail(exc)})") from None
+    if len(out) != size[0] * size[1] * 3:
+        raise MediaError(f"{path}: ffmpeg gave {len(out)} bytes for one {size[1]}x{size[0]} picture")
+    return np.frombuffer(out, np.uint8).reshape(size[0], size[1], 3)
