@@ -94,7 +94,7 @@ def real_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("real")
     pairs = copy_pairs(work / "instruments", SIX)
     done = subprocess.run([sys.executable, "-m", "audionet_tf.evaluate", "real", "--pictures", str(pairs),
-                           "--epochs", "60", "--learning-rate", "3e-3", "--batch-size", "128", "--no-report",
+                           "--epochs", "40", "--learning-rate", "3e-3", "--batch-size", "128", "--no-report",
                            "--quiet"], cwd=work, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((work / "runs" / "real" / "report" / "real.json").read_text())

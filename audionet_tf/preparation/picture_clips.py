@@ -113,6 +113,8 @@ def write_video(path: str, picture: str, sound: str, duration: float, fps: float
     if result.returncode:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        hint = (" (an ffmpeg built without librsvg cannot read SVG: AUDIONET_FFMPEG names another, or convert the "
+                "drawing to NAME.png)" if svg else "")
         raise MediaError(f"{picture} + {sound}: ffmpeg could not make the video "
-                         f"({result.stderr.decode('utf-8', 'replace').strip()[-300:]})")
+                         f"({result.stderr.decode('utf-8', 'replace').strip()[-300:]}){hint}")
     os.replace(tmp, path)
