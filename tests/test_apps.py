@@ -350,7 +350,9 @@ def test_export_command_from_a_run_and_from_a_keras_file_records_its_parity(expo
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((tmp_path / "from-run" / "metadata.json").read_text())
     assert meta["int8_quantization"] == "int8 (calibrated on dataset windows)"
-    assert meta["parity"]["windows_source"] == "dataset" and meta["parity"]["windows"] == 200
+    # Measured on the run's held-out windows (the calibration never saw them): 2 clips of 50 frames.
+    assert meta["parity"]["windows_source"] == "dataset" and meta["parity"]["windows_split"] == "validation"
+    assert meta["parity"]["windows"] == 100
     assert json.loads(done.stdout) == meta["parity"]
     assert (tmp_path / "from-run" / "labels.txt").read_text() == (exported["export"] / "labels.txt").read_text()
 

@@ -214,11 +214,15 @@ class PrepareConfig:
     strict: bool = False
     overwrite: bool = False
     demo: bool = False  # make the offline demo clips instead of downloading
+    # A folder of NAME.svg|png|jpg + NAME.ogg|wav|flac|mp3 pairs: each pair becomes a clip (a slow pan and
+    # zoom over the picture, the recording as its sound; preparation/picture_clips.py). None: no such clips.
+    pictures: str | None = None
     runner: str | None = None  # Apache Beam runner; None: single process
     index_every: int = 128  # commit records between rewrites of the index while a run commits; 0: only at its end
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "prepare.out", "must name a directory")
+        _check(self.pictures is None or bool(self.pictures), "prepare.pictures", "must name a folder")
         _check(self.teacher_batch >= 1, "prepare.teacher_batch", f"must be at least 1, got {self.teacher_batch}")
         _check(self.shard_size >= 1, "prepare.shard_size", f"must be at least 1, got {self.shard_size}")
         _check(self.chunk_frames >= 1, "prepare.chunk_frames", f"must be at least 1, got {self.chunk_frames}")
@@ -316,11 +320,11 @@ def build_section(cls: type, values: Mapping[str, Any], where: str, base: Any = 
         raise ConfigError(f"{where}: {exc}") from None
 
 
-RECIPES = ("demo", "seed")  # the built-in pipelines (`pipelines/*.toml`, shipped in the wheel as audionet_tf.recipes)
+RECIPES = ("demo", "seed", "real")  # the built-in pipelines (`pipelines/*.toml`, shipped in the wheel as audionet_tf.recipes)
 
 
 def recipe_path(name: str) -> str | None:
-    """The file of a built-in recipe (`demo`, `seed`): from the installed package, else beside it in a checkout."""
+    """The file of a built-in recipe (`demo`, `seed`, `real`): from the installed package, else beside it in a checkout."""
     if name not in RECIPES:
         return None
     try:
@@ -351,7 +355,7 @@ def find_pipeline(path: str | os.PathLike) -> str:
 
 
 def load_pipeline(path: str | os.PathLike | None) -> PipelineConfig:
-    """Read a pipeline TOML file, or a built-in recipe by name (`demo`, `seed`); the defaults for None."""
+    """Read a pipeline TOML file, or a built-in recipe by name (`demo`, `seed`, `real`); the defaults for None."""
     if path is None:
         return PipelineConfig()
     path = find_pipeline(path)

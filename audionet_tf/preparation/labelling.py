@@ -597,13 +597,18 @@ def shortened_note(clip: records.ClipRecord) -> str:
 
 
 def list_clips(config: cfg.PipelineConfig) -> list[Clip]:
-    """Every clip of the pipeline: demo clips, inline clips and a CSV list, checked before any download."""
+    """Every clip of the pipeline: demo clips, picture + recording pairs, inline clips and a CSV list, checked
+    before any download."""
     pc = config.prepare
     clips: list[Clip] = []
     if pc.demo:
         from audionet_tf.preparation.demo_clips import make_demo_clips
 
         clips += make_demo_clips(os.path.join(pc.cache_dir, "demo"))
+    if pc.pictures:
+        from audionet_tf.preparation.picture_clips import make_picture_clips
+
+        clips += make_picture_clips(pc.pictures, os.path.join(pc.cache_dir, "pictures"), config.audio)
     if pc.clips:
         base = os.path.dirname(os.path.abspath(config.source)) if config.source else "."
         clips += clips_from_entries(pc.clips, config.source or "[prepare] clips", base)
@@ -611,7 +616,7 @@ def list_clips(config: cfg.PipelineConfig) -> list[Clip]:
         clips += read_manifest(pc.manifest)
     if not clips:
         raise AudioNetError("no clips to prepare: give --manifest FILE.csv, a pipeline file with [[prepare.clips]], "
-                            "or --demo")
+                            "--pictures DIR (picture + recording pairs) or --demo")
     ids = [c.id for c in clips]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
