@@ -63,9 +63,9 @@ def distill_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The evaluate command's flags."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="student vs teacher on held-out clips")
@@ -86,9 +86,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = parse_args(argv, prog)
     console.setup(args.verbose, getattr(args, "quiet", False))
     try:
         if args.command == "distill":
