@@ -154,3 +154,17 @@ def test_help_names_the_command_as_it_was_typed(command, module):
         assert re.match(rf"usage: {re.escape(typed)}(\s|$)", shown.stdout), (typed, shown.stdout[:200])
     refused = subprocess.run([*forms[0][0], "--no-such-flag"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and f"audionet {command}: error:" in refused.stderr, refused.stderr[-500:]
+
+
+def test_no_command_module_loads_tensorflow_before_its_console_is_set_up():
+    """`python -m audionet_tf.X` imports its module before `run_command` quiets TensorFlow: a module that loaded
+    TensorFlow on import would print its C++ start-up lines first."""
+    code = ("import json, sys\nfirst = None\n"
+            "for name in ('prepare', 'train', 'export', 'predict', 'embed', 'evaluate', 'report', '__main__'):\n"
+            "    __import__('audionet_tf.' + name)\n"
+            "    if first is None and 'tensorflow' in sys.modules:\n"
+            "        first = name\n"
+            "print(json.dumps(first))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "null", done.stdout
