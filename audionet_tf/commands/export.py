@@ -42,9 +42,9 @@ from audionet_tf.core.errors import AudioNetError
 from audionet_tf.serving.export import calibration_windows, export_model, export_run, held_out_windows
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The export command's flags."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.export", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="a run directory (runs/NAME) or a .keras file")
     p.add_argument("--out", help="export directory (default: saved_models/<run or file name>)")
@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         check=held_out_windows(args.data) if args.data else None)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = parse_args(argv, prog)
     console.setup(args.verbose, getattr(args, "quiet", False))
     try:
         doc = run(args)

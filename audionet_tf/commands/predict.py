@@ -24,9 +24,9 @@ from audionet_tf.serving import inference
 from audionet_tf.serving.predict import predict_file, write_csv, write_json
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The predict command's flags."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.predict", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+")
     p.add_argument("--model", help="export directory, .keras or .tflite (default: newest under saved_models/)")
@@ -40,9 +40,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = parse_args(argv, prog)
     console.setup(args.verbose)
     if args.top_k < 1:
         print("error: --top-k must be at least 1", file=sys.stderr)
