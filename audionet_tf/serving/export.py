@@ -247,12 +247,12 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
 def onnx_parity(model, path: str, windows: np.ndarray, keras_logits: np.ndarray) -> dict[str, float]:
     """The ONNX file's largest differences from Keras on `windows`: logits (checked like every artefact)
     and the embedding, each relative to its scale (at least 1)."""
-    from audionet_tf.serving.inference import keras_runner
+    from audionet_tf.model.student import embedding_model
 
     student = onnx_model.open_onnx(path, threads=1)
     logits = check_model(student.logits, windows)
     embedding = student.embed(windows)
-    keras_embedding = keras_runner(model, "pooled")(windows)
+    keras_embedding = embedding_model(model, "pooled").predict(windows[..., None], verbose=0)
     scale = max(1.0, float(np.max(np.abs(keras_logits))))
     embedding_scale = max(1.0, float(np.max(np.abs(keras_embedding))))
     return {"onnx_max_abs_diff": float(np.max(np.abs(logits - keras_logits))) / scale,
