@@ -234,6 +234,14 @@ def test_no_onnx_skips_it_and_a_page_without_onnx_is_refused(real, tmp_path, cap
     assert not (tmp_path / "no").exists() and not (tmp_path / "web").exists()
     with pytest.raises(AudioNetError, match="export.onnx_opset: must be from 9 to 18"):
         ExportConfig(onnx_opset=19)
+    # A pipeline file's [export] table sets the same settings for the export that ends training.
+    from audionet_tf.core import config as cfg
+
+    (tmp_path / "p.toml").write_text('[export]\nonnx = false\nonnx_opset = 13\n')
+    assert cfg.load_pipeline(str(tmp_path / "p.toml")).export == ExportConfig(onnx=False, onnx_opset=13)
+    (tmp_path / "bad.toml").write_text('[export]\nonxx = false\n')
+    with pytest.raises(AudioNetError, match="unknown setting 'onxx'"):
+        cfg.load_pipeline(str(tmp_path / "bad.toml"))
 
 
 def test_onnx_page_snippet_is_on_the_exports_page():

@@ -35,14 +35,19 @@ RUNTIME_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "audionet_tf", "
 
 @pytest.fixture(scope="session")
 def chromium():
-    """Debian's chromium: installed by apt-get on CI when missing, else the test is skipped with the command."""
-    if not os.path.exists(CHROMIUM) and os.environ.get("CI") == "true" and shutil.which("apt-get") \
-            and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-            subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=1200)
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} absent: apt-get install chromium (CI=true installs it by itself)")
+    """Debian's chromium: installed by apt-get on CI when missing (a failed install fails the test there), else
+    the test is skipped with the command to run."""
+    if os.path.exists(CHROMIUM):
+        return CHROMIUM
+    if os.environ.get("CI") != "true" or not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip(f"{CHROMIUM} absent: apt-get install chromium (with CI=true, as root, the test installs it)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=1200)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(command)} failed: {done.stderr[-1000:]}")
+    assert os.path.exists(CHROMIUM), f"apt-get installed chromium but {CHROMIUM} is not there"
     return CHROMIUM
 
 
