@@ -168,3 +168,14 @@ def test_web_runtime_is_found_in_a_package_its_dist_or_an_npm_prefix_and_refused
                             str(tmp_path / "page"), "--web-runtime", str(tmp_path / "prefix" / "node_modules")]) == 2
     assert "no onnxruntime-web files there" in capsys.readouterr().err
     assert not (tmp_path / "export").exists() and not (tmp_path / "page").exists()
+
+
+def test_without_npm_the_page_asks_for_npm_or_a_runtime_directory(tmp_path, monkeypatch):
+    """Where npm is not on the PATH and the cache is empty, --web stops with one message giving both ways."""
+    from audionet_tf.core.errors import AudioNetError
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(AudioNetError, match=r"npm is not installed .* give --web-runtime DIR with the files of "
+                                            r"`npm pack onnxruntime-web@1\.31\.1` unpacked"):
+        web.runtime_dir(ExportConfig(web="page", web_cache=str(tmp_path / "cache")))
+    assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
