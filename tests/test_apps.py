@@ -569,8 +569,10 @@ def test_inference_benchmark_prints_the_speed_page_rows_and_their_sizes(tmp_path
     assert list(printed) == list(rows) and len(rows) == 5
     for name, size in printed.items():
         ours, theirs = int(size.replace(",", "")), int(rows[name].replace(",", ""))
-        # The SavedModel's protobuf varies by a few bytes between runs; the other files do not.
-        assert abs(ours - theirs) <= (0.001 * theirs if name.startswith("SavedModel") else 0), (name, ours, theirs)
+        # The SavedModel's protobuf and the ONNX file vary by a few bytes between runs (names that count the
+        # functions and models built in the process); the TFLite files do not.
+        varies = name.startswith(("SavedModel", "ONNX"))
+        assert abs(ours - theirs) <= (0.001 * theirs if varies else 0), (name, ours, theirs)
     float_size = int(rows["TFLite float, 1 thread"].replace(",", ""))
     int8_size = int(rows["TFLite int8, 1 thread"].replace(",", ""))
     assert f"int8 file is {round(100 * (1 - int8_size / float_size))} % smaller" in " ".join(section.split())
