@@ -6,7 +6,7 @@
 Any file ffmpeg reads, at any sample rate and channel count (resampled to 16 kHz mono).
 Prints, per file, the top-k classes of each window (at the training hop) and of each
 second (probabilities averaged over its windows). `--model` takes an export directory, a
-`.keras` or a `.tflite` file (default: the newest export under saved_models/). With
+`.keras`, a `.tflite` or an `.onnx` file (default: the newest export under saved_models/). With
 several files, one that cannot be read is reported and the others are still processed;
 the exit code is then 1. A recording is decoded and classified in chunks of windows, so
 memory does not grow with its length (an hour runs in under 1 GB).
@@ -29,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+")
-    p.add_argument("--model", help="export directory, .keras or .tflite (default: newest under saved_models/)")
+    p.add_argument("--model", help="export directory, .keras, .tflite or .onnx (default: newest under saved_models/)")
     p.add_argument("--top-k", type=int, default=5)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", help="write the results as JSON")

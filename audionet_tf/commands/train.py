@@ -110,7 +110,7 @@ def _finish(config: PipelineConfig, run_dir: str) -> None:
         from audionet_tf.serving import export
 
         out = storage.join(tc.export_dir, storage.basename(run_dir))
-        export.export_run(run_dir, out)
+        export.export_run(run_dir, out, config.export)
         print(f"exported to {out}")
     if tc.report:
         from audionet_tf.evaluation import report
