@@ -618,12 +618,13 @@ def test_export_warns_when_int8_agrees_with_float_below_the_goal_and_only_then(e
         agreement = litert_top1_agreement(tmp_path / name, windows[:CALIBRATION_WINDOWS].astype(np.float32))
         assert doc["parity"]["int8_top1_agreement_with_float"] == pytest.approx(agreement)
         warnings = [r.getMessage() for r in caplog.records if "int8 model agrees" in r.getMessage()]
-        seen[name] = (agreement, warnings)
-    (good, good_warnings), (bad, bad_warnings) = seen["trained"], seen["squeezed"]
+        seen[name] = (agreement, warnings, doc["parity"])
+    (good, good_warnings, _), (bad, bad_warnings, bad_parity) = seen["trained"], seen["squeezed"]
     # One export on each side of the goal.
     assert good >= INT8_AGREEMENT_GOAL > bad, seen
     assert good_warnings == []
-    assert bad_warnings == [f"int8 model agrees with the float model on {100 * bad:.1f}% of windows "
+    assert bad_warnings == [f"int8 model agrees with the float model on {100 * bad:.1f}% of "
+                            f"{bad_parity['windows']} {bad_parity['windows_split']} windows "
                             f"(goal {100 * INT8_AGREEMENT_GOAL:.0f}%)"]
 
 
