@@ -1,7 +1,7 @@
 """Teachers from ONNX files (`--teacher model.onnx`), made here from Keras teachers with tf2onnx (Keras 3's
 `model.export(path, format="onnx")`), in both layouts: NHWC as exported, NCHW through a transpose in front.
 
-Logits are compared with the Keras model's on the same input within `onnx_models.TOLERANCE` (1e-4 of the largest
+Logits are compared with the Keras model's on the same input within `onnx_models.TOLERANCE` (1e-5 of the largest
 logit's size): tf2onnx and onnxruntime compute the same network in float32 in another order.
 """
 import json
