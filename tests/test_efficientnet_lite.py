@@ -77,6 +77,7 @@ def test_its_logits_are_pytorchs_for_the_same_weights_and_pixels(name):
     reference = doc["variants"][name]
     path = efficientnet_lite.weights_path(name, "imagenet")
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == reference["weights_sha256"]
+    assert teachers.input_size_of(name) == (reference["size"],) * 2  # what decoding starts at, before the load
     frames = photos(reference["size"], doc["photos"])
     for photo, frame in zip(doc["photos"], frames):  # the same pixels PyTorch was given
         assert hashlib.sha256(frame.tobytes()).hexdigest() == reference["frames_sha256"][photo], photo

@@ -14,16 +14,17 @@
   `[M, C]`, `embeddings` `[M, 16]` and `times` `[M]`: window k covers samples
   [k·hop, k·hop + L), its time is its start in seconds; a waveform shorter than one window is
   zero-padded to one window);
-- `model.tflite` (float32) and `model_int8.tflite` (int8 weights and activations, calibrated
-  on windows of the training dataset when it is at hand, else dynamic-range), both taking
+- `model.tflite` (float32) and `model_int8.tflite` (int8 weights; int8 activations calibrated on
+  windows of the training dataset when it is at hand and they agree with the float model on
+  ≥ 95 % of its held-out windows, else int16 activations (16x8); dynamic-range with no dataset), both taking
   windows `[N, L]` of any N and L after `resize_tensor_input`, with builtin ops only;
 - `labels.txt` and `metadata.json` (sample rate, window, hop, classes, teacher, training
   config and final metrics with every absolute path reduced to its last component, so the
   export holds no path of the machine that made it; versions, file sizes and parity
   figures: the largest difference
   between the Keras model's logits and the SavedModel's or float TFLite's, divided by the
-  logits' scale (largest magnitude, at least 1), must be ≤ 1e-5; the int8 model's top-1
-  agreement with the float model is reported, with a warning under 95 %).
+  logits' scale (largest magnitude, at least 1), must be ≤ 1e-5; the integer model's top-1
+  agreement with the float model on the held-out windows is reported, with a warning under 95 %).
 
 The whole directory is built beside its destination and renamed into place, so an
 interrupted export never leaves a half-written model where an app would load it.
@@ -38,7 +39,7 @@ from typing import Any, Sequence
 
 from audionet_tf.core import console, storage
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.serving.export import calibration_windows, export_model, export_run
+from audionet_tf.serving.export import calibration_windows, export_model, export_run, held_out_windows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             names = [line.rstrip("\n") for line in handle if line.strip()]
     return export_model(model, out, class_names=names, sample_rate=args.sample_rate,
                         window_samples=args.window_samples, hop_samples=args.hop_samples,
-                        calibration=calibration_windows(args.data) if args.data else None)
+                        calibration=calibration_windows(args.data) if args.data else None,
+                        check=held_out_windows(args.data) if args.data else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ COMMANDS = {
     "export": "SavedModel and TFLite from a run or a .keras file",
     "predict": "what the student hears in recordings: top classes per window and per second",
     "embed": "sound embeddings per window, one .npz per input",
-    "evaluate": "agreement with the teacher on held-out clips; transfer to sound classification",
+    "evaluate": "agreement with the teacher on held-out clips; the real experiment; transfer to sound classification",
     "report": "a run's plots and tables as one HTML page",
 }
 

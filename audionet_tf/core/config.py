@@ -202,6 +202,11 @@ class PrepareConfig:
     shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
     chunk_frames: int = 256  # a longer clip is decoded, labelled and written this many frames at a time
     decode_niceness: int = 10  # ffmpeg's scheduling priority below the teacher's (0: the same; 0-19)
+    # A clip whose audio or video ends inside its section keeps the frames that have both their picture and
+    # their whole window; it is refused only when fewer than this many seconds are left (a clip that holds
+    # everything asked is never refused for its length).
+    min_clip_seconds: float = 1.0
+    end_slack_ms: float = 5.0  # a window may end this far past the decoded audio (container rounding: zeros)
     audio_format: str = "int16"  # int16 | float32
     logits_format: str = "float16"  # float16 | float32
     retries: int = 3
@@ -209,11 +214,15 @@ class PrepareConfig:
     strict: bool = False
     overwrite: bool = False
     demo: bool = False  # make the offline demo clips instead of downloading
+    # A folder of NAME.svg|png|jpg + NAME.ogg|wav|flac|mp3 pairs: each pair becomes a clip (a slow pan and
+    # zoom over the picture, the recording as its sound; preparation/picture_clips.py). None: no such clips.
+    pictures: str | None = None
     runner: str | None = None  # Apache Beam runner; None: single process
     index_every: int = 128  # commit records between rewrites of the index while a run commits; 0: only at its end
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "prepare.out", "must name a directory")
+        _check(self.pictures is None or bool(self.pictures), "prepare.pictures", "must name a folder")
         _check(self.teacher_batch >= 1, "prepare.teacher_batch", f"must be at least 1, got {self.teacher_batch}")
         _check(self.shard_size >= 1, "prepare.shard_size", f"must be at least 1, got {self.shard_size}")
         _check(self.chunk_frames >= 1, "prepare.chunk_frames", f"must be at least 1, got {self.chunk_frames}")
@@ -227,6 +236,10 @@ class PrepareConfig:
         _check(self.retries >= 0, "prepare.retries", f"must be 0 or more, got {self.retries}")
         _check(self.index_every >= 0, "prepare.index_every", f"must be 0 or more, got {self.index_every}")
         _check(self.margin_s >= 0, "prepare.margin_s", f"must be 0 or more, got {self.margin_s}")
+        _check(self.min_clip_seconds >= 0, "prepare.min_clip_seconds",
+               f"must be 0 or more, got {self.min_clip_seconds}")
+        _check(0 <= self.end_slack_ms <= 40, "prepare.end_slack_ms",
+               f"must be from 0 to 40 ms, got {self.end_slack_ms}")
         _check(self.holdout_at in ("end", "start", "middle"), "prepare.holdout_at",
                f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")
         _check(self.frame_fit in ("crop", "squash", "letterbox"), "prepare.frame_fit",
@@ -307,11 +320,11 @@ def build_section(cls: type, values: Mapping[str, Any], where: str, base: Any = 
         raise ConfigError(f"{where}: {exc}") from None
 
 
-RECIPES = ("demo", "seed")  # the built-in pipelines (`pipelines/*.toml`, shipped in the wheel as audionet_tf.recipes)
+RECIPES = ("demo", "seed", "real")  # the built-in pipelines (`pipelines/*.toml`, shipped in the wheel as audionet_tf.recipes)
 
 
 def recipe_path(name: str) -> str | None:
-    """The file of a built-in recipe (`demo`, `seed`): from the installed package, else beside it in a checkout."""
+    """The file of a built-in recipe (`demo`, `seed`, `real`): from the installed package, else beside it in a checkout."""
     if name not in RECIPES:
         return None
     try:
@@ -342,7 +355,7 @@ def find_pipeline(path: str | os.PathLike) -> str:
 
 
 def load_pipeline(path: str | os.PathLike | None) -> PipelineConfig:
-    """Read a pipeline TOML file, or a built-in recipe by name (`demo`, `seed`); the defaults for None."""
+    """Read a pipeline TOML file, or a built-in recipe by name (`demo`, `seed`, `real`); the defaults for None."""
     if path is None:
         return PipelineConfig()
     path = find_pipeline(path)

@@ -290,6 +290,8 @@ def run_beam(config: cfg.PipelineConfig, beam_args: Sequence[str] = (), weights:
         outcomes = [records_by_id.get(c.id) for c in todo]
         summary.written = [r.id for r in outcomes if r is not None and r.ok]
         summary.failed = {r.id: r.error for r in outcomes if r is not None and r.status == "failed"}
+        summary.shortened = {r.id: labelling.shortened_note(r) for r in outcomes if r is not None and r.ok
+                             and r.shortened}
         if not any(r.ok for r in records_by_id.values()):
             raise labelling.nothing_prepared(summary)
         description = catalog.read_description(out)
