@@ -104,9 +104,9 @@ def real_config(args: argparse.Namespace) -> cfg.PipelineConfig:
     return config
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The evaluate command's flags."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="student vs teacher on held-out clips")
@@ -143,9 +143,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = parse_args(argv, prog)
     console.setup(args.verbose, getattr(args, "quiet", False))
     try:
         if args.command == "real":

@@ -79,9 +79,9 @@ PREPARE_FLAGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The prepare command's flags (each overrides the pipeline file's value)."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.prepare", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", help="pipeline TOML file, or a built-in recipe: demo, seed")
     for name, kind in PREPARE_FLAGS.items():
@@ -111,9 +111,9 @@ def resolve_config(args: argparse.Namespace) -> cfg.PipelineConfig:
                                           "sample_rate": args.sample_rate})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    parser = build_parser(prog)
     # With --runner, flags this command does not know are Beam pipeline options.
     args, beam_args = parser.parse_known_args(argv)
     console.setup(args.verbose, args.quiet)

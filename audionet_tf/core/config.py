@@ -1,7 +1,7 @@
 """Settings: frozen dataclasses with the slides' defaults, filled from a pipeline TOML file, then flags.
 
 Every setting the project has lives here. A pipeline file has one table per section
-(`[audio]`, `[model]`, `[train]`, `[prepare]`); a command-line flag overrides the file's value.
+(`[audio]`, `[model]`, `[train]`, `[prepare]`, `[export]`); a command-line flag overrides the file's value.
 Values are validated once, when a section is built, so a bad value is refused before
 anything is written.
 """
@@ -255,6 +255,29 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """What an export writes beside the SavedModel and TFLite files: ONNX, and a page that runs it in a browser."""
+
+    onnx: bool = True  # student.onnx, for onnxruntime (Python, C++, C#, JavaScript) without TensorFlow
+    # tf2onnx's own default: run by onnxruntime 1.10 and later, onnxruntime-web and every runtime of 2022 on.
+    onnx_opset: int = 15
+    web: str | None = None  # a directory to write the browser page to (index.html, student.onnx, the runtime)
+    # A directory holding onnxruntime-web's files (the npm package, its dist/ or an npm prefix);
+    # None: npm installs web_runtime_version under web_cache once, on the first --web.
+    web_runtime: str | None = None
+    web_runtime_version: str = "1.31.1"
+    web_cache: str = "cache/npm"
+
+    def __post_init__(self) -> None:
+        # The opsets tf2onnx 1.17 writes (it refuses 19 and later); the student converts to each of them.
+        _check(9 <= self.onnx_opset <= 18, "export.onnx_opset",
+               f"must be from 9 to 18 (what tf2onnx writes), got {self.onnx_opset}")
+        _check(self.web is None or bool(self.web), "export.web", "must name a directory")
+        _check(not (self.web and not self.onnx), "export.web", "the page runs student.onnx: it needs export.onnx")
+        _check(bool(self.web_runtime_version), "export.web_runtime_version", "must name an onnxruntime-web version")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """A whole experiment: one pipeline file's sections."""
 
@@ -262,6 +285,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     source: str | None = None  # the pipeline file it came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -274,7 +298,8 @@ class PipelineConfig:
         return self.train.data or self.prepare.out
 
 
-SECTIONS = {"audio": AudioConfig, "model": ModelConfig, "train": TrainConfig, "prepare": PrepareConfig}
+SECTIONS = {"audio": AudioConfig, "model": ModelConfig, "train": TrainConfig, "prepare": PrepareConfig,
+            "export": ExportConfig}
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -1,5 +1,6 @@
-"""Export a trained student for other apps: a SavedModel with explicit signatures, TFLite float and int8
-(the layout of an export directory is described in `commands/export.py` and docs/exports.md)."""
+"""Export a trained student for other apps: a SavedModel with explicit signatures, TFLite float and int8,
+ONNX, and a browser page (the layout of an export directory is described in `commands/export.py` and
+docs/exports.md)."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from audionet_tf.core import storage
+from audionet_tf.core.config import ExportConfig
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.core.version import __version__
 from audionet_tf.dataset import catalog, records
+from audionet_tf.serving import onnx_model, web
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +181,19 @@ def check_model(run: Callable[[np.ndarray], np.ndarray], windows: np.ndarray) ->
 
 def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate: int = 16000,
                  window_samples: int = 640, hop_samples: int = 640, metadata: dict[str, Any] | None = None,
-                 calibration: np.ndarray | None = None, check: np.ndarray | None = None) -> dict[str, Any]:
-    """Write the SavedModel, both TFLite files, labels and metadata to `out_dir`; returns the metadata.
+                 calibration: np.ndarray | None = None, check: np.ndarray | None = None,
+                 options: ExportConfig | None = None) -> dict[str, Any]:
+    """Write the SavedModel, both TFLite files, ONNX, labels and metadata to `out_dir` (and the page
+    `options.web` asks for); returns the metadata.
 
     int8 is calibrated on `calibration` (training windows); the parity figures are measured on `check`
     (held-out windows, which the calibration never saw), else on the calibration windows, else on noise."""
     import tensorflow as tf
+
+    options = options or ExportConfig()
+    if options.web and storage.is_remote(options.web):
+        raise AudioNetError(f"--web {options.web}: the page is written to a local directory (serve it from there)")
+    runtime = web.runtime_dir(options) if options.web else None  # before any work: npm may be missing
 
     num_classes = int(model.output.shape[-1])
     if len(class_names) != num_classes:
@@ -197,6 +207,7 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         parent = os.path.dirname(out_dir)
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    page = None
     try:
         build_archive(model, sample_rate, window_samples, hop_samples).write_out(staging, verbose=False)
         rng = np.random.default_rng(0)
@@ -219,6 +230,10 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
                 handle.write(blob)
         with open(os.path.join(staging, "labels.txt"), "w", encoding="utf-8") as handle:
             handle.write("\n".join(class_names) + "\n")
+        if options.onnx:
+            onnx_model.write_onnx(model, os.path.join(staging, onnx_model.ONNX_FILE), class_names=class_names,
+                                  sample_rate=sample_rate, window_samples=window_samples, hop_samples=hop_samples,
+                                  opset=options.onnx_opset)
 
         keras_logits = check_model(lambda w: model.predict(w[..., None], verbose=0), sample)
         reloaded = tf.saved_model.load(staging)
@@ -239,8 +254,11 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         }
         if tried:
             parity["int8_tried"] = tried  # each quantisation's agreement on the same windows
-        for key in ("savedmodel_max_abs_diff", "tflite_float_max_abs_diff"):
-            if parity[key] > PARITY_TOLERANCE:
+        if options.onnx:
+            parity.update(onnx_parity(model, os.path.join(staging, onnx_model.ONNX_FILE), sample, keras_logits))
+        for key in ("savedmodel_max_abs_diff", "tflite_float_max_abs_diff", "onnx_max_abs_diff",
+                    "onnx_embedding_max_abs_diff"):
+            if parity.get(key, 0.0) > PARITY_TOLERANCE:
                 raise AudioNetError(f"export parity check failed: {key} = {parity[key]:.2e} > {PARITY_TOLERANCE}")
         if parity["int8_top1_agreement_with_float"] < INT8_AGREEMENT_GOAL:
             log.warning("int8 model agrees with the float model on %.1f%% of %d %s windows (goal %.0f%%)",
@@ -249,25 +267,87 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         else:
             log.info("int8 model agrees with the float model on %.1f%% of %d %s windows",
                      100 * parity["int8_top1_agreement_with_float"], len(sample), split or "noise")
+        files = ["model.tflite", "model_int8.tflite", "saved_model.pb"] + [onnx_model.ONNX_FILE] * options.onnx
         doc = {
             "sample_rate": sample_rate, "window_samples": window_samples, "hop_samples": hop_samples,
             "window_ms": 1000.0 * window_samples / sample_rate, "num_classes": num_classes,
             "input": "float32 waveform windows [N, L] at sample_rate, in [-1, 1]",
             "signatures": SIGNATURES,
             "int8_quantization": int8_kind, "parity": parity,
-            "files": {name: os.path.getsize(os.path.join(staging, name))
-                      for name in ("model.tflite", "model_int8.tflite", "saved_model.pb")},
-            "versions": {"audionet_tf": __version__, "tensorflow": tf.__version__},
+            "files": {name: os.path.getsize(os.path.join(staging, name)) for name in files},
+            "versions": {"audionet_tf": __version__, "tensorflow": tf.__version__, **onnx_versions(options)},
+            **({"onnx": onnx_description(model, options)} if options.onnx else {}),
             **(metadata or {}),
         }
         storage.atomic_write_text(os.path.join(staging, "metadata.json"), json.dumps(doc, indent=2) + "\n")
+        if options.web:  # built before the export moves: an export that fails leaves no page behind either
+            page = write_web(os.path.join(staging, onnx_model.ONNX_FILE), options.web, runtime,
+                             class_names=class_names, sample_rate=sample_rate, window_samples=window_samples,
+                             hop_samples=hop_samples)
         if remote:
             _upload_dir(staging, out_dir)
         else:
             _replace_dir(staging, out_dir)
+        if options.web:
+            _replace_dir(page, storage.abspath(options.web))
+            log.info("browser page written to %s (serve it over HTTP: python -m http.server -d %s)",
+                     options.web, options.web)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # locally renamed into place already, unless it failed
+        if page:
+            shutil.rmtree(page, ignore_errors=True)  # the same for the page
     return doc
+
+
+def onnx_parity(model, path: str, windows: np.ndarray, keras_logits: np.ndarray) -> dict[str, float]:
+    """The ONNX file's largest differences from Keras on `windows`: logits (checked like every artefact)
+    and the embedding, each relative to its scale (at least 1)."""
+    from audionet_tf.model.student import embedding_model
+
+    student = onnx_model.open_onnx(path, threads=1)
+    logits = check_model(student.logits, windows)
+    embedding = student.embed(windows)
+    keras_embedding = embedding_model(model, "pooled").predict(windows[..., None], verbose=0)
+    scale = max(1.0, float(np.max(np.abs(keras_logits))))
+    embedding_scale = max(1.0, float(np.max(np.abs(keras_embedding))))
+    return {"onnx_max_abs_diff": float(np.max(np.abs(logits - keras_logits))) / scale,
+            "onnx_embedding_max_abs_diff": float(np.max(np.abs(embedding - keras_embedding))) / embedding_scale}
+
+
+def onnx_description(model, options: ExportConfig) -> dict[str, Any]:
+    """What metadata.json says of student.onnx: its opset, input and outputs with their axes."""
+    from audionet_tf.model.student import EMBEDDING_LAYERS
+
+    length = model.input.shape[1]
+    samples = onnx_model.SAMPLES_AXIS if length is None else int(length)
+    features = int(model.get_layer(EMBEDDING_LAYERS["pooled"]).output.shape[-1])
+    return {"file": onnx_model.ONNX_FILE, "opset": options.onnx_opset,
+            "input": {onnx_model.INPUT: [onnx_model.BATCH_AXIS, samples]},
+            "outputs": {onnx_model.LOGITS: [onnx_model.BATCH_AXIS, int(model.output.shape[-1])],
+                        onnx_model.EMBEDDING: [onnx_model.BATCH_AXIS, features]}}
+
+
+def onnx_versions(options: ExportConfig) -> dict[str, str]:
+    """The versions of the converter and runtime that wrote and checked student.onnx."""
+    if not options.onnx:
+        return {}
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("tf2onnx", "onnx", "onnxruntime")}
+
+
+def write_web(onnx_path: str, web_dir: str, runtime: str, **student: Any) -> str:
+    """The browser page, built in a new directory beside `web_dir` (renamed into place by the caller)."""
+    target = storage.abspath(web_dir)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    page = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
+    os.chmod(page, 0o755)  # mkdtemp's 0700 would keep a web server running as another user out
+    try:
+        web.write_page(page, onnx_path, runtime, **student)
+    except BaseException:
+        shutil.rmtree(page, ignore_errors=True)
+        raise
+    return page
 
 
 def _upload_dir(staging: str, out_dir: str) -> None:
@@ -321,7 +401,7 @@ def _sample_windows(data_dir: str, split: str, count: int, seed: int) -> np.ndar
     return windows[rng.permutation(len(windows))[:count]]
 
 
-def export_run(run_dir: str, out_dir: str) -> dict[str, Any]:
+def export_run(run_dir: str, out_dir: str, options: ExportConfig | None = None) -> dict[str, Any]:
     """Export a training run (its `model.keras`, labels, config and metrics) to `out_dir`."""
     from audionet_tf.model.student import load_model
 
@@ -338,7 +418,7 @@ def export_run(run_dir: str, out_dir: str) -> dict[str, Any]:
     return export_model(
         model, out_dir, class_names=class_names, sample_rate=int(dataset.get("sample_rate", 16000)),
         window_samples=int(dataset.get("window_samples", 640)), hop_samples=int(dataset.get("hop_samples", 640)),
-        calibration=calibration_windows(dataset.get("data_dir", "")),
+        calibration=calibration_windows(dataset.get("data_dir", "")), options=options,
         check=held_out_windows(dataset.get("data_dir", "")),
         metadata=without_machine_paths({"teacher": dataset.get("teacher"),
                                         "run": storage.basename(storage.abspath(run_dir)),
