@@ -170,8 +170,8 @@ def load_onnx_model(path: str, pc: cfg.PrepareConfig | None = None) -> OnnxModel
     try:
         import onnxruntime as ort
     except ImportError:
-        raise AudioNetError(f"teacher {path}: an ONNX teacher needs onnxruntime: pip install 'audionet_tf[onnx]' "
-                            f"(or pip install onnxruntime)") from None
+        raise AudioNetError(f"teacher {path}: an ONNX teacher needs onnxruntime, which the package "
+                            f"installs: pip install onnxruntime") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = pc.onnx_threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
