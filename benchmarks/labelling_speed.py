@@ -55,7 +55,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_description, load_average  # noqa: E402
+from machine import cpu_description, load  # noqa: E402
 
 from audionet_tf.core import config as cfg  # noqa: E402
 from audionet_tf.preparation import runner  # noqa: E402
