@@ -15,8 +15,10 @@ import numpy as np
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
                 "amx_tile")
 # Environment variables that cap or change the kernels chosen: printed when set.
+# OPENBLAS_CORETYPE=Haswell caps NumPy's OpenBLAS (a DYNAMIC_ARCH build) at AVX2 kernels, so that the
+# FLOP floor's matrix product is timed with the kernels the training runs with.
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "XLA_FLAGS", "TF_ENABLE_ONEDNN_OPTS", "ATEN_CPU_CAPABILITY",
-                 "OMP_NUM_THREADS")
+                 "OPENBLAS_CORETYPE", "OMP_NUM_THREADS")
 
 
 def _cpu() -> tuple[str, set[str]]:
