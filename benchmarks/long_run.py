@@ -119,7 +119,8 @@ def summary(rows: list[dict[str, float]], warmup: int, compare: int) -> list[str
         part = rows[start: start + block]
         loads = [r["load_1min"] for r in part]
         size = [r["run_dir_mb"] for r in part if r["run_dir_mb"] != ""]
-        lines.append(f"  {start + 1:5d}-{start + len(part):5d}: {np.median([r['seconds'] for r in part]) * 1000:6.1f} ms, "
+        median_ms = np.median([r["seconds"] for r in part]) * 1000
+        lines.append(f"  {start + 1:5d}-{start + len(part):5d}: {median_ms:6.1f} ms, "
                      f"{min(r['rss_mb'] for r in part):7.1f} MB, load {min(loads):.1f}-{max(loads):.1f}, "
                      f"{size[-1] if size else float('nan'):.2f} MB")
     return lines

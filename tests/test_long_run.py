@@ -76,7 +76,8 @@ def test_hundreds_of_epochs_leave_threads_files_and_memory_flat(tmp_path):
     logs = tmp_path / "runs" / "long" / "logs"
     for directory, tag in (("filters", "conv_filters"), ("timelines", "timeline/")):
         steps = [step for step in image_steps(logs / directory, tag) if step > 1]  # timelines: epoch 1 too
-        assert steps[:BEFORE_THINNING] == [HISTOGRAM_EVERY * (i + 1) for i in range(BEFORE_THINNING)], (directory, steps)
+        first_ones = [HISTOGRAM_EVERY * (i + 1) for i in range(BEFORE_THINNING)]
+        assert steps[:BEFORE_THINNING] == first_ones, (directory, steps)
         assert steps[-1] == EPOCHS, (directory, steps)  # the trained filters are always drawn
         # Thinned: the second half of the run adds fewer images than the first, and far fewer than one
         # every HISTOGRAM_EVERY epochs would.
@@ -86,7 +87,7 @@ def test_hundreds_of_epochs_leave_threads_files_and_memory_flat(tmp_path):
 
 
 def image_steps(directory, tag: str) -> list[int]:
-    """The epochs (steps) of the images TensorBoard reads back from `directory`, of the first tag starting with `tag`."""
+    """The epochs (steps) of the images TensorBoard reads back from `directory`, of its first tag starting `tag`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(directory), size_guidance={"tensors": 0}).Reload()

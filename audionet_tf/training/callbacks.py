@@ -352,7 +352,8 @@ class TensorBoardLogs(keras.callbacks.Callback):
 
     `train/` gets `epoch_<name>` for each training log (and `learning_rate`) and
     `<weight path>/histogram` every `histogram_every` epochs (0-based epochs divisible by it, as
-    Keras counts, thinned after `thin_after` as `figures.figure_due` says; written in the background from the weights read at the epoch); `validation/` gets `epoch_<name>` for each `val_<name>` log and
+    Keras counts, thinned after `thin_after` as `figures.figure_due` says; written in the background
+    from the weights read at the epoch); `validation/` gets `epoch_<name>` for each `val_<name>` log and
     `evaluation_<name>_vs_iterations` at the optimizer's step. The scalars of consecutive
     epochs are collected and written by one `tf.function` call per writer every `flush_seconds`
     and when training ends, instead of one eager op per value and epoch. Tags are an input of
