@@ -112,6 +112,17 @@ def summary(rows: list[dict[str, float]], warmup: int, compare: int) -> list[str
         lines.append(f"{key}: after warm-up {after[0]:.1f}, at the end {values[-1]:.1f}, maximum {values.max():.1f}")
     sizes = [r["run_dir_mb"] for r in rows if r["run_dir_mb"] != ""]
     lines.append(f"run directory: {sizes[0]:.2f} MB after epoch 1, {sizes[-1]:.2f} MB at the end")
+    # The load moves epoch times more than anything the run does: each stretch beside its load.
+    block = max(1, len(rows) // 10)
+    lines.append(f"per {block} epochs: median ms, least resident MB, 1-minute load, run directory MB at its end")
+    for start in range(0, len(rows), block):
+        part = rows[start: start + block]
+        loads = [r["load_1min"] for r in part]
+        size = [r["run_dir_mb"] for r in part if r["run_dir_mb"] != ""]
+        median_ms = np.median([r["seconds"] for r in part]) * 1000
+        lines.append(f"  {start + 1:5d}-{start + len(part):5d}: {median_ms:6.1f} ms, "
+                     f"{min(r['rss_mb'] for r in part):7.1f} MB, load {min(loads):.1f}-{max(loads):.1f}, "
+                     f"{size[-1] if size else float('nan'):.2f} MB")
     return lines
 
 

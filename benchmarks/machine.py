@@ -15,12 +15,14 @@ import numpy as np
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
                 "amx_tile")
 # Environment variables that cap or change the kernels chosen: printed when set.
+# OPENBLAS_CORETYPE=Haswell caps NumPy's OpenBLAS (a DYNAMIC_ARCH build) at AVX2 kernels, so that the
+# FLOP floor's matrix product is timed with the kernels the training runs with.
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "XLA_FLAGS", "TF_ENABLE_ONEDNN_OPTS", "ATEN_CPU_CAPABILITY",
-                 "OMP_NUM_THREADS")
+                 "OPENBLAS_CORETYPE", "OMP_NUM_THREADS")
 
 
-def cpu_description() -> str:
-    """'MODEL, N cores, vector extensions: ...' from /proc/cpuinfo (the platform's name elsewhere)."""
+def _cpu() -> tuple[str, set[str]]:
+    """The CPU's model name and its /proc/cpuinfo flags (the platform's name and no flags elsewhere)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -34,6 +36,12 @@ def cpu_description() -> str:
                     break
     except OSError:
         pass
+    return model, flags
+
+
+def cpu_description() -> str:
+    """'MODEL, N cores, vector extensions: ...' from /proc/cpuinfo (the platform's name elsewhere)."""
+    model, flags = _cpu()
     vector = [f for f in VECTOR_FLAGS if f in flags]
     return f"{model}, {os.cpu_count()} cores, vector extensions: {' '.join(vector) or 'unknown'}"
 
@@ -41,6 +49,10 @@ def cpu_description() -> str:
 def isa_caps() -> str:
     """The kernel-choosing variables set in this process ('none set' when none is)."""
     set_ = [f"{name}={os.environ[name]}" for name in ISA_VARIABLES if os.environ.get(name)]
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+    # Figures with the kernels capped are an emulation: say so beside them.
+    if capped.startswith("AVX2") and "avx512f" in _cpu()[1]:
+        set_.append("AVX2 kernels on an AVX-512 CPU")
     return ", ".join(set_) or "none set"
 
 

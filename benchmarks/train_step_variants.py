@@ -17,7 +17,11 @@ functions in interleaved repeats (the machine's load hits all of them alike):
   blocks of the framed input times a banded matrix (`blocks of S`: S outputs per row, one
   matrix product forward and one for the weight gradient), the pool's gradient as one
   XLA-compiled function (each window's gradient to its first maximum, by shifted slices),
-  the KL as one log-sum-exp (`fused KL`), and the whole step under XLA (`jit_compile`).
+  the KL as one log-sum-exp (`fused KL`), the whole step under XLA (`jit_compile`), the
+  convolution as a stride-1 one over sample pairs (`[N, L/2, 2]` against a `[32, 2, 16]` kernel: the
+  same products), the max pool and the mean fused (the forward pass keeps each conv output's share
+  of the windows it wins; the gradient is that share times the features' gradient), and the KL
+  alone under XLA.
 
 Every variant is checked to give the project's loss and gradients before it is timed. Each
 row prints the median wall time and the median CPU time (user + system, all threads) per
@@ -84,6 +88,50 @@ def conv_blocks(outputs: int):
         out = tf.matmul(tf.reshape(framed, [-1, block * rows]), banded)
         return tf.reshape(out, [n, blocks * outputs, -1])[:, :out_length] + bias
     return conv
+
+
+def conv_pairs(padded, kernel, bias):
+    """The stride-2 convolution as a stride-1 one over sample pairs: [N, L/2, 2] input, [32, 2, F] kernel."""
+    n, taps = tf.shape(padded)[0], CONV[1]
+    pairs = tf.reshape(padded, [n, -1, 2])
+    return tf.nn.conv1d(pairs, tf.reshape(kernel, [taps // 2, 2, -1]), 1, "VALID") + bias
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _offsets_and_mean(c):
+    """The pool's maxima averaged over time, and each window's winning offset (one compiled pass)."""
+    _, size, pad, _ = POOL
+    n = tf.shape(c)[1] + 2 * pad - size + 1
+    edge = tf.fill(tf.stack([tf.shape(c)[0], pad, tf.shape(c)[2]]), tf.constant(-np.inf, c.dtype))
+    padded = tf.concat([edge, c, edge], axis=1)
+    best, offset = padded[:, :n], tf.zeros(tf.stack([tf.shape(c)[0], n, tf.shape(c)[2]]), tf.int32)
+    for d in range(1, size):
+        window = padded[:, d: d + n]
+        wins = window > best
+        best, offset = tf.where(wins, window, best), tf.where(wins, tf.constant(d, tf.int32), offset)
+    return tf.reduce_mean(best, axis=1), offset
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _win_shares(offset, length):
+    """Per conv output, the windows it wins over the number of windows: d(mean of the maxima)/d(conv output)."""
+    _, size, pad, _ = POOL
+    total = None
+    for d in range(size):
+        part = tf.pad(tf.cast(tf.equal(offset, d), tf.float32), [[0, 0], [d, size - 1 - d], [0, 0]])
+        total = part if total is None else total + part
+    return total[:, pad: pad + length] / tf.cast(tf.shape(offset)[1], tf.float32)
+
+
+def pool_mean_fused(c):
+    """Max pool and mean over time in one: the forward pass keeps each conv output's share of the wins, so
+    the gradient is that share times the features' gradient (the mean's gradient is the same at every time)."""
+    @tf.custom_gradient
+    def forward(x):
+        features, offset = _offsets_and_mean(x)
+        shares = _win_shares(offset, tf.shape(x)[1])
+        return features, lambda g: shares * g[:, None, :]
+    return forward(c)
 
 
 def pool_gradient(x, y, dy):
@@ -159,10 +207,11 @@ def main(argv=None) -> int:
     layer = EdgeMaxPooling1D(POOL[1], POOL[2])
     print(f"CPU: {machine.cpu_description()}; ISA caps: {machine.isa_caps()}; at start: {machine.load()}", flush=True)
 
-    def step_of(conv=conv_tf, pool=layer, kl=losses.kl_divergence):
+    def step_of(conv=conv_tf, pool=layer, kl=losses.kl_divergence, pool_mean=None):
         def step():
             with tf.GradientTape() as tape:
-                features = tf.reduce_mean(pool(conv(padded, kernel, bias)), axis=1)
+                conv_out = conv(padded, kernel, bias)
+                features = pool_mean(conv_out) if pool_mean else tf.reduce_mean(pool(conv_out), axis=1)
                 loss = tf.reduce_mean(kl(teacher, features @ dense + dense_bias))
             return loss, tape.gradient(loss, weights)
         return step
@@ -181,6 +230,11 @@ def main(argv=None) -> int:
         "conv as blocks of 32 (matmul)": (step_of(conv=conv_blocks(32)), False),
         "pool gradient one XLA function": (step_of(pool=pool_xla_gradient(layer)), False),
         "fused KL": (step_of(kl=kl_fused), False),
+        "conv over sample pairs (stride 1), pool offsets": (step_of(conv=conv_pairs, pool=training_pool), False),
+        "pool and mean fused (win shares)": (step_of(pool_mean=pool_mean_fused), False),
+        "pairs conv, fused pool and mean": (step_of(conv=conv_pairs, pool_mean=pool_mean_fused), False),
+        "pool offsets, KL under XLA": (step_of(pool=training_pool, kl=tf.function(
+            losses.kl_divergence, jit_compile=True, autograph=False)), False),
     }
     steps = {name: tf.function(step, jit_compile=jit, autograph=False) for name, (step, jit) in variants.items()}
     ref_loss, ref_grads = steps[reference]()

@@ -1,4 +1,5 @@
-"""A long run's resources stay flat: threads, open files and memory do not grow with epochs."""
+"""A long run's resources stay flat: threads, open files and memory do not grow with epochs, and the
+figures it adds to the run directory thin out instead of growing with every `--histogram-every` epochs."""
 import os
 
 import keras
@@ -19,6 +20,8 @@ OPEN_FILES_BOUND = 3
 # The allocator settles over the first hundreds of epochs (the 5,000-epoch record in docs/speed.md);
 # a leaked figure or writer per drawing, or a copy of the weights per epoch, exceeds this.
 RSS_BOUND_MB = 60.0
+HISTOGRAM_EVERY = 10
+BEFORE_THINNING = 2  # figures at every HISTOGRAM_EVERY epochs for the first two, then thinned
 
 
 def resources() -> dict:
@@ -51,11 +54,13 @@ def test_hundreds_of_epochs_leave_threads_files_and_memory_flat(tmp_path):
     data = tmp_path / "tones"
     write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=12, kinds=3, holdout=1, shard_size=40)
     record = Resources()
-    # Checkpoints, backups and validation every 10 epochs; filter images, timelines and histograms every 25.
-    # The last epoch (training's end: the final checkpoint, waiting for the drawings) is left out.
+    # Checkpoints, backups and validation every 10 epochs; filter images, timelines and histograms every 10,
+    # thinned after the first two. The last epoch (training's end: the final checkpoint, waiting for the
+    # drawings) is left out of the resources compared.
     config = cfg.PipelineConfig(train=cfg.TrainConfig(
         data=str(data), epochs=EPOCHS, batch_size=64, learning_rate=0.01, runs_dir=str(tmp_path / "runs"),
-        name="long", export=False, report=False, quiet=True, histogram_every=25))
+        name="long", export=False, report=False, quiet=True, histogram_every=HISTOGRAM_EVERY,
+        figures_before_thinning=BEFORE_THINNING))
     train.train(config, extra_callbacks=[record])
     assert len(record.rows) == EPOCHS
     settled = {key: min(row[key] for row in record.rows[SETTLED - WINDOW: SETTLED]) for key in record.rows[0]}
@@ -68,3 +73,24 @@ def test_hundreds_of_epochs_leave_threads_files_and_memory_flat(tmp_path):
     backups = [name for name in os.listdir(tmp_path / "runs" / "long" / "backup") if name.endswith(".weights.h5")]
     checkpoints = os.listdir(tmp_path / "runs" / "long" / "checkpoints")
     assert len(backups) <= 2 and sorted(checkpoints) == ["best.json", "best.keras", "last.json", "last.keras"]
+    logs = tmp_path / "runs" / "long" / "logs"
+    for directory, tag in (("filters", "conv_filters"), ("timelines", "timeline/")):
+        steps = [step for step in image_steps(logs / directory, tag) if step > 1]  # timelines: epoch 1 too
+        first_ones = [HISTOGRAM_EVERY * (i + 1) for i in range(BEFORE_THINNING)]
+        assert steps[:BEFORE_THINNING] == first_ones, (directory, steps)
+        assert steps[-1] == EPOCHS, (directory, steps)  # the trained filters are always drawn
+        # Thinned: the second half of the run adds fewer images than the first, and far fewer than one
+        # every HISTOGRAM_EVERY epochs would.
+        first = [s for s in steps if s <= EPOCHS // 2]
+        second = [s for s in steps if s > EPOCHS // 2]
+        assert len(second) < len(first) and len(second) <= EPOCHS // 2 // HISTOGRAM_EVERY // 4, (directory, steps)
+
+
+def image_steps(directory, tag: str) -> list[int]:
+    """The epochs (steps) of the images TensorBoard reads back from `directory`, of its first tag starting `tag`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory), size_guidance={"tensors": 0}).Reload()
+    tags = sorted(t for t in events.Tags()["tensors"] if t.startswith(tag))
+    assert tags, f"no images in {directory}"
+    return sorted({e.step for e in events.Tensors(tags[0])})

@@ -68,6 +68,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--backup-every-steps", type=_nonnegative_int, help="also back up every N steps (0: off)")
     p.add_argument("--backup-every-minutes", type=_nonnegative_float, help="also back up every N minutes (0: off)")
     p.add_argument("--histogram-every", type=positive_int)
+    p.add_argument("--figures-before-thinning", type=_nonnegative_int,
+                   help="figures at every --histogram-every epochs for the first N, then half as often "
+                        "over each doubling of the run (0: never thinned)")
     p.add_argument("--validate-every", type=positive_int,
                    help="epochs between evaluations of the held-out clips (checkpoint and last epochs always)")
     p.add_argument("--input-scale", type=positive_float, help="waveform gain inside the model")

@@ -118,6 +118,10 @@ class TrainConfig:
     keep_backups: int = 2  # backups kept; a damaged newest one falls back on the one before
     dataset_wait_s: float = 3600.0  # multiworker: how long workers wait for the chief to prepare the dataset
     histogram_every: int = 50  # epochs between weight histograms and filter images
+    # Filter images, timelines and histograms: the first this many at every histogram_every epochs,
+    # then half as often over each doubling of the run (what they add to the run directory grows with
+    # the log of the epochs, not the epochs). 0: never thinned.
+    figures_before_thinning: int = 10
     export: bool = True
     report: bool = True
 
@@ -152,6 +156,8 @@ class TrainConfig:
                f"must be at least 1, got {self.validate_every}")
         _check(self.histogram_every >= 1, "train.histogram_every",
                f"must be at least 1, got {self.histogram_every}")
+        _check(self.figures_before_thinning >= 0, "train.figures_before_thinning",
+               f"must be 0 or more, got {self.figures_before_thinning}")
         if self.name is not None:
             _check(bool(self.name) and os.sep not in self.name and self.name not in (".", "..")
                    and not self.name.startswith("-"), "train.name",

@@ -293,11 +293,12 @@ class FilterImages(keras.callbacks.Callback):
     (`figures.BackgroundDrawing`), and training's end waits for it.
     """
 
-    def __init__(self, log_dir: str, sample_rate: int, every: int = 50, write: bool = True):
+    def __init__(self, log_dir: str, sample_rate: int, every: int = 50, write: bool = True, thin_after: int = 0):
         super().__init__()
         self.log_dir = log_dir
         self.sample_rate = sample_rate
         self.every = every
+        self.thin_after = thin_after
         self.write = write
         self._writer = None
         self._drawing = figures.BackgroundDrawing("filter-images")
@@ -322,7 +323,7 @@ class FilterImages(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self._drawing.check()
-        if (epoch + 1) % self.every == 0:
+        if figures.figure_due(epoch + 1, self.every, self.thin_after):
             self._log(epoch + 1)
 
     def _close(self) -> None:
@@ -332,7 +333,7 @@ class FilterImages(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None) -> None:
         epochs = self.params.get("epochs", 0) if self.params else 0
-        if epochs % self.every:
+        if epochs and not figures.figure_due(epochs, self.every, self.thin_after):
             self._log(epochs)
         try:
             self._drawing.close()
@@ -351,7 +352,8 @@ class TensorBoardLogs(keras.callbacks.Callback):
 
     `train/` gets `epoch_<name>` for each training log (and `learning_rate`) and
     `<weight path>/histogram` every `histogram_every` epochs (0-based epochs divisible by it, as
-    Keras counts; written in the background from the weights read at the epoch); `validation/` gets `epoch_<name>` for each `val_<name>` log and
+    Keras counts, thinned after `thin_after` as `figures.figure_due` says; written in the background
+    from the weights read at the epoch); `validation/` gets `epoch_<name>` for each `val_<name>` log and
     `evaluation_<name>_vs_iterations` at the optimizer's step. The scalars of consecutive
     epochs are collected and written by one `tf.function` call per writer every `flush_seconds`
     and when training ends, instead of one eager op per value and epoch. Tags are an input of
@@ -360,10 +362,11 @@ class TensorBoardLogs(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir: str, histogram_every: int = 0, write: bool = True, flush_seconds: float = 5.0,
-                 validation: bool = False):
+                 validation: bool = False, thin_after: int = 0):
         super().__init__()
         self.log_dir = log_dir
         self.histogram_every = histogram_every
+        self.thin_after = thin_after
         self.write = write
         self.flush_seconds = flush_seconds
         self.validation = validation
@@ -447,7 +450,7 @@ class TensorBoardLogs(keras.callbacks.Callback):
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self._flush()
         self._histograms.check()
-        if self.histogram_every and epoch % self.histogram_every == 0:
+        if self.histogram_every and (epoch == 0 or figures.figure_due(epoch, self.histogram_every, self.thin_after)):
             # The weights are read now; the histograms (one eager op each) are written in the background.
             weights = [(f"{weight.path.replace(':', '_')}/histogram", np.array(weight.numpy()))
                        for layer in self.model.layers for weight in layer.weights]

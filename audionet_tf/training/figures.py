@@ -14,6 +14,22 @@ log = logging.getLogger(__name__)
 PYPLOT = threading.Lock()
 
 
+def figure_due(epoch: int, every: int, thin_after: int = 0) -> bool:
+    """Whether `epoch` (counted from 1) gets the periodic figures: every `every` epochs for the first
+    `thin_after` of them, then every 2nd over as many epochs again, every 4th over the next doubling, and so on.
+
+    A run of E epochs draws at most about thin_after x (1 + log2(E / (every x thin_after)) / 2) of each
+    figure, instead of E / every: each image is hundreds of kilobytes in the run directory.
+    """
+    if epoch < 1 or epoch % every:
+        return False
+    index = epoch // every
+    stride = 1
+    while thin_after and index > thin_after * stride:
+        stride *= 2
+    return index % stride == 0
+
+
 def pyplot():
     """matplotlib's pyplot with no display."""
     import matplotlib

@@ -9,6 +9,7 @@ import numpy as np
 
 from audionet_tf.core import storage
 from audionet_tf.dataset import catalog, reader, records
+from audionet_tf.training.figures import figure_due
 
 TIMELINE_CLIPS = 2
 
@@ -24,14 +25,15 @@ def figure_image(fig) -> np.ndarray:
 
 
 class TimelineImages(keras.callbacks.Callback):
-    """Every `every` epochs, the teacher's top class against the student's over each chosen clip.
+    """Every `every` epochs (thinned after `thin_after` of them: `figures.figure_due`), the teacher's top class
+    against the student's over each chosen clip.
 
     The student's predictions are made at the epoch; the figures are drawn and written in the
     background (`figures.BackgroundDrawing`), and training's end waits for them.
     """
 
     def __init__(self, log_dir: str, arrays: dict[str, np.ndarray], clips: Sequence[records.ClipRecord],
-                 class_names: Sequence[str], sample_rate: int, hop: int, every: int = 10):
+                 class_names: Sequence[str], sample_rate: int, hop: int, every: int = 10, thin_after: int = 0):
         super().__init__()
         self.log_dir = log_dir
         self.arrays = arrays
@@ -40,6 +42,7 @@ class TimelineImages(keras.callbacks.Callback):
         self.sample_rate = sample_rate
         self.hop = hop
         self.every = every
+        self.thin_after = thin_after
         self._writer = None
         self._last = -1
         self._drawing = None
@@ -111,7 +114,7 @@ class TimelineImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if self._drawing is not None:
             self._drawing.check()
-        if (epoch + 1) % self.every == 0 or epoch == 0:
+        if epoch == 0 or figure_due(epoch + 1, self.every, self.thin_after):
             self._log(epoch + 1)
 
     def _close(self) -> None:
@@ -137,7 +140,7 @@ class TimelineImages(keras.callbacks.Callback):
 
 
 def timeline_callbacks(data_dir: str, description: records.Description, log_dir: str, every: int,
-                       hop: int, write: bool = True) -> list[keras.callbacks.Callback]:
+                       hop: int, write: bool = True, thin_after: int = 0) -> list[keras.callbacks.Callback]:
     """The timeline callback for the first held-out clips of a dataset (none without held-out data)."""
     held = [c for c in description.clips if c.held_out]
     if not write or not held or not description.examples("validation"):
@@ -145,4 +148,5 @@ def timeline_callbacks(data_dir: str, description: records.Description, log_dir:
     chosen = held[:TIMELINE_CLIPS]
     arrays = reader.load_arrays(data_dir, "all", clip_ids=[c.id for c in chosen])
     return [TimelineImages(storage.join(log_dir, "timelines"), arrays, chosen,
-                           catalog.read_class_names(data_dir, description), description.spec.sample_rate, hop, every)]
+                           catalog.read_class_names(data_dir, description), description.spec.sample_rate, hop, every,
+                           thin_after)]

@@ -33,6 +33,7 @@ log = logging.getLogger("audionet_tf.train")
 
 # Settings that may differ when the same run is started again (everything else must match).
 RESUMABLE_CHANGES = {"collective_timeout_s", "epochs", "quiet", "export", "report", "histogram_every",
+                     "figures_before_thinning",
                      "checkpoint_every", "devices", "backup_every_steps", "backup_every_minutes", "keep_backups",
                      "dataset_wait_s", "validate_every"}
 
@@ -442,10 +443,11 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         cb.Checkpoints(storage.join(write_dir, "checkpoints"), monitor=monitor, every=tc.checkpoint_every,
                        make_copy=make_student),
         cb.TensorBoardLogs(storage.join(write_dir, "logs"), tc.histogram_every,
-                           validation=val_ds is not None),
-        cb.FilterImages(storage.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every),
+                           validation=val_ds is not None, thin_after=tc.figures_before_thinning),
+        cb.FilterImages(storage.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every,
+                        thin_after=tc.figures_before_thinning),
         *timeline.timeline_callbacks(data_dir, description, storage.join(write_dir, "logs"), tc.histogram_every,
-                                        config.audio.hop_samples, write=chief),
+                                        config.audio.hop_samples, write=chief, thin_after=tc.figures_before_thinning),
         backup,  # after the others: a stop request ends `fit` here, once they have seen the epoch
         *extra_callbacks,
     ]
