@@ -57,7 +57,7 @@ def unseen_classes(train_logits: np.ndarray, val: dict[str, np.ndarray]) -> dict
 def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = None) -> dict[str, Any]:
     """Student vs teacher on the held-out data (whole clips, or each clip's held-out part), with an optional
     K-fold; writes report/distill.json."""
-    from audionet_tf.model.student import load_model
+    from audionet_tf.model.student import load_model, model_window
 
     description = catalog.read_description(data_dir)
     held_out = description.held_out_clip_ids()
@@ -70,7 +70,14 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
     model = load_model(model_path)
     val = reader.load_arrays(data_dir, "validation")
     train_arrays = reader.load_arrays(data_dir, "train")
-    student = model.predict(val["audio"][..., None], verbose=0, batch_size=512)
+    window = model_window(model)
+    if window is not None and window != description.spec.window_samples:
+        # SoundNet: its long window on each held-out frame, rebuilt from held-out frames only.
+        heard = reader.load_arrays(data_dir, "validation", window_samples=window, description=description)["audio"]
+        student = np.concatenate([model.predict(heard[i:i + 32][..., None], verbose=0)
+                                  for i in range(0, len(heard), 32)])
+    else:
+        student = model.predict(val["audio"][..., None], verbose=0, batch_size=512)
     prior = prior_logits(train_arrays["logits"], len(val["audio"]))
     names = catalog.read_class_names(data_dir, description)
     unseen = unseen_classes(train_arrays["logits"], val)
@@ -140,6 +147,9 @@ def cross_validate(run_dir: str, data_dir: str, folds: int, epochs: int | None) 
     train_cfg = cfg.build_section(cfg.TrainConfig, {k: v for k, v in doc["train"].items() if v is not None},
                                   "run config")
     model_cfg = cfg.build_section(cfg.ModelConfig, doc.get("model", {}), "run config")
+    if model_cfg.architecture != "audionet":
+        raise AudioNetError(f"--folds trains fresh audionet students; run {run_dir} is a {model_cfg.architecture}: "
+                            f"evaluate it on its held-out clips without --folds")
     description = catalog.read_description(data_dir)
     arrays = reader.load_arrays(data_dir, "all")
     clips = sorted(set(arrays["clip_id"]))

@@ -38,7 +38,8 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
 
     from audionet_tf.model.student import embedding_model
 
-    pooled = embedding_model(model, "pooled")
+    pooled = embedding_model(model)  # the architecture's default layer: audionet's `pooled`, SoundNet's pool5/conv4
+    left, right = context_padding(window_samples, hop_samples)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(pooled)
@@ -58,6 +59,8 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
 
     def timeline(waveform):
         waveform = tf.reshape(waveform, [-1])
+        if left or right:  # a long window centred on each frame, as in training: zeros past the ends
+            waveform = tf.pad(waveform, [[left, right]])
         short = tf.maximum(window_samples - tf.shape(waveform)[0], 0)
         waveform = tf.pad(waveform, [[0, short]])
         frames = tf.expand_dims(tf.signal.frame(waveform, window_samples, hop_samples, pad_end=False), -1)
@@ -76,6 +79,21 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
     # attribute into the call); ExportArchive also lists it among the signatures.
     archive.add_endpoint("__call__", logits, input_signature=windows_spec)
     return archive
+
+
+def context_padding(window_samples: int, hop_samples: int) -> tuple[int, int]:
+    """Zeros before and after a recording so that the window of frame k (at k hop) is centred on its period's
+    middle, as in training: (0, 0) when the window is the hop (audionet), else SoundNet's long window's."""
+    if window_samples <= hop_samples:
+        return 0, 0
+    left = (window_samples - hop_samples) // 2
+    return left, window_samples - hop_samples - left
+
+
+def sample_count(window_samples: int, wanted: int) -> int:
+    """How many windows to check or calibrate with: `wanted`, fewer for long windows (about 2^21 samples in all:
+    SoundNet-8's 13 s windows, 10 of them; audionet's 640-sample windows, all that are wanted)."""
+    return max(8, min(wanted, (1 << 21) // max(1, window_samples)))
 
 
 def convert_tflite(saved_model_dir: str, quantization: str = "float",
@@ -158,9 +176,9 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         build_archive(model, sample_rate, window_samples, hop_samples).write_out(staging, verbose=False)
         rng = np.random.default_rng(0)
         if calibration is not None and len(calibration):
-            sample = np.asarray(calibration[:CALIBRATION_WINDOWS], np.float32)
+            sample = np.asarray(calibration[:sample_count(window_samples, CALIBRATION_WINDOWS)], np.float32)
         else:
-            sample = (0.3 * rng.standard_normal((64, window_samples))).astype(np.float32)
+            sample = (0.3 * rng.standard_normal((sample_count(window_samples, 64), window_samples))).astype(np.float32)
         float_bytes = convert_tflite(staging, "float")
         if calibration is not None and len(calibration):
             int8_bytes, int8_kind = convert_tflite(staging, "int8", sample), "int8 (calibrated on dataset windows)"
@@ -199,6 +217,7 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
             "sample_rate": sample_rate, "window_samples": window_samples, "hop_samples": hop_samples,
             "window_ms": 1000.0 * window_samples / sample_rate, "num_classes": num_classes,
             "input": "float32 waveform windows [N, L] at sample_rate, in [-1, 1]",
+            **_student_facts(model),
             "signatures": SIGNATURES,
             "int8_quantization": int8_kind, "parity": parity,
             "files": {name: os.path.getsize(os.path.join(staging, name))
@@ -214,6 +233,14 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # locally renamed into place already, unless it failed
     return doc
+
+
+def _student_facts(model) -> dict[str, Any]:
+    """The architecture and the layer the `embed` signature gives (predict and embed read them back)."""
+    from audionet_tf.model import soundnet
+
+    architecture = soundnet.architecture_of(model)
+    return {"architecture": architecture, "embedding_layer": soundnet.DEFAULT_EMBEDDING.get(architecture, "pooled")}
 
 
 def _upload_dir(staging: str, out_dir: str) -> None:
@@ -234,8 +261,10 @@ def _replace_dir(staging: str, out_dir: str) -> None:
         os.replace(staging, out_dir)
 
 
-def calibration_windows(data_dir: str, count: int = CALIBRATION_WINDOWS, seed: int = 0) -> np.ndarray | None:
-    """Up to `count` windows of a dataset's training split, or None when the dataset is not at hand."""
+def calibration_windows(data_dir: str, count: int = CALIBRATION_WINDOWS, seed: int = 0,
+                        window_samples: int | None = None) -> np.ndarray | None:
+    """Up to `count` windows of a dataset's training split, or None when the dataset is not at hand;
+    `window_samples`: the student's long windows (SoundNet), rebuilt from the frames read."""
     try:
         description = catalog.read_description(data_dir)
     except AudioNetError:
@@ -249,6 +278,17 @@ def calibration_windows(data_dir: str, count: int = CALIBRATION_WINDOWS, seed: i
             windows.append(records.read_examples(path, description.spec)["audio"])
     if not windows:
         return None
+    if window_samples is not None and window_samples != description.spec.window_samples:
+        from audionet_tf.dataset import context
+
+        parts = [records.read_examples(storage.join(data_dir, s.file), description.spec) for s in shards[:4]
+                 if storage.exists(storage.join(data_dir, s.file))]
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in ("audio", "logits", "clip_id", "time")}
+        order = np.lexsort((arrays["time"], arrays["clip_id"].astype(str)))
+        long = context.context_windows({k: v[order] for k, v in arrays.items()}, description.spec, window_samples,
+                                       data_dir)
+        count = sample_count(window_samples, count)
+        return long[np.sort(rng.permutation(len(long))[:count])]
     windows = np.concatenate(windows)
     return windows[rng.permutation(len(windows))[:count]]
 
@@ -267,10 +307,13 @@ def export_run(run_dir: str, out_dir: str) -> dict[str, Any]:
     class_names = [line for line in storage.read_text(storage.join(run_dir, "labels.txt")).splitlines()
                    if line.strip()]
     model = load_model(model_path)
+    # What the student hears (SoundNet: its long window); runs from before the `student` entry: the dataset's.
+    heard = config.get("student") or {}
+    window = int(heard.get("window_samples") or dataset.get("window_samples", 640))
     return export_model(
         model, out_dir, class_names=class_names, sample_rate=int(dataset.get("sample_rate", 16000)),
-        window_samples=int(dataset.get("window_samples", 640)), hop_samples=int(dataset.get("hop_samples", 640)),
-        calibration=calibration_windows(dataset.get("data_dir", "")),
+        window_samples=window, hop_samples=int(dataset.get("hop_samples", 640)),
+        calibration=calibration_windows(dataset.get("data_dir", ""), window_samples=window),
         metadata=without_machine_paths({"teacher": dataset.get("teacher"),
                                         "run": storage.basename(storage.abspath(run_dir)),
                                         "training_config": config, "final_metrics": metrics}))

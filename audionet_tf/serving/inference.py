@@ -31,6 +31,14 @@ class Student:
     source: str
     keras_model: object | None = None
     embed: Callable[[np.ndarray], np.ndarray] | None = None
+    embedding_layer: str = "pooled"  # the layer `embed` gives (SoundNet: pool5 or conv4)
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        """Zeros before and after a recording: a window longer than the hop (SoundNet) is centred on each frame."""
+        from audionet_tf.serving.export import context_padding
+
+        return context_padding(self.window_samples, self.hop_samples)
 
 
 class KerasRunner:
@@ -112,7 +120,8 @@ def load_student(path: str) -> Student:
         return Student(lambda w: serve(windows=tf.constant(w, tf.float32))["logits"].numpy(),
                        _labels(os.path.join(path, "labels.txt"), meta["num_classes"]), meta["sample_rate"],
                        meta["window_samples"], meta["hop_samples"], path,
-                       embed=lambda w: embed(windows=tf.constant(w, tf.float32))["embedding"].numpy())
+                       embed=lambda w: embed(windows=tf.constant(w, tf.float32))["embedding"].numpy(),
+                       embedding_layer=meta.get("embedding_layer", "pooled"))
     if not os.path.isfile(path):
         raise AudioNetError(f"{path}: no such model file or export directory")
     folder = os.path.dirname(os.path.abspath(path))
@@ -121,6 +130,7 @@ def load_student(path: str) -> Student:
         with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as handle:
             meta = json.load(handle)
     rate, window, hop = meta.get("sample_rate", 16000), meta.get("window_samples", 640), meta.get("hop_samples", 640)
+    built_for = None
     if path.endswith(".tflite"):
         from audionet_tf.serving.export import tflite_runner
 
@@ -138,8 +148,15 @@ def load_student(path: str) -> Student:
         except Exception as exc:  # Keras raises several types for a file it cannot read
             raise AudioNetError(f"{path}: cannot load it as a .keras model ({exc})") from None
         count = int(model.output.shape[-1])
-        return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop,
-                       path, keras_model=model, embed=keras_runner(model, "pooled"))
+        from audionet_tf.model import soundnet
+        from audionet_tf.model.student import model_window
+
+        built_for = model_window(model)  # a SoundNet student knows its own window
+        architecture = soundnet.architecture_of(model)
+        layer = soundnet.DEFAULT_EMBEDDING.get(architecture, "pooled")
+        return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate,
+                       built_for or window, hop, path, keras_model=model, embed=keras_runner(model, layer),
+                       embedding_layer=layer)
     raise AudioNetError(f"{path}: expected an export directory, a .keras or a .tflite file")
 
 
@@ -194,7 +211,7 @@ def hop_for(student: Student, hop_seconds: float | None) -> int:
 
 def _scores(student: Student, source, hop: int, where: str) -> dict[str, Any]:
     logits, starts = [], []
-    for windows, chunk_starts in window_chunks(source, student.window_samples, hop, where):
+    for windows, chunk_starts in window_chunks(_heard(student, source), student.window_samples, hop, where):
         logits.append(batched(student.logits, windows))
         starts.append(chunk_starts)
     logits = np.concatenate(logits)
@@ -221,8 +238,23 @@ def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
     return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
 
 
-def embedder(student: Student, layer: str = "pooled") -> Callable[[np.ndarray], np.ndarray]:
-    """Windows → embeddings: `pooled` (16 features, any student but a .tflite) or `conv` (48, a .keras)."""
+def embedder(student: Student, layer: str | None = "pooled") -> Callable[[np.ndarray], np.ndarray]:
+    """Windows → embeddings: `pooled` (16 features, any student but a .tflite) or `conv` (48, a .keras);
+    SoundNet: its default layer (any student but a .tflite) or any layer of its table, averaged over time (a .keras)."""
+    if student.embedding_layer != "pooled":  # SoundNet
+        if layer in (None, "pooled", student.embedding_layer):
+            if student.embed is None:
+                raise AudioNetError(f"{student.source} has no embedding signature")
+            return lambda windows: batched(student.embed, windows)
+        if student.keras_model is None:
+            raise AudioNetError(f"--layer {layer} needs a .keras model (the run's model.keras), not {student.source}; "
+                                f"an export gives its default layer {student.embedding_layer}")
+        try:
+            runner = keras_runner(student.keras_model, layer)
+        except ValueError as exc:
+            raise AudioNetError(str(exc)) from None
+        return lambda windows: runner(windows)
+    layer = layer or "pooled"
     if layer == "conv":
         if student.keras_model is None:
             raise AudioNetError(f"--layer conv needs a .keras model, not {student.source}")
@@ -234,12 +266,47 @@ def embedder(student: Student, layer: str = "pooled") -> Callable[[np.ndarray], 
     return lambda windows: batched(student.embed, windows)
 
 
+class PaddedAudio:
+    """A source with `left` zeros before its samples and `right` after (SoundNet's windows centred on frames)."""
+
+    def __init__(self, source, left: int, right: int):
+        self.source, self.left, self.right = source, left, right
+        self.samples = 0
+        self._ended = False  # the source gave fewer samples than asked: it has no more
+        self._tail = 0  # trailing zeros handed out
+
+    def read(self, count: int) -> np.ndarray:
+        """Up to `count` samples: the leading zeros, the source's, then the trailing zeros."""
+        parts, need = [], count
+        if self.samples < self.left:
+            take = min(need, self.left - self.samples)
+            parts.append(np.zeros(take, np.float32))
+            need -= take
+        if need and not self._ended:
+            got = np.asarray(self.source.read(need), np.float32)
+            parts.append(got)
+            need -= len(got)
+            self._ended = need > 0
+        if need and self._ended:
+            take = min(need, self.right - self._tail)
+            parts.append(np.zeros(take, np.float32))
+            self._tail += take
+        block = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        self.samples += len(block)
+        return block
+
+
+def _heard(student: Student, source):
+    left, right = student.padding
+    return PaddedAudio(source, left, right) if left or right else source
+
+
 def embed_source(student: Student, source: audio.ArrayAudio | audio.FileAudio, hop: int, layer: str,
                  where: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings `[M, D]` float32 and window starts `[M]` (s, float32) of `source`, chunk by chunk."""
     embed_windows = embedder(student, layer)
     values, starts = [], []
-    for windows, chunk_starts in window_chunks(source, student.window_samples, hop, where):
+    for windows, chunk_starts in window_chunks(_heard(student, source), student.window_samples, hop, where):
         values.append(embed_windows(windows).astype(np.float32))
         starts.append(chunk_starts)
     return np.concatenate(values), (np.concatenate(starts) / student.sample_rate).astype(np.float32)

@@ -1,0 +1,387 @@
+"""SoundNet's students (model.architecture soundnet5 / soundnet8): each table against an independent NumPy
+implementation (outputs and gradients, BatchNorm on batch statistics as in training), the long windows
+rebuilt from a dataset of 40 ms windows, and training, resume, export, predict and embed end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audionet_tf.dataset import reader
+from audionet_tf.dataset.synthetic import write_synthetic_dataset
+
+QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
+
+# The issue's tables, written again here: ("conv", name, filters, kernel, stride, pad) / ("pool", name, k, s).
+TABLES = {
+    "soundnet8": [("conv", "conv1", 16, 64, 2, 32), ("pool", "pool1", 8, 8), ("conv", "conv2", 32, 32, 2, 16),
+                  ("pool", "pool2", 8, 8), ("conv", "conv3", 64, 16, 2, 8), ("conv", "conv4", 128, 8, 2, 4),
+                  ("conv", "conv5", 256, 4, 2, 2), ("pool", "pool5", 4, 4), ("conv", "conv6", 512, 4, 2, 2),
+                  ("conv", "conv7", 1024, 4, 2, 2), ("conv", "conv8", "classes", 8, 2, 0)],
+    "soundnet5": [("conv", "conv1", 32, 64, 2, 32), ("pool", "pool1", 8, 8), ("conv", "conv2", 64, 32, 2, 16),
+                  ("pool", "pool2", 8, 8), ("conv", "conv3", 128, 16, 2, 8), ("pool", "pool3", 8, 8),
+                  ("conv", "conv4", 256, 8, 2, 4), ("conv", "conv5", "classes", 16, 12, 4)],
+}
+EPS = 1e-5
+
+
+@pytest.fixture
+def float64():
+    """Keras in float64 for the comparisons, so that no max-pool tie or rounding blurs them."""
+    import keras
+
+    before, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(before)
+    keras.config.set_dtype_policy(policy)
+
+
+def windows_of(x, kernel, stride):
+    """[N, T, C, K] views: window t covers x[:, stride t: stride t + kernel]."""
+    view = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=1)
+    count = (x.shape[1] - kernel) // stride + 1
+    return view[:, : (count - 1) * stride + 1: stride]
+
+
+def numpy_forward(arch, x, params, scale):
+    """The table on x [N, L]: a tape of each layer's inputs for the backward pass, and the logits."""
+    h = (x * scale)[..., None]
+    tape = []
+    rows = TABLES[arch]
+    for i, row in enumerate(rows):
+        if row[0] == "pool":
+            _, name, k, s = row
+            w = windows_of(h, k, s)
+            tape.append(("pool", name, h, w))
+            h = w.max(axis=3)
+            continue
+        _, name, _, k, s, p = row
+        padded = np.pad(h, ((0, 0), (p, p), (0, 0)))
+        kernel, bias = params[name]["kernel"], params[name]["bias"]
+        cols = windows_of(padded, k, s)  # [N, T, C, K]
+        z = np.einsum("ntck,kcf->ntf", cols, kernel) + bias
+        tape.append(("conv", name, padded, cols, p, s, k))
+        if i == len(rows) - 1:
+            return z.mean(axis=1), tape, z
+        mean, var = z.mean(axis=(0, 1)), z.var(axis=(0, 1))
+        xhat = (z - mean) / np.sqrt(var + EPS)
+        y = params[name]["gamma"] * xhat + params[name]["beta"]
+        tape.append(("bn", name, xhat, var))
+        tape.append(("relu", name, y))
+        h = np.maximum(y, 0.0)
+
+
+def numpy_backward(tape, g_logits, steps, params, scale):
+    """Gradients of every weight, by hand, from the tape of `numpy_forward`."""
+    grads = {}
+    g = np.repeat(g_logits[:, None, :], steps, axis=1) / steps
+    for entry in reversed(tape):
+        kind, name = entry[0], entry[1]
+        if kind == "relu":
+            g = g * (entry[2] > 0)
+        elif kind == "bn":
+            xhat, var = entry[2], entry[3]
+            m = xhat.shape[0] * xhat.shape[1]
+            grads.setdefault(name, {})["gamma"] = (g * xhat).sum(axis=(0, 1))
+            grads[name]["beta"] = g.sum(axis=(0, 1))
+            gx = g * params[name]["gamma"]
+            g = (m * gx - gx.sum(axis=(0, 1)) - xhat * (gx * xhat).sum(axis=(0, 1))) / (m * np.sqrt(var + EPS))
+        elif kind == "conv":
+            padded, cols, p, s, k = entry[2:]
+            grads.setdefault(name, {})["kernel"] = np.einsum("ntck,ntf->kcf", cols, g)
+            grads[name]["bias"] = g.sum(axis=(0, 1))
+            g_cols = np.einsum("ntf,kcf->ntck", g, params[name]["kernel"])
+            g_padded = np.zeros_like(padded)
+            steps_t = g.shape[1]
+            for tap in range(k):
+                g_padded[:, tap: tap + s * (steps_t - 1) + 1: s, :] += g_cols[:, :, :, tap]
+            g = g_padded[:, p: padded.shape[1] - p, :]
+        else:  # pool: each window's gradient to its one maximum (kernel = stride: windows do not overlap)
+            h, w = entry[2], entry[3]
+            k = w.shape[3]
+            winner = w.argmax(axis=3)  # [N, T, C]
+            g_h = np.zeros_like(h)
+            n_idx, t_idx, c_idx = np.meshgrid(*[np.arange(d) for d in winner.shape], indexing="ij")
+            np.add.at(g_h, (n_idx, t_idx * k + winner, c_idx), g)
+            g = g_h
+    return grads
+
+
+def keras_params(model, arch):
+    """The model's weights by table row, with BatchNorm's gamma and beta set to random values."""
+    rng = np.random.default_rng(1)
+    params = {}
+    rows = [r for r in TABLES[arch] if r[0] == "conv"]
+    for i, row in enumerate(rows):
+        name = row[1]
+        last = i == len(rows) - 1
+        conv = model.get_layer(name if last else f"{name}_conv")
+        kernel, bias = conv.get_weights()
+        bias = rng.normal(0, 0.1, bias.shape)
+        conv.set_weights([kernel, bias])
+        params[name] = {"kernel": kernel, "bias": bias}
+        if not last:
+            bn = model.get_layer(f"{name}_bn")
+            gamma, beta = 1 + 0.3 * rng.standard_normal(bn.gamma.shape), 0.2 * rng.standard_normal(bn.beta.shape)
+            bn.set_weights([gamma, beta, *bn.get_weights()[2:]])
+            params[name].update(gamma=gamma, beta=beta)
+    return params
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("arch", ["soundnet8", "soundnet5"])
+def test_layer_lengths_follow_the_table(arch):
+    from audionet_tf.model import soundnet
+    from audionet_tf.model.student import build_student
+
+    shortest = soundnet.min_input_length(arch)
+    assert soundnet.layer_lengths(arch, shortest)[TABLES[arch][-1][1]] == 1
+    assert soundnet.layer_lengths(arch, shortest - 1)[TABLES[arch][-1][1]] == 0
+    for length in (shortest, shortest + 70001):
+        model = build_student(arch, length, 3)
+        n = length
+        for row in TABLES[arch]:
+            if row[0] == "conv":
+                _, name, filters, k, s, p = row
+                n = (n + 2 * p - k) // s + 1
+                width = 3 if filters == "classes" else filters
+            else:
+                _, name, k, s = row
+                n = (n - k) // s + 1
+            assert model.get_layer(name).output.shape[1:] == (n, width), name
+        assert model.output.shape == (None, 3)
+
+
+@pytest.mark.parametrize("arch,extra", [("soundnet8", 0), ("soundnet5", 0), ("soundnet5", 98304)])
+def test_outputs_and_gradients_match_an_independent_numpy_implementation(arch, extra, float64):
+    """Training-mode outputs (BatchNorm on the batch's statistics) and every weight's gradient of the
+    distillation loss; `extra` samples give the last conv two steps, which the logits average."""
+    import tensorflow as tf
+
+    from audionet_tf.model import losses, soundnet
+    from audionet_tf.model.student import build_student
+
+    scale, classes, temperature = 4.0, 5, 2.0
+    length = soundnet.min_input_length(arch) + extra
+    model = build_student(arch, length, classes, input_scale=scale)
+    params = keras_params(model, arch)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(2, length))
+    teacher = 3 * rng.standard_normal((2, classes))
+    expected, tape, steps = numpy_forward(arch, x, params, scale)
+    assert steps.shape[1] == (2 if extra else 1)
+    loss_fn = losses.DistillationLoss(temperature)
+    with tf.GradientTape() as tape_tf:
+        got = model(tf.constant(x[..., None]), training=True)
+        loss = loss_fn(tf.constant(teacher), got)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-7, atol=1e-7 * np.abs(expected).max())
+    g_logits = temperature * (softmax(expected / temperature) - softmax(teacher / temperature)) / len(x)
+    want = numpy_backward(tape, g_logits, steps.shape[1], params, scale)
+    variables, names = [], []
+    for row in [r for r in TABLES[arch] if r[0] == "conv"]:
+        name = row[1]
+        conv = model.get_layer(name if name == TABLES[arch][-1][1] else f"{name}_conv")
+        variables += [conv.kernel, conv.bias]
+        names += [(name, "kernel"), (name, "bias")]
+        if name != TABLES[arch][-1][1]:
+            bn = model.get_layer(f"{name}_bn")
+            variables += [bn.gamma, bn.beta]
+            names += [(name, "gamma"), (name, "beta")]
+    grads = tape_tf.gradient(loss, variables)
+    for (name, what), value in zip(names, grads):
+        reference = want[name][what]
+        np.testing.assert_allclose(np.asarray(value), reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max() + 1e-12,
+                                   err_msg=f"{name} {what}")
+    # Inference: BatchNorm on its moving statistics, here made up.
+    for row in [r for r in TABLES[arch] if r[0] == "conv"][:-1]:
+        bn = model.get_layer(f"{row[1]}_bn")
+        gamma, beta, _, _ = bn.get_weights()
+        bn.set_weights([gamma, beta, 0.1 * rng.standard_normal(gamma.shape), rng.uniform(0.5, 2.0, gamma.shape)])
+    h = (x * scale)[..., None]
+    for i, row in enumerate(TABLES[arch]):
+        if row[0] == "pool":
+            h = windows_of(h, row[2], row[3]).max(axis=3)
+            continue
+        name, k, s, p = row[1], row[3], row[4], row[5]
+        z = np.einsum("ntck,kcf->ntf", windows_of(np.pad(h, ((0, 0), (p, p), (0, 0))), k, s),
+                      params[name]["kernel"]) + params[name]["bias"]
+        if i == len(TABLES[arch]) - 1:
+            h = z.mean(axis=1)
+            break
+        _, _, mean, var = model.get_layer(f"{name}_bn").get_weights()
+        h = np.maximum(params[name]["gamma"] * (z - mean) / np.sqrt(var + EPS) + params[name]["beta"], 0.0)
+    np.testing.assert_allclose(model(x[..., None], training=False).numpy(), h, rtol=1e-7,
+                               atol=1e-7 * np.abs(h).max())
+
+
+def test_long_windows_are_rebuilt_from_the_frames_of_their_own_split(tmp_path):
+    """Each frame's long window is the clip's audio centred on the frame's period, zeros outside the clip
+    and outside the split's own frames."""
+    data = str(tmp_path / "tones")
+    write_synthetic_dataset(data, clips=3, seconds=1.2, num_classes=4, kinds=2, holdout=1, shard_size=20)
+    short = reader.load_arrays(data, "train")
+    window = 3000
+    long = reader.load_arrays(data, "train", window_samples=window)
+    assert long["audio"].shape == (len(short["audio"]), window)
+    np.testing.assert_array_equal(long["clip_id"], short["clip_id"])
+    hop = 640
+    for clip in sorted(set(short["clip_id"])):
+        mine = short["clip_id"] == clip
+        audio = short["audio"][mine].reshape(-1)  # 640-sample windows tile the clip
+        padded = np.concatenate([np.zeros(window), audio, np.zeros(window)])
+        for k, row in enumerate(long["audio"][mine]):
+            start = window + (k * hop + hop // 2) - window // 2
+            np.testing.assert_array_equal(row, padded[start:start + window].astype(np.float32))
+    held = reader.load_arrays(data, "validation", window_samples=window)
+    train_clips, held_clips = set(long["clip_id"]), set(held["clip_id"])
+    assert not train_clips & held_clips
+    # The first frame's window starts before the clip: zeros there, as the dataset's own edge windows.
+    assert np.all(long["audio"][0][: window // 2 - hop // 2] == 0)
+
+
+def test_windows_shorter_than_the_hop_cannot_be_rebuilt(tmp_path):
+    from audionet_tf.core.errors import DatasetError
+
+    data = str(tmp_path / "gaps")
+    write_synthetic_dataset(data, clips=2, seconds=0.5, num_classes=3, kinds=2, window_samples=320)
+    with pytest.raises(DatasetError, match=r"windows of 320 samples every 640.*--window-ms 40"):
+        reader.load_arrays(data, "train", window_samples=4000)
+
+
+def run_cli(module, *args, cwd, timeout=600):
+    return subprocess.run([sys.executable, "-m", f"audionet_tf.{module}", *args], cwd=cwd, env=QUIET_ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tones"
+    write_synthetic_dataset(str(path), clips=4, seconds=0.6, num_classes=4, kinds=2, holdout=1, shard_size=40)
+    return str(path)
+
+
+REPLICAS = """
+import json, sys
+import numpy as np
+from audionet_tf.core import config as cfg
+from audionet_tf.commands import train
+from audionet_tf.model.student import load_model
+data, runs = sys.argv[1], sys.argv[2]
+out = {}
+for devices in (2, 1):
+    config = cfg.PipelineConfig(model=cfg.ModelConfig(architecture="soundnet5"), train=cfg.TrainConfig(
+        data=data, epochs=2, batch_size=8, learning_rate=1e-3, devices=devices, name=f"replicas-{devices}",
+        runs_dir=runs, export=False, report=False, quiet=True, seed=3, histogram_every=1))
+    run_dir = train.train(config)
+    out[devices] = (json.load(open(run_dir + "/config.json"))["run"]["replicas"],
+                    load_model(run_dir + "/model.keras").get_weights())
+diff = max(float(np.abs(a - b).max()) for a, b in zip(out[2][1], out[1][1]))
+print(json.dumps({"replicas": [out[2][0], out[1][0]], "max_diff": diff}))
+"""
+
+
+@pytest.mark.slow
+def test_two_replicas_train_soundnet5_as_one_does(tones, tmp_path):
+    """MirroredStrategy on two logical CPUs: the same weights as one replica (BatchNorm synchronised)."""
+    result = subprocess.run([sys.executable, "-c", REPLICAS, tones, str(tmp_path / "runs")], env=QUIET_ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == [2, 1]
+    assert report["max_diff"] < 1e-4, report
+
+
+@pytest.mark.slow
+def test_soundnet5_trains_resumes_exports_predicts_and_embeds(tones, tmp_path):
+    """The commands, end to end: a run stopped after an epoch continues; its export's SavedModel and
+    TFLite files give the Keras model's logits; predict and embed (named layers) read it."""
+    from audionet_tf.serving import inference
+
+    args = ["--data", tones, "--architecture", "soundnet5", "--batch-size", "8", "--learning-rate", "1e-3",
+            "--name", "sn5", "--quiet", "--histogram-every", "1", "--checkpoint-every", "1", "--validate-every", "1"]
+    first = run_cli("train", *args, "--epochs", "1", "--no-export", "--no-report", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    os.remove(tmp_path / "runs" / "sn5" / "metrics.json")  # as if stopped before its end: the next run resumes
+    second = run_cli("train", *args, "--epochs", "2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    history = (tmp_path / "runs" / "sn5" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"], history
+    doc = json.loads((tmp_path / "runs" / "sn5" / "config.json").read_text())
+    assert doc["student"] == {"architecture": "soundnet5", "window_samples": 56798, "hop_samples": 640}
+    export = tmp_path / "saved_models" / "sn5"
+    meta = json.loads((export / "metadata.json").read_text())
+    assert meta["architecture"] == "soundnet5" and meta["window_samples"] == 56798
+    assert meta["parity"]["tflite_float_max_abs_diff"] < 1e-5
+    assert (tmp_path / "runs" / "sn5" / "report" / "index.html").is_file()
+    # A 2 s recording: one window per 40 ms frame, each centred on its frame, zeros past the ends.
+    wave = (0.3 * np.sin(2 * np.pi * 300 * np.arange(32000) / 16000)).astype(np.float32)
+    keras_student = inference.load_student(str(tmp_path / "runs" / "sn5" / "model.keras"))
+    heard = inference.predict(inference.load_student(str(export)), wave, sample_rate=16000)
+    assert heard["scores"].shape == (50, 4)  # 2 s of frames every 40 ms
+    np.testing.assert_allclose(heard["times"][:3], [0.0, 0.04, 0.08], atol=1e-9)
+    left = (56798 - 640) // 2
+    padded = np.concatenate([np.zeros(left, np.float32), wave, np.zeros(56798, np.float32)])
+    direct = keras_student.logits(np.stack([padded[k * 640: k * 640 + 56798] for k in (0, 7, 49)]))
+    np.testing.assert_allclose(heard["logits"][[0, 7, 49]], direct, rtol=1e-4, atol=1e-4)
+    tflite = inference.load_student(str(export / "model.tflite"))
+    np.testing.assert_allclose(inference.predict(tflite, wave, sample_rate=16000)["logits"], heard["logits"],
+                               rtol=1e-4, atol=1e-4)
+    assert inference.embed(inference.load_student(str(export)), wave, sample_rate=16000)["embeddings"].shape == (50, 256)
+    conv2 = inference.embed(keras_student, wave, sample_rate=16000, layer="conv2")["embeddings"]
+    assert conv2.shape == (50, 64)
+    import wave as wavmod
+
+    with wavmod.open(str(tmp_path / "tone.wav"), "wb") as handle:
+        handle.setnchannels(1), handle.setsampwidth(2), handle.setframerate(16000)
+        handle.writeframes((wave * 32767).astype("<i2").tobytes())
+    result = run_cli("embed", str(tmp_path / "tone.wav"), "--model", str(tmp_path / "runs" / "sn5" / "model.keras"),
+                     "--layer", "pool2", "--out", str(tmp_path / "emb"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.load(tmp_path / "emb" / "tone.npz")["embedding"].shape == (50, 64)
+    bad = run_cli("embed", str(tmp_path / "tone.wav"), "--model", str(export), "--layer", "conv3",
+                  "--out", str(tmp_path / "emb2"), cwd=tmp_path)
+    assert bad.returncode != 0 and "needs a .keras model" in bad.stderr
+
+
+@pytest.mark.slow
+def test_soundnet8_trains_on_real_recordings_and_its_export_predicts(tmp_path):
+    """A few steps of SoundNet-8 on a dataset prepared from real recordings (demo-colour teacher, for the
+    plumbing), exported (SavedModel, TFLite float and int8) and run by predict."""
+    sounds = sorted((REAL / "instruments").glob("*.ogg"))[:3] if REAL.is_dir() else []
+    if len(sounds) < 3:
+        pytest.skip(f"real recordings not found in {REAL}")
+    import imageio_ffmpeg
+
+    rows = []
+    for colour, sound in zip(("red", "green", "blue"), sounds):
+        # A still of one colour under the real recording: the demo teacher names the colour.
+        video = tmp_path / f"{sound.stem}.mp4"
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                        f"color=c={colour}:s=64x64:r=25:d=4", "-i", str(sound), "-t", "4", "-shortest",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(video)], check=True)
+        rows.append(f"{video},0,2,{sound.stem}\n")
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("url,start,duration,label\n" + "".join(rows))
+    prepared = run_cli("prepare", "--manifest", str(manifest), "--teacher", "demo-colour", "--out",
+                       str(tmp_path / "data"), "--holdout", "0", cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    trained = run_cli("train", "--data", str(tmp_path / "data"), "--architecture", "soundnet8", "--epochs", "1",
+                      "--batch-size", "16", "--learning-rate", "1e-3", "--name", "real8", "--quiet", "--no-report",
+                      cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    meta = json.loads((tmp_path / "saved_models" / "real8" / "metadata.json").read_text())
+    assert meta["window_samples"] == 209374 and meta["parity"]["savedmodel_max_abs_diff"] < 1e-5
+    predicted = run_cli("predict", str(sounds[0]), "--model", str(tmp_path / "saved_models" / "real8"),
+                        "--hop-ms", "1000", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert predicted.stdout.strip()
