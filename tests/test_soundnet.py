@@ -348,6 +348,12 @@ def test_soundnet5_trains_resumes_exports_predicts_and_embeds(tones, tmp_path):
                      "--layer", "pool2", "--out", str(tmp_path / "emb"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.load(tmp_path / "emb" / "tone.npz")["embedding"].shape == (50, 64)
+    printed = run_cli("predict", str(tmp_path / "tone.wav"), "--model", str(export), "--json",
+                      str(tmp_path / "p.json"), "--quiet", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    windows = json.loads((tmp_path / "p.json").read_text())
+    windows = windows[0] if isinstance(windows, list) else windows
+    assert len(windows["windows"]) == 50 and windows["duration"] == 2.0, list(windows)
     bad = run_cli("embed", str(tmp_path / "tone.wav"), "--model", str(export), "--layer", "conv3",
                   "--out", str(tmp_path / "emb2"), cwd=tmp_path)
     assert bad.returncode != 0 and "needs a .keras model" in bad.stderr
@@ -384,4 +390,84 @@ def test_soundnet8_trains_on_real_recordings_and_its_export_predicts(tmp_path):
     predicted = run_cli("predict", str(sounds[0]), "--model", str(tmp_path / "saved_models" / "real8"),
                         "--hop-ms", "1000", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    assert predicted.stdout.strip()
+    seconds = [line for line in predicted.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
+    assert len(seconds) >= 3, predicted.stdout  # a window every second of a recording of 4 s or more
+
+
+def write_wav(path, samples, rate, channels):
+    import wave as wavmod
+
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    with wavmod.open(str(path), "wb") as handle:
+        handle.setnchannels(channels)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(np.repeat(pcm[:, None], channels, axis=1).tobytes())
+
+
+def test_transfer_follows_soundnets_protocol_on_a_csv_in_esc50s_layout(tmp_path, capsys):
+    """SoundNet-5 features of a named layer, each clip repeated to a fixed length, a linear SVM (C = 0.01)
+    per fold; the student's row recomputed here from the layer's outputs. Clips at 44.1 kHz stereo and 8 kHz."""
+    import keras
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from audionet_tf.commands import evaluate as evaluate_cmd
+    from audionet_tf.core.errors import AudioNetError
+    from audionet_tf.evaluation import evaluate
+    from audionet_tf.model.student import build_student
+    from audionet_tf.preparation.media import read_audio
+
+    model = build_student("soundnet5", 56798, 3)
+    model.save(str(tmp_path / "student.keras"))
+    (tmp_path / "clips").mkdir()
+    rows = ["filename,fold,target,category"]
+    for target, kind in enumerate(("low", "high")):
+        for i in range(6):
+            rate, channels = (44100, 2) if i % 2 else (8000, 1)
+            t = np.arange(int(0.7 * rate)) / rate
+            tone = 0.4 * np.sin(2 * np.pi * (300 if kind == "low" else 2000) * (1 + 0.02 * i) * t)
+            write_wav(tmp_path / "clips" / f"{kind}{i}.wav", tone, rate, channels)
+            rows.append(f"{kind}{i}.wav,{i % 3 + 1},{target},{kind}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = evaluate.transfer(str(tmp_path / "student.keras"), str(tmp_path / "labels.csv"), seed=1,
+                               layer="conv2", seconds=4.0, audio_dir=str(tmp_path / "clips"))
+    assert result["protocol"]["classifier"] == "svm" and result["protocol"]["C"] == 0.01
+    assert result["protocol"]["clip_seconds"] == 4.0 and result["files"] == 12
+    assert set(result["accuracy"]) == {"student", "random network", "log-mel/MFCC"}
+    assert result["accuracy"]["student"]["dimensions"] == 64  # conv2's channels
+    # The student's row from the layer itself: 4 s clips (64,000 samples), windows of 56,798 every 56,798
+    # (one), conv2 averaged over time, a standardised linear SVM with C = 0.01 on each fold.
+    conv2 = keras.Model(model.input, model.get_layer("conv2").output)
+    x, y, folds = [], [], []
+    for row in rows[1:]:
+        name, fold, target, _ = row.split(",")
+        wave = read_audio(str(tmp_path / "clips" / name), 16000)
+        clip = np.tile(wave, -(-64000 // len(wave)))[:64000]
+        x.append(conv2.predict(clip[None, :56798, None], verbose=0)[0].mean(axis=0))
+        y.append(int(target))
+        folds.append(int(fold))
+    x, y, folds = np.array(x), np.array(y), np.array(folds)
+    accuracies = []
+    for fold in (1, 2, 3):
+        clf = make_pipeline(StandardScaler(), LinearSVC(C=0.01, max_iter=20000, random_state=1))
+        clf.fit(x[folds != fold], y[folds != fold])
+        accuracies.append(float(clf.score(x[folds == fold], y[folds == fold])))
+    assert result["accuracy"]["student"]["folds"] == pytest.approx(accuracies)
+    lines = evaluate_cmd.transfer_lines(result)
+    assert lines[2].startswith("| features | fold 1 | fold 2 | fold 3 | mean ± std |")
+    # The command, on the default layer; then a layer the table does not have, and a CSV without folds.
+    assert evaluate_cmd.main(["transfer", "--model", str(tmp_path / "student.keras"), "--dataset",
+                              str(tmp_path / "labels.csv"), "--audio", str(tmp_path / "clips"),
+                              "--out", str(tmp_path / "t.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "soundnet5 layer conv4, svm C = 0.01" in printed and "| student |" in printed
+    assert json.loads((tmp_path / "t.json").read_text())["accuracy"]["student"]["dimensions"] == 256
+    with pytest.raises(AudioNetError, match="conv9"):
+        evaluate.transfer(str(tmp_path / "student.keras"), str(tmp_path / "labels.csv"), layer="conv9",
+                          audio_dir=str(tmp_path / "clips"))
+    (tmp_path / "nofold.csv").write_text("filename,target,category\nlow0.wav,0,low\n")
+    with pytest.raises(AudioNetError, match=r"nofold.csv row 2: needs filename, fold"):
+        evaluate.transfer(str(tmp_path / "student.keras"), str(tmp_path / "nofold.csv"),
+                          audio_dir=str(tmp_path / "clips"))

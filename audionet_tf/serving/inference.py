@@ -211,7 +211,7 @@ def hop_for(student: Student, hop_seconds: float | None) -> int:
 
 def _scores(student: Student, source, hop: int, where: str) -> dict[str, Any]:
     logits, starts = [], []
-    for windows, chunk_starts in window_chunks(_heard(student, source), student.window_samples, hop, where):
+    for windows, chunk_starts in window_chunks(heard_audio(student, source), student.window_samples, hop, where):
         logits.append(batched(student.logits, windows))
         starts.append(chunk_starts)
     logits = np.concatenate(logits)
@@ -296,7 +296,8 @@ class PaddedAudio:
         return block
 
 
-def _heard(student: Student, source):
+def heard_audio(student: Student, source):
+    """`source` as the student hears it: with SoundNet's zeros around it (`Student.padding`), else as it is."""
     left, right = student.padding
     return PaddedAudio(source, left, right) if left or right else source
 
@@ -306,7 +307,7 @@ def embed_source(student: Student, source: audio.ArrayAudio | audio.FileAudio, h
     """Embeddings `[M, D]` float32 and window starts `[M]` (s, float32) of `source`, chunk by chunk."""
     embed_windows = embedder(student, layer)
     values, starts = [], []
-    for windows, chunk_starts in window_chunks(_heard(student, source), student.window_samples, hop, where):
+    for windows, chunk_starts in window_chunks(heard_audio(student, source), student.window_samples, hop, where):
         values.append(embed_windows(windows).astype(np.float32))
         starts.append(chunk_starts)
     return np.concatenate(values), (np.concatenate(starts) / student.sample_rate).astype(np.float32)
