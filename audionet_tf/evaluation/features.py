@@ -20,9 +20,12 @@ def layer_features(model, wave: np.ndarray, window: int, hop: int, layer: str | 
     """Per-file features of a named layer averaged over the file's windows. audionet: None gives
     `student_features`, `pooled` the 16 pooled, `conv` the 48 conv statistics; SoundNet: the layer
     (None: its default) averaged over time within each window."""
-    from audionet_tf.model.soundnet import architecture_of
+    from audionet_tf.model.soundnet import DEFAULT_EMBEDDING, architecture_of
 
-    if architecture_of(model) == "audionet":
+    architecture = architecture_of(model)
+    if architecture != "audionet":
+        layer = layer or DEFAULT_EMBEDDING[architecture]
+    else:
         if layer is None:
             return student_features(model, wave, window, hop, where)
         if layer not in ("pooled", "conv"):
