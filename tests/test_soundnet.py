@@ -427,7 +427,9 @@ def test_transfer_follows_soundnets_protocol_on_a_csv_in_esc50s_layout(tmp_path,
         for i in range(6):
             rate, channels = (44100, 2) if i % 2 else (8000, 1)
             t = np.arange(int(0.7 * rate)) / rate
-            tone = 0.4 * np.sin(2 * np.pi * (300 if kind == "low" else 2000) * (1 + 0.02 * i) * t)
+            # Overlapping classes (each a spread of pitches and noise), so that C changes the folds' scores.
+            pitch = (300 if kind == "low" else 700) * (1 + 0.5 * i)
+            tone = 0.4 * np.sin(2 * np.pi * pitch * t) + 0.2 * np.random.default_rng(i).standard_normal(len(t))
             write_wav(tmp_path / "clips" / f"{kind}{i}.wav", tone, rate, channels)
             rows.append(f"{kind}{i}.wav,{i % 3 + 1},{target},{kind}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
