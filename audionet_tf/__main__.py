@@ -2,4 +2,4 @@
 from audionet_tf.commands.main import run
 
 if __name__ == "__main__":
-    raise SystemExit(run())
+    raise SystemExit(run("python -m audionet_tf"))

@@ -5,8 +5,8 @@
 Trains nothing: builds a student with random weights (speed does not depend on them),
 exports it with the project's own export code (calibrating int8 on windows of a synthetic
 dataset), then times windows/s and the real-time factor (seconds of audio per second of
-compute) for Keras, the SavedModel, TFLite float and TFLite int8, TFLite on one thread, and
-prints docs/speed.md's table rows (file sizes included).
+compute) for Keras, the SavedModel, TFLite float and TFLite int8 (LiteRT on one thread) and
+student.onnx (onnxruntime on one thread), and prints docs/speed.md's table rows (file sizes included).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
 from audionet_tf.model.student import build_audionet  # noqa: E402
 from audionet_tf.serving.export import calibration_windows, export_model, tflite_runner  # noqa: E402
+from audionet_tf.serving.onnx_model import ONNX_FILE, open_onnx  # noqa: E402
 
 RATE, WINDOW = 16000, 640
 
@@ -74,12 +75,14 @@ def main(argv=None) -> int:
             "SavedModel `serving_default`": lambda w: saved(windows=tf.constant(w))["logits"].numpy(),
             "TFLite float, 1 thread": tflite_runner(os.path.join(export, "model.tflite")),
             "TFLite int8, 1 thread": tflite_runner(os.path.join(export, "model_int8.tflite")),
+            "ONNX, onnxruntime, 1 thread": open_onnx(os.path.join(export, ONNX_FILE), threads=1).logits,
         }
         sizes = {
             "Keras `model.predict`": _keras_size(model, tmp),
-            "SavedModel `serving_default`": _tree_size(export, skip=(".tflite", ".txt", ".json")),
+            "SavedModel `serving_default`": _tree_size(export, skip=(".tflite", ".onnx", ".txt", ".json")),
             "TFLite float, 1 thread": os.path.getsize(os.path.join(export, "model.tflite")),
             "TFLite int8, 1 thread": os.path.getsize(os.path.join(export, "model_int8.tflite")),
+            "ONNX, onnxruntime, 1 thread": os.path.getsize(os.path.join(export, ONNX_FILE)),
         }
         seconds = {name: best_time(run, windows, args.repeats) for name, run in runners.items()}
     base = seconds["Keras `model.predict`"]

@@ -71,3 +71,100 @@ def test_filter_keeps_everything_but_cpp_log_lines():
                               b"Traceback (most recent call last):")
             if not console.CPP_LOG_LINE.match(line)]
     assert kept == [b"error: dataset data/x does not exist", b"Traceback (most recent call last):"]
+
+
+# What TensorFlow's and LiteRT's C++ side prints at start-up, on conversion and on loading a .tflite.
+TENSORFLOW_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:|absl::InitializeLog|cuda drivers|cuInit|fully_quantize"
+                             r"|To enable the following instructions|TensorFlow Lite|XNNPACK")
+
+
+@pytest.mark.slow
+def test_every_command_starts_and_works_as_quietly_as_the_demo(tmp_path, ffmpeg_exe):
+    """Each command's real work once, as `audionet COMMAND` runs it (`python -m audionet_tf COMMAND`), with no
+    TF_CPP_MIN_LOG_LEVEL of the user's: no line of TensorFlow's C++ side on stderr or stdout. (`audionet demo`
+    itself is run and held to the same in tests/test_readme.py.)"""
+    import wave
+
+    import numpy as np
+    from loopback import make_clip
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    rows = ["url,start,duration,label"]
+    for colour, hz in (("red", 440), ("blue", 1200), ("green", 700)):
+        rows.append(f"{make_clip(str(tmp_path / f'{colour}.mp4'), 2.0, video=f'color=c={colour}:s=32x24:rate=25', audio=f'sine=frequency={hz}:sample_rate=16000')},0,2,{colour}")
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    for kind, hz in (("low", 300), ("high", 2000)):
+        (tmp_path / "sounds" / kind).mkdir(parents=True)
+        for i in range(2):
+            t = np.arange(16000) / 16000
+            with wave.open(str(tmp_path / "sounds" / kind / f"{i}.wav"), "wb") as handle:
+                handle.setnchannels(1)
+                handle.setsampwidth(2)
+                handle.setframerate(16000)
+                handle.writeframes((0.4 * np.sin(2 * np.pi * (hz + 50 * i) * t) * 32767).astype(np.int16).tobytes())
+    commands = [
+        ["prepare", "--manifest", "clips.csv", "--teacher", "demo-colour", "--out", "data", "--cache-dir", "cache",
+         "--holdout", "0.3", "--quiet"],
+        ["train", "--data", "data", "--epochs", "1", "--batch-size", "32", "--name", "q", "--quiet", "--no-export",
+         "--no-report"],
+        ["export", "runs/q", "--out", "exported"],
+        ["predict", "sounds/low/0.wav", "--model", "exported/model.tflite"],
+        ["embed", "sounds/low/0.wav", "--out", "embeddings", "--model", "exported"],
+        ["evaluate", "distill", "--run", "runs/q", "--data", "data"],
+        ["evaluate", "transfer", "--model", "runs/q", "--dataset", "sounds", "--folds", "2"],
+        ["report", "runs/q"],
+    ]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "audionet_tf", *command], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+        noise = [line for line in (done.stderr + done.stdout).splitlines() if TENSORFLOW_LINE.search(line)]
+        assert noise == [], (command, noise[:5])
+    # The work was done: each command's output is there.
+    for made in ("data/dataset.json", "runs/q/model.keras", "exported/model_int8.tflite", "embeddings/0.npz",
+                 "runs/q/report/distill.json", "runs/q/report/transfer.json", "runs/q/report/index.html"):
+        assert (tmp_path / made).is_file(), made
+
+
+HELP_FORMS = [("prepare", "prepare"), ("train", "train"), ("demo", None), ("export", "export"),
+              ("predict", "predict"), ("embed", "embed"), ("evaluate", "evaluate"), ("evaluate distill", "evaluate"),
+              ("evaluate transfer", "evaluate"), ("report", "report")]
+
+
+@pytest.mark.parametrize("command,module", HELP_FORMS, ids=[c for c, _ in HELP_FORMS])
+def test_help_names_the_command_as_it_was_typed(command, module):
+    """`audionet prepare --help` says `audionet prepare`, `python -m audionet_tf.prepare --help` says that (and
+    `python -m audionet_tf prepare` for `prepare`); a usage error names it too."""
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "audionet"
+    if not script.is_file():
+        pytest.skip(f"no installed `audionet` script beside {sys.executable} (pip install -e . makes it)")
+    words = command.split()
+    forms = [([str(script), *words], f"audionet {command}")]
+    if module:
+        forms.append(([sys.executable, "-m", f"audionet_tf.{module}", *words[1:]],
+                      " ".join([f"python -m audionet_tf.{module}", *words[1:]])))
+    if command == "prepare":
+        forms.append(([sys.executable, "-m", "audionet_tf", *words], f"python -m audionet_tf {command}"))
+    for argv, typed in forms:
+        shown = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert re.match(rf"usage: {re.escape(typed)}(\s|$)", shown.stdout), (typed, shown.stdout[:200])
+    refused = subprocess.run([*forms[0][0], "--no-such-flag"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and f"audionet {command}: error:" in refused.stderr, refused.stderr[-500:]
+
+
+def test_no_command_module_loads_tensorflow_before_its_console_is_set_up():
+    """`python -m audionet_tf.X` imports its module before `run_command` quiets TensorFlow: a module that loaded
+    TensorFlow on import would print its C++ start-up lines first."""
+    code = ("import json, sys\nfirst = None\n"
+            "for name in ('prepare', 'train', 'export', 'predict', 'embed', 'evaluate', 'report', '__main__'):\n"
+            "    __import__('audionet_tf.' + name)\n"
+            "    if first is None and 'tensorflow' in sys.modules:\n"
+            "        first = name\n"
+            "print(json.dumps(first))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "null", done.stdout

@@ -263,3 +263,27 @@ def test_a_worker_killed_mid_group_loses_nothing_and_duplicates_nothing(cluster,
     assert examples == single
     catalog.verify_shards(str(out), catalog.read_description(str(out)))
     assert not commits.read_state(str(out)).duplicates
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_labels_with_an_onnx_teacher_as_one_process_does(cluster, clips, tmp_path):
+    """An ONNX teacher (made here with tf2onnx, NCHW) on the workers: the same examples as one process, within
+    the tolerance of `onnx_models` (the same onnxruntime on both sides; only the batches' make-up differs)."""
+    pytest.importorskip("onnxruntime", reason="the test extra installs onnxruntime")
+    pytest.importorskip("tf2onnx", reason="the test extra installs tf2onnx")
+    from committed import by_frame
+    from onnx_models import channels_first, export_onnx, same_labels, tiny_net
+
+    entries, _, _ = clips
+    teacher = export_onnx(channels_first(tiny_net()), tmp_path / "teacher.onnx")
+    manifest = write_manifest(tmp_path / "three.csv", entries[:3])
+    single = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
+        out=str(tmp_path / "single"), cache_dir=str(tmp_path / "cache"), teacher=teacher, manifest=manifest,
+        holdout=read_manifest(manifest)[0].id, retries=0, shard_size=50, shard_clips=2, logits_format="float32"))
+    runner.prepare(single)
+    args = command(manifest, tmp_path / "dask", tmp_path / "cache", cluster.address, "--logits-format", "float32")
+    args[args.index("--teacher") + 1] = teacher
+    result = run(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "written now: 3 clips" in result.stdout
+    same_labels(by_frame(tmp_path / "dask"), by_frame(tmp_path / "single"))

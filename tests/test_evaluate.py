@@ -1,5 +1,6 @@
 """Evaluation and report on data the tests make: a distillation dataset, tiny ESC-50-shaped sound sets."""
 import csv
+import html
 import json
 import os
 import re
@@ -252,3 +253,57 @@ def test_report_clips_draws_that_many_timelines_held_out_clips_first(run, tmp_pa
     timelines = [part.split("'")[0] for part in page.split("<img src='")[1:] if part.startswith("timeline-")]
     assert timelines == ["timeline-synthetic_0004.png", "timeline-synthetic_0005.png", "timeline-synthetic_0000.png"]
 
+
+
+def half_misheard_dataset(path):
+    """Two training tones, each its own teacher class; the held-out clip plays the first tone for 13 windows and the
+    second for 12 while the teacher sees the second class throughout: the student follows the sound, so it
+    agrees with the teacher on about half of that clip and its top classes there are not the teacher's."""
+    from audionet_tf.dataset.records import DatasetSpec
+    from audionet_tf.dataset.writer import DatasetWriter
+
+    spec = DatasetSpec(sample_rate=16000, window_samples=640, frame_period_ms=40.0, num_classes=3, teacher="test")
+    writer = DatasetWriter(str(path), spec, shard_size=50)
+    rng = np.random.default_rng(0)
+    starts = np.arange(25) * 640
+    t = np.arange(25 * 640) / 16000
+    clips = []
+    for c, (tones, cls, split) in enumerate([((300, 300), 0, "train"), ((300, 300), 0, "train"),
+                                              ((1400, 1400), 1, "train"), ((1400, 1400), 1, "train"),
+                                              ((300, 1400), 1, "validation")]):
+        hz = np.where(t < 13 * 0.04, tones[0], tones[1])
+        audio = (0.5 * np.sin(2 * np.pi * hz * t) + 0.02 * rng.standard_normal(t.shape)).astype(np.float32)
+        logits = rng.normal(size=(25, 3)).astype(np.float32)
+        logits[:, cls] += 8.0
+        writer.add(split, np.stack([audio[s:s + 640] for s in starts]), logits, f"clip{c}", starts / 16000)
+        clips.append({"id": f"clip{c}", "url": None, "start": 0.0, "duration": 1.0, "label": "", "split": split,
+                      "status": "ok", "error": None, "examples": 25, "key": f"clip{c}"})
+    writer.finish(clips=clips, class_names=["low tone", "high tone", "unused"])
+
+
+def shares(top: np.ndarray, names) -> dict[str, str]:
+    """Each class's share of these windows' top classes, as the report prints it ("52%")."""
+    classes, counts = np.unique(top, return_counts=True)
+    return {names[c]: f"{n / len(top):.0%}" for c, n in zip(classes, counts)}
+
+
+def test_report_per_clip_table_shows_the_students_own_top_classes_and_the_teachers(tmp_path):
+    data = tmp_path / "data"
+    half_misheard_dataset(data)
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=str(data), epochs=25, batch_size=32, learning_rate=0.01, name="half", runs_dir=str(tmp_path / "runs"),
+        export=False, report=False, quiet=True))
+    run_dir = train.train(config)
+    page = Path(report.make_report(run_dir, str(data))).read_text()
+    row = {html.unescape(k): html.unescape(v) for k, v in table_rows(page, "Per clip")["clip4"].items()}
+    held = reader.load_arrays(str(data), "validation")
+    student_top = load_model(str(Path(run_dir) / "model.keras")).predict(held["audio"][..., None], verbose=0).argmax(1)
+    teacher_top = held["logits"].argmax(1)
+    names = ["low tone", "high tone", "unused"]
+    # The case the cells tell apart: the student disagrees with the teacher on part of the clip.
+    assert 0 < np.mean(student_top == teacher_top) < 1, student_top
+    assert len(set(student_top.tolist())) == 2
+    for column, top in (("student's top classes", student_top), ("teacher's top classes", teacher_top)):
+        cell = dict(part.rsplit(" ", 1) for part in row[column].split(", "))
+        assert cell == shares(top, names), (column, row[column])
+    assert row["top-1 agreement"] == f"{np.mean(student_top == teacher_top):.1%}"

@@ -145,8 +145,9 @@ def test_decoding_runs_below_the_teachers_priority_and_gives_the_same_frames(tmp
 @pytest.mark.slow
 def test_batches_across_clips_and_chunks_keep_each_clip_whole_and_a_failure_mid_clip_alone(tmp_path):
     """Teacher batches of 7 frames run across clip boundaries and 16-frame chunks: every clip's examples are
-    its own frames' logits and windows (as labelled one clip at a time), and a clip that turns out short
-    after some of its chunks were written leaves nothing behind but its failure."""
+    its own frames' logits and windows (as labelled one clip at a time), and a clip that turns out under the
+    minimum length after some of its chunks were written leaves nothing behind but its failure (the clips that
+    hold all they are asked are never refused for their length, however short)."""
     clips = []
     for name, colour, seconds, asked in (("a", "red", 1.0, 1.0), ("b", "green", 2.0, 2.0),
                                          ("short", "blue", 1.5, 2.5), ("c", "cyan", 0.4, 0.4)):
@@ -155,10 +156,10 @@ def test_batches_across_clips_and_chunks_keep_each_clip_whole_and_a_failure_mid_
     config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
         out=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), teacher="demo-colour", clips=tuple(clips),
         holdout="0", teacher_batch=7, chunk_frames=16, shard_clips=2, logits_format="float32",
-        audio_format="float32"))
+        audio_format="float32", min_clip_seconds=1.6))
     summary = runner.prepare(config)
     short_id = clip_entry(clips[2]["url"], 0, 2.5, "blue", "test").id
-    assert list(summary.failed) == [short_id] and "shorter" in summary.failed[short_id]
+    assert list(summary.failed) == [short_id] and "under the minimum of 1.6 s" in summary.failed[short_id]
     description = catalog.read_description(str(tmp_path / "data"))
     found = {}
     for shard in description.shards:

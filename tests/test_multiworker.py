@@ -335,3 +335,56 @@ def test_sigterm_to_any_worker_stops_the_cluster_at_one_step_and_the_same_comman
     assert sorted(resumed) == sorted(alone) and any("optimizer" in name for name in alone)
     for name in alone:
         np.testing.assert_allclose(resumed[name], alone[name], rtol=0, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.slow
+def test_the_default_heartbeat_timeout_waits_out_a_frozen_worker_and_gives_up_on_a_dead_one(tmp_path):
+    """No --collective-timeout-s: the default (train.collective_timeout_s, 60 s) is the coordination service's
+    heartbeat timeout. Worker 1 frozen (SIGSTOP) for 20 s sends no heartbeat: under 60 s without one, so the
+    chief waits, and the cluster goes on once it is thawed (TensorFlow's own timeout, 10 s, would have ended it).
+    Then worker 1 is killed: the chief says it lost contact within the timeout (and some slack) and exits 75."""
+    from audionet_tf.core.config import TrainConfig
+
+    timeout_s = TrainConfig().collective_timeout_s
+    data = tmp_path / "data"
+    write_synthetic_dataset(str(data), clips=4, seconds=2.0, num_classes=10, kinds=2, shard_size=50)
+    workers = start_cluster(["--data", str(data), "--epochs", "400", "--batch-size", "8", "--quiet", "--no-export",
+                             "--no-report", "--name", "frozen", "--histogram-every", "1000"], tmp_path)
+
+    def chief_said_lost() -> bool:
+        workers[0].output.seek(0)
+        return "lost contact with another worker" in workers[0].output.read()
+
+    try:
+        history = tmp_path / "runs" / "frozen" / "history.csv"
+        deadline = time.time() + 300
+        while history_epochs(history) < 1 and time.time() < deadline and all(w.poll() is None for w in workers):
+            time.sleep(0.2)
+        assert all(w.poll() is None for w in workers), "a worker ended before the fault"
+        workers[1].send_signal(signal.SIGSTOP)
+        time.sleep(20)
+        alive = workers[0].poll() is None and not chief_said_lost()
+        workers[1].send_signal(signal.SIGCONT)
+        assert alive, "the chief gave up on a worker frozen for 20 s, under the 60 s heartbeat timeout"
+        thawed_at = history_epochs(history)
+        deadline = time.time() + 120
+        while history_epochs(history) < thawed_at + 2 and time.time() < deadline and workers[0].poll() is None:
+            time.sleep(0.2)
+        assert history_epochs(history) >= thawed_at + 2, "the cluster did not go on after the thaw"
+        workers[1].kill()
+        killed = time.time()
+        seconds = None
+        # When the chief says so (its message comes before it exits, which takes a while more on a loaded machine).
+        while seconds is None and time.time() < killed + timeout_s + 120 and workers[0].poll() is None:
+            if chief_said_lost():
+                seconds = time.time() - killed
+            time.sleep(0.2)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGCONT)
+    logs = finish_cluster(workers, timeout=120)
+    assert workers[0].returncode == 75, logs[0][-3000:]
+    assert "stopped: lost contact with another worker" in logs[0] and "Traceback" not in logs[0]
+    seconds = seconds if seconds is not None else time.time() - killed
+    assert seconds <= timeout_s + 30, seconds

@@ -77,6 +77,24 @@ def run(argv, cwd, **kwargs):
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+def named(text: str, prog: str) -> str:
+    """A help text or usage error with its command's name `prog` replaced by PROG and its usage lines joined (argparse
+    wraps them after the name), so that two forms of one command compare equal."""
+    lines, out = text.split("\n"), []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith(f"usage: {prog}"):
+            usage = [lines[i]]
+            while i + 1 < len(lines) and lines[i + 1].startswith(" ") and lines[i + 1].strip():
+                i += 1
+                usage.append(lines[i])
+            out.append(" ".join(" ".join(usage).split()).replace(prog, "PROG", 1))
+        else:
+            out.append(lines[i].replace(f"{prog}: error:", "PROG: error:", 1))
+        i += 1
+    return "\n".join(out)
+
+
 @pytest.mark.slow
 def test_the_installed_command_is_python_m(installed, tmp_path):
     where = run([str(installed / "python"), "-c", "import audionet_tf, audionet_tf.core.config as c; "
@@ -88,7 +106,10 @@ def test_the_installed_command_is_python_m(installed, tmp_path):
                  ["export", str(tmp_path / "missing-run")], ["train", "--data", str(tmp_path / "missing-data")]):
         ours = run([str(installed / "audionet"), *argv], tmp_path)
         theirs = run([str(installed / "python"), "-m", f"audionet_tf.{argv[0]}", *argv[1:]], tmp_path)
-        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr), argv
+        # The same but for the name each form gives itself in a usage line (what the user typed).
+        mine, python_m = f"audionet {argv[0]}", f"python -m audionet_tf.{argv[0]}"
+        assert (ours.returncode, named(ours.stdout, mine), named(ours.stderr, mine)) == \
+            (theirs.returncode, named(theirs.stdout, python_m), named(theirs.stderr, python_m)), argv
         assert not [line for line in ours.stderr.splitlines() if CPP_LINE.search(line)], argv
     assert run([str(installed / "audionet"), "prepare", "--pipeline", "nowhere.toml"], tmp_path).returncode == 2
     unknown = run([str(installed / "audionet"), "prepair"], tmp_path)

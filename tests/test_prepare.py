@@ -134,17 +134,19 @@ def test_network_errors_and_http_429_are_retried_with_back_off(served, tmp_path)
         server.stop()
 
 
-@pytest.mark.parametrize("make,seconds,message", [
-    (lambda p: make_clip(p, 1.0, audio=None), 1.0, "no audio stream"),
-    (lambda p: make_clip(p, 1.0, video=None), 1.0, "no video stream"),
-    (lambda p: open(p, "wb").write(b"not a video at all" * 100), 1.0, "cannot decode"),
-    (lambda p: make_clip(p, 1.0), 3.0, "shorter"),
+@pytest.mark.parametrize("make,start,seconds,message", [
+    (lambda p: make_clip(p, 1.0, audio=None), 0.0, 1.0, "no audio stream"),
+    (lambda p: make_clip(p, 1.0, video=None), 0.0, 1.0, "no video stream"),
+    (lambda p: open(p, "wb").write(b"not a video at all" * 100), 0.0, 1.0, "cannot decode"),
+    (lambda p: make_clip(p, 1.0), 2.0, 1.0, r"no video frames in \[2\.00 s, 3\.00 s\)"),
 ])
-def test_bad_clips_are_named(tmp_path, make, seconds, message):
+def test_bad_clips_are_named(tmp_path, make, start, seconds, message):
+    """A file that cannot give a single frame is named with the reason. (A file that ends inside the section is
+    labelled as far as it goes: tests/test_misaligned_clips.py; the last case here starts after the file's end.)"""
     path = str(tmp_path / "clip.mp4")
     make(path)
     with pytest.raises(MediaError, match=message) as info:
-        decode_clip(path, 0.0, seconds, AudioConfig(), (24, 32))
+        decode_clip(path, start, seconds, AudioConfig(), (24, 32))
     assert path in str(info.value)
 
 
@@ -162,6 +164,49 @@ def test_bad_rows_are_refused_with_their_number(tmp_path, text, message):
     with pytest.raises(AudioNetError, match=message) as info:
         read_manifest(str(path))
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("head,bad", [
+    ("url,start,duration,label\nabcdefghijk,5,10,x\n", "abcdefghijk,5,ten,x"),  # the project's layout
+    ("# YTID, start_seconds, end_seconds, positive_labels\n--PJHxphWEs, 30.000, 40.000, a\n",
+     "-0RWZT-miFs, 4x0, 430.000, b"),  # AudioSet's
+    ("---g-f_I2yQ,1,people marching,test\n", "--0PQM4-hqg,30,waterfall burbling"),  # VGGSound's
+])
+def test_a_bad_row_is_named_by_its_line_in_the_file_after_blank_and_comment_lines(tmp_path, head, bad):
+    path = tmp_path / "clips.csv"
+    text = head + "\n# a comment line\n   \n" + bad + "\n"
+    path.write_text(text)
+    line = text.splitlines().index(bad) + 1  # what an editor shows
+    with pytest.raises(AudioNetError) as info:
+        read_manifest(str(path))
+    assert f"{path} row {line}:" in str(info.value), (line, str(info.value))
+
+
+HOLDOUT_IN_A_PROCESS = """
+import json
+from audionet_tf.dataset.split import holdout_ids
+from audionet_tf.preparation.manifest import Clip
+clips = [Clip(id=f"video{i:03d}_0_10000", url=f"/x/{i}", start=0, duration=10) for i in range(200)]
+print(json.dumps(sorted(holdout_ids(clips, "0.25"))))
+"""
+
+
+def test_the_holdout_fraction_chooses_the_same_clips_in_every_process(tmp_path):
+    """Prepare may run again in another process (a resumed run, a Beam worker): Python's own string hash differs
+    from process to process (PYTHONHASHSEED), the held-out clips must not."""
+    import json
+    import subprocess
+    import sys
+
+    chosen = []
+    for seed in ("1", "2", "random"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", HOLDOUT_IN_A_PROCESS], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        chosen.append(json.loads(done.stdout))
+    assert 20 < len(chosen[0]) < 80
+    assert chosen[0] == chosen[1] == chosen[2]
 
 
 def test_audioset_and_vggsound_lists(tmp_path):

@@ -322,6 +322,11 @@ def test_soundnet5_trains_resumes_exports_predicts_and_embeds(tones, tmp_path):
     meta = json.loads((export / "metadata.json").read_text())
     assert meta["architecture"] == "soundnet5" and meta["window_samples"] == 56798
     assert meta["parity"]["tflite_float_max_abs_diff"] < 1e-5
+    # student.onnx: SoundNet-5's fixed window, conv4's 256 as its embedding, checked on held-out long windows.
+    assert meta["onnx"]["input"] == {"windows": ["batch", 56798]} and meta["onnx"]["window_fixed"]
+    assert meta["onnx"]["outputs"]["embedding"] == ["batch", 256] and meta["onnx"]["embedding_layer"] == "conv4"
+    assert meta["parity"]["onnx_max_abs_diff"] < 1e-5 and meta["parity"]["onnx_embedding_max_abs_diff"] < 1e-5
+    assert meta["parity"]["windows_split"] == "validation" and 0 < meta["parity"]["windows"] <= 36
     assert (tmp_path / "runs" / "sn5" / "report" / "index.html").is_file()
     # A 2 s recording: one window per 40 ms frame, each centred on its frame, zeros past the ends.
     wave = (0.3 * np.sin(2 * np.pi * 300 * np.arange(32000) / 16000)).astype(np.float32)
@@ -333,6 +338,10 @@ def test_soundnet5_trains_resumes_exports_predicts_and_embeds(tones, tmp_path):
     padded = np.concatenate([np.zeros(left, np.float32), wave, np.zeros(56798, np.float32)])
     direct = keras_student.logits(np.stack([padded[k * 640: k * 640 + 56798] for k in (0, 7, 49)]))
     np.testing.assert_allclose(heard["logits"][[0, 7, 49]], direct, rtol=1e-4, atol=1e-4)
+    onnx = inference.load_student(str(export / "student.onnx"))
+    assert (onnx.window_samples, onnx.embedding_layer) == (56798, "conv4")
+    np.testing.assert_allclose(inference.predict(onnx, wave, sample_rate=16000)["logits"], heard["logits"],
+                               rtol=1e-4, atol=1e-4)
     tflite = inference.load_student(str(export / "model.tflite"))
     np.testing.assert_allclose(inference.predict(tflite, wave, sample_rate=16000)["logits"], heard["logits"],
                                rtol=1e-4, atol=1e-4)
@@ -357,6 +366,21 @@ def test_soundnet5_trains_resumes_exports_predicts_and_embeds(tones, tmp_path):
     bad = run_cli("embed", str(tmp_path / "tone.wav"), "--model", str(export), "--layer", "conv3",
                   "--out", str(tmp_path / "emb2"), cwd=tmp_path)
     assert bad.returncode != 0 and "needs a .keras model" in bad.stderr
+
+
+def test_a_browser_page_for_a_soundnet_student_is_refused_before_any_work(tmp_path):
+    """The page frames recordings as audionet's windows (one per hop from the first sample): --web with a
+    SoundNet student stops with one message naming why, and writes neither the export nor the page."""
+    from audionet_tf.core.config import ExportConfig
+    from audionet_tf.core.errors import AudioNetError
+    from audionet_tf.model.student import build_student
+    from audionet_tf.serving.export import export_model
+
+    model = build_student("soundnet5", 56798, 3)
+    with pytest.raises(AudioNetError, match="audionet students only; this soundnet5 student hears a 56798-sample"):
+        export_model(model, str(tmp_path / "out"), class_names=["a", "b", "c"], window_samples=56798,
+                     options=ExportConfig(web=str(tmp_path / "web")))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -182,3 +182,47 @@ def test_every_evaluation_reads_the_held_out_windows_exactly_once(tmp_path):
         assert measured == pytest.approx(kl, rel=1e-4)
     for measured in (float(last["val_top1_agreement"]), final["top1_agreement"]):
         assert measured == pytest.approx(top1, abs=1e-6)
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_of_before_it_was_stopped_when_it_does_no_better(tmp_path):
+    """Stopped by SIGTERM after its lowest held-out KL, then resumed by the same call: the epochs after the resume
+    are worse on the held-out clip, so `best.keras` and `best.json` stay the files written before the stop."""
+    import hashlib
+    import signal
+
+    import keras
+
+    from audionet_tf.training.backup import Stopped
+
+    class TermAfter(keras.callbacks.Callback):
+        """SIGTERM to this process at the end of one epoch, as a scheduler would send it."""
+
+        def __init__(self, epoch):
+            super().__init__()
+            self.epoch = epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == self.epoch:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    misleading_dataset(tmp_path / "data")
+    config = cfg.PipelineConfig(train=cfg.TrainConfig(
+        data=str(tmp_path / "data"), epochs=6, batch_size=32, learning_rate=0.01, validate_every=1,
+        checkpoint_every=1, runs_dir=str(tmp_path / "runs"), name="resumed", export=False, report=False, quiet=True))
+    run = tmp_path / "runs" / "resumed"
+    with pytest.raises(Stopped):
+        train.train(config, extra_callbacks=[TermAfter(3)])
+    assert not (run / "metrics.json").exists()
+    stopped_at = json.loads((run / "backup" / "state.json").read_text())["backups"][0]["epoch"]
+    best_before = json.loads((run / "checkpoints" / "best.json").read_text())
+    keras_before = hashlib.sha256((run / "checkpoints" / "best.keras").read_bytes()).hexdigest()
+    assert train.train(config) == str(run)  # the same call again: the run continues
+    with open(run / "history.csv", newline="") as handle:
+        val_kl = {int(r["epoch"]): float(r["val_kl"]) for r in csv.DictReader(handle)}
+    assert sorted(val_kl) == [1, 2, 3, 4, 5, 6]
+    after = {e: v for e, v in val_kl.items() if e > stopped_at}
+    # What this test is about: every validated epoch after the resume is worse than the best before it.
+    assert 3 <= stopped_at < 6 and min(after.values()) > best_before["val_kl"], (stopped_at, best_before, val_kl)
+    assert best_before["val_kl"] == pytest.approx(min(v for e, v in val_kl.items() if e <= stopped_at))
+    assert json.loads((run / "checkpoints" / "best.json").read_text()) == best_before
+    assert hashlib.sha256((run / "checkpoints" / "best.keras").read_bytes()).hexdigest() == keras_before

@@ -26,9 +26,9 @@ from audionet_tf.serving import inference
 from audionet_tf.serving.embed import embed_file, output_paths, write_npz
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The embed command's flags."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.embed", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.embed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+")
     p.add_argument("--out", required=True, help="output directory")
@@ -42,9 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = parse_args(argv, prog)
     console.setup(args.verbose)
     try:
         targets = output_paths(args.files, args.out, args.overwrite)

@@ -2,6 +2,7 @@
 
     python -m audionet_tf.evaluate distill --run runs/NAME --data DIR [--folds K --epochs E]
     python -m audionet_tf.evaluate transfer --model runs/NAME --dataset ESC-50-master [--folds 5]
+    python -m audionet_tf.evaluate real --pictures FOLDER [--pipeline real --epochs E]
 
 `distill` compares the student with the teacher on the held-out data only (whole held-out
 clips, or each clip's held-out part under the time split, as the dataset description
@@ -13,6 +14,14 @@ clips is leave-one-clip-out), or K time segments of every clip when the dataset 
 time split or has fewer clips than folds (training windows that share samples with the
 fold's are left out).
 
+`real` runs the slides' experiment on real material (`pipelines/real.toml`): every NAME.svg (or
+.png/.jpg) + NAME.ogg (or .wav/.flac/.mp3) pair of FOLDER becomes a video (a slow pan over the
+picture, the recording as its sound), labelled by a real ImageNet teacher (EfficientNet-Lite0,
+offline), the last 20 % of every clip held out; the student is trained and exported, and its
+held-out top-1 and top-5 agreement with the teacher is printed next to the prior baseline, overall
+and per clip, with the teacher's own top class in each clip, and written to the run's
+report/real.json and report/real.md.
+
 `transfer` classifies a labelled sound dataset with a linear classifier (standardisation +
 logistic regression) on file-level features, cross-validated on the dataset's own folds
 (ESC-50's `meta/esc50.csv`) or stratified k-fold (one folder per class), for: the trained
@@ -22,11 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Sequence
 
-from audionet_tf.core import console, storage
+from audionet_tf.core import config as cfg, console, storage
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.evaluation.evaluate import distill, transfer
 
@@ -81,9 +91,40 @@ def distill_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a positive finite number."""
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def real_config(args: argparse.Namespace) -> cfg.PipelineConfig:
+    """The real experiment's settings: defaults ← pipeline file ← flags."""
+    config = cfg.load_pipeline(args.pipeline)
+    config = cfg.override(config, "prepare", {"pictures": args.pictures, "out": args.out, "teacher": args.teacher,
+                                              "cache_dir": args.cache_dir})
+    config = cfg.override(config, "train", {"epochs": args.epochs, "learning_rate": args.learning_rate,
+                                            "batch_size": args.batch_size, "seed": args.seed, "name": args.name,
+                                            "runs_dir": args.runs_dir, "export_dir": args.export_dir,
+                                            "export": args.export, "report": args.report, "quiet": args.quiet or None})
+    if not config.prepare.pictures:
+        raise AudioNetError(f"evaluate real: give --pictures FOLDER (picture + recording pairs, e.g. NAME.svg + "
+                            f"NAME.ogg); {config.source or 'the pipeline'} sets no prepare.pictures")
+    return config
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The evaluate command's flags."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="student vs teacher on held-out clips")
@@ -92,6 +133,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d.add_argument("--folds", type=int, default=0,
                    help="also train K students, each without one fold (of clips, or of each clip's time)")
     d.add_argument("--epochs", type=int, help="epochs for each fold's student (default: the run's)")
+    r = sub.add_parser("real", help="prepare picture + recording pairs, train, score on held-out windows")
+    r.add_argument("--pictures", help="folder of NAME.svg|png|jpg + NAME.ogg|wav|flac|mp3 pairs (required unless "
+                                      "the pipeline file sets prepare.pictures)")
+    r.add_argument("--pipeline", default="real", help="pipeline TOML file or built-in recipe (default: real)")
+    r.add_argument("--out", help="dataset directory (default: the pipeline's prepare.out, data/real)")
+    r.add_argument("--teacher", help="teacher (default: the pipeline's, EfficientNetLite0)")
+    r.add_argument("--cache-dir", help="where the videos and downloads are kept (default: cache/clips)")
+    r.add_argument("--epochs", type=positive_int)
+    r.add_argument("--learning-rate", type=positive_float)
+    r.add_argument("--batch-size", type=positive_int)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--name", help="run name (default: the pipeline's, real)")
+    r.add_argument("--runs-dir")
+    r.add_argument("--export-dir")
+    r.add_argument("--no-export", dest="export", action="store_false", default=None)
+    r.add_argument("--no-report", dest="report", action="store_false", default=None)
     t = sub.add_parser("transfer", help="linear classifier on student features vs baselines")
     t.add_argument("--model", required=True, help="run directory, export directory or .keras")
     t.add_argument("--dataset", required=True,
@@ -107,18 +164,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="JSON output (default: <model>/report/transfer.json for a run directory)")
-    for sub_parser in (d, t):
+    for sub_parser in (d, t, r):
         sub_parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
         sub_parser.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = parse_args(argv, prog)
     console.setup(args.verbose, getattr(args, "quiet", False))
     try:
-        if args.command == "distill":
+        if args.command == "real":
+            from audionet_tf.evaluation.real_experiment import run_experiment, text_lines
+
+            result = run_experiment(real_config(args))
+            for line in text_lines(result):
+                print(line)
+            print(f"written to {storage.join(result['run_dir'], 'report', 'real.json')} and real.md")
+        elif args.command == "distill":
             data_dir = args.data
             if data_dir is None:
                 with open(os.path.join(args.run, "config.json"), encoding="utf-8") as handle:

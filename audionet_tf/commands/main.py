@@ -23,7 +23,7 @@ COMMANDS = {
     "export": "SavedModel and TFLite from a run or a .keras file",
     "predict": "what the student hears in recordings: top classes per window and per second",
     "embed": "sound embeddings per window, one .npz per input",
-    "evaluate": "agreement with the teacher on held-out clips; transfer to sound classification",
+    "evaluate": "agreement with the teacher on held-out clips; the real experiment; transfer to sound classification",
     "report": "a run's plots and tables as one HTML page",
 }
 
@@ -36,8 +36,9 @@ def usage() -> str:
             + "\n".join(lines) + "\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch `audionet COMMAND ...` to the command's own `main`."""
+def main(argv: Sequence[str] | None = None, prog: str = "audionet") -> int:
+    """Dispatch `audionet COMMAND ...` to the command's own `main`; `prog`: how the user started it, so that
+    `audionet prepare --help` names `audionet prepare` (and `python -m audionet_tf prepare --help` that)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(usage())
@@ -49,13 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"audionet: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    typed = f"{prog} {name}"
     if name == "demo":
         name, rest = "train", ["--pipeline", "demo", *rest]
-    return importlib.import_module(f"audionet_tf.commands.{name}").main(rest)
+    return importlib.import_module(f"audionet_tf.commands.{name}").main(rest, prog=typed)
 
 
-def run() -> int:
-    """The installed `audionet` script: the same quiet start-up as `python -m audionet_tf.<command>`."""
+def run(prog: str = "audionet") -> int:
+    """The installed `audionet` script (and `python -m audionet_tf`, with its own `prog`): the same quiet
+    start-up as `python -m audionet_tf.<command>`."""
     from audionet_tf.core.console import run_command
 
-    return run_command(main)
+    return run_command(lambda: main(prog=prog))

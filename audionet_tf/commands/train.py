@@ -54,9 +54,9 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The train command's flags (each overrides the pipeline file's value)."""
-    p = argparse.ArgumentParser(prog="python -m audionet_tf.train", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m audionet_tf.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", help="pipeline TOML file, or a built-in recipe: demo, seed (default: seed when --data is not given)")
     p.add_argument("--data", help="prepared dataset directory (default: the pipeline's local.out)")
@@ -116,7 +116,7 @@ def _finish(config: PipelineConfig, run_dir: str) -> None:
         from audionet_tf.serving import export
 
         out = storage.join(tc.export_dir, storage.basename(run_dir))
-        export.export_run(run_dir, out)
+        export.export_run(run_dir, out, config.export)
         print(f"exported to {out}")
     if tc.report:
         from audionet_tf.evaluation import report
@@ -124,9 +124,9 @@ def _finish(config: PipelineConfig, run_dir: str) -> None:
         print(f"report: {report.make_report(run_dir)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point; `prog`: the command as the user typed it, for --help."""
+    args = build_parser(prog).parse_args(argv)
     from audionet_tf.training.backup import EXIT_STOPPED, Stopped
 
     console.setup(args.verbose, bool(args.quiet))

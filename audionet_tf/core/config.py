@@ -1,7 +1,7 @@
 """Settings: frozen dataclasses with the slides' defaults, filled from a pipeline TOML file, then flags.
 
 Every setting the project has lives here. A pipeline file has one table per section
-(`[audio]`, `[model]`, `[train]`, `[prepare]`); a command-line flag overrides the file's value.
+(`[audio]`, `[model]`, `[train]`, `[prepare]`, `[export]`); a command-line flag overrides the file's value.
 Values are validated once, when a section is built, so a bad value is refused before
 anything is written.
 """
@@ -170,6 +170,17 @@ class TrainConfig:
                    f"must be a plain directory name, got {self.name!r}")
 
 
+def _per_channel(values: Any, where: str, positive: bool) -> tuple[float, float, float]:
+    """One number per colour channel: three numbers, or one for all three."""
+    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    _check(len(values) in (1, 3), where, f"must be one number or three (one per channel), got {list(values)}")
+    for value in values:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+               and (value > 0 or not positive), where,
+               f"must be {'positive ' if positive else ''}numbers, got {list(values)}")
+    return tuple(float(v) for v in values) * (3 // len(values))
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Data preparation: where clips come from, the teacher, and how the dataset is written."""
@@ -177,11 +188,23 @@ class PrepareConfig:
     out: str = "data/dataset"
     manifest: str | None = None  # CSV: project, AudioSet or VGGSound layout
     clips: tuple = ()  # inline clips from a pipeline file: dicts with url, start, duration, label
-    teacher: str = DEFAULT_TEACHER  # registry name, .keras file or SavedModel directory
+    teacher: str = DEFAULT_TEACHER  # registry name, .keras file, SavedModel directory or .onnx file
     labels: str | None = None  # class names file for a user's teacher
     teacher_batch: int = 32
     teacher_fold: bool = True  # fold the teacher's weights into its compiled graph (faster); false: run over them
     teacher_cache: bool = True  # keep the folded graph under cache_dir/teachers for the next run's start
+    # An ONNX teacher's input (`--teacher model.onnx`; every other kind of teacher preprocesses inside its
+    # model): the frame's channels in this order, then x * onnx_scale, then (x - onnx_mean) / onnx_std per
+    # channel, mean and std given in the model's channel order (one value: the same for every channel).
+    # The defaults are torchvision's ImageNet models': RGB, 1/255, ImageNet's mean and std.
+    onnx_channels: str = "RGB"  # RGB | BGR
+    onnx_scale: float = 1.0 / 255.0
+    onnx_mean: tuple = (0.485, 0.456, 0.406)
+    onnx_std: tuple = (0.229, 0.224, 0.225)
+    # onnxruntime's intra-op threads for an ONNX teacher; 0: one per core of the machine. Decoding runs beside
+    # it at a lower priority (decode_niceness), so the teacher may take every core; where several workers
+    # share a machine (Beam, Dask), give each its share: docs/preparation.md, "ONNX teachers".
+    onnx_threads: int = 0
     cache_dir: str = "cache/clips"
     holdout: str = "0.2"  # whole clips: a fraction, or comma-separated clip ids ("0": none)
     holdout_part: str = ""  # a part of every clip: a fraction ("0.2") or seconds ("2s"); "": none
@@ -191,6 +214,11 @@ class PrepareConfig:
     shard_clips: int = 16  # clips per open shard group: what a killed prepare can lose at most
     chunk_frames: int = 256  # a longer clip is decoded, labelled and written this many frames at a time
     decode_niceness: int = 10  # ffmpeg's scheduling priority below the teacher's (0: the same; 0-19)
+    # A clip whose audio or video ends inside its section keeps the frames that have both their picture and
+    # their whole window; it is refused only when fewer than this many seconds are left (a clip that holds
+    # everything asked is never refused for its length).
+    min_clip_seconds: float = 1.0
+    end_slack_ms: float = 5.0  # a window may end this far past the decoded audio (container rounding: zeros)
     audio_format: str = "int16"  # int16 | float32
     logits_format: str = "float16"  # float16 | float32
     retries: int = 3
@@ -198,11 +226,15 @@ class PrepareConfig:
     strict: bool = False
     overwrite: bool = False
     demo: bool = False  # make the offline demo clips instead of downloading
+    # A folder of NAME.svg|png|jpg + NAME.ogg|wav|flac|mp3 pairs: each pair becomes a clip (a slow pan and
+    # zoom over the picture, the recording as its sound; preparation/picture_clips.py). None: no such clips.
+    pictures: str | None = None
     runner: str | None = None  # Apache Beam runner; None: single process
     index_every: int = 128  # commit records between rewrites of the index while a run commits; 0: only at its end
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "prepare.out", "must name a directory")
+        _check(self.pictures is None or bool(self.pictures), "prepare.pictures", "must name a folder")
         _check(self.teacher_batch >= 1, "prepare.teacher_batch", f"must be at least 1, got {self.teacher_batch}")
         _check(self.shard_size >= 1, "prepare.shard_size", f"must be at least 1, got {self.shard_size}")
         _check(self.chunk_frames >= 1, "prepare.chunk_frames", f"must be at least 1, got {self.chunk_frames}")
@@ -216,10 +248,45 @@ class PrepareConfig:
         _check(self.retries >= 0, "prepare.retries", f"must be 0 or more, got {self.retries}")
         _check(self.index_every >= 0, "prepare.index_every", f"must be 0 or more, got {self.index_every}")
         _check(self.margin_s >= 0, "prepare.margin_s", f"must be 0 or more, got {self.margin_s}")
+        _check(self.min_clip_seconds >= 0, "prepare.min_clip_seconds",
+               f"must be 0 or more, got {self.min_clip_seconds}")
+        _check(0 <= self.end_slack_ms <= 40, "prepare.end_slack_ms",
+               f"must be from 0 to 40 ms, got {self.end_slack_ms}")
         _check(self.holdout_at in ("end", "start", "middle"), "prepare.holdout_at",
                f"must be 'end', 'start' or 'middle', got {self.holdout_at!r}")
         _check(self.frame_fit in ("crop", "squash", "letterbox"), "prepare.frame_fit",
                f"must be 'crop', 'squash' or 'letterbox', got {self.frame_fit!r}")
+        _check(self.onnx_channels in ("RGB", "BGR"), "prepare.onnx_channels",
+               f"must be 'RGB' or 'BGR', got {self.onnx_channels!r}")
+        _check(self.onnx_scale > 0 and math.isfinite(self.onnx_scale), "prepare.onnx_scale",
+               f"must be a positive number, got {self.onnx_scale}")
+        # Stored as three floats whatever was given, so that the same preprocessing is always recorded the same.
+        object.__setattr__(self, "onnx_mean", _per_channel(self.onnx_mean, "prepare.onnx_mean", positive=False))
+        object.__setattr__(self, "onnx_std", _per_channel(self.onnx_std, "prepare.onnx_std", positive=True))
+        _check(self.onnx_threads >= 0, "prepare.onnx_threads", f"must be 0 or more, got {self.onnx_threads}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What an export writes beside the SavedModel and TFLite files: ONNX, and a page that runs it in a browser."""
+
+    onnx: bool = True  # student.onnx, for onnxruntime (Python, C++, C#, JavaScript) without TensorFlow
+    # tf2onnx's own default: run by onnxruntime 1.10 and later, onnxruntime-web and every runtime of 2022 on.
+    onnx_opset: int = 15
+    web: str | None = None  # a directory to write the browser page to (index.html, student.onnx, the runtime)
+    # A directory holding onnxruntime-web's files (the npm package, its dist/ or an npm prefix);
+    # None: npm installs web_runtime_version under web_cache once, on the first --web.
+    web_runtime: str | None = None
+    web_runtime_version: str = "1.31.1"
+    web_cache: str = "cache/npm"
+
+    def __post_init__(self) -> None:
+        # The opsets tf2onnx 1.17 writes (it refuses 19 and later); the student converts to each of them.
+        _check(9 <= self.onnx_opset <= 18, "export.onnx_opset",
+               f"must be from 9 to 18 (what tf2onnx writes), got {self.onnx_opset}")
+        _check(self.web is None or bool(self.web), "export.web", "must name a directory")
+        _check(not (self.web and not self.onnx), "export.web", "the page runs student.onnx: it needs export.onnx")
+        _check(bool(self.web_runtime_version), "export.web_runtime_version", "must name an onnxruntime-web version")
 
 
 @dataclass(frozen=True)
@@ -230,6 +297,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     source: str | None = None  # the pipeline file it came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,7 +310,8 @@ class PipelineConfig:
         return self.train.data or self.prepare.out
 
 
-SECTIONS = {"audio": AudioConfig, "model": ModelConfig, "train": TrainConfig, "prepare": PrepareConfig}
+SECTIONS = {"audio": AudioConfig, "model": ModelConfig, "train": TrainConfig, "prepare": PrepareConfig,
+            "export": ExportConfig}
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -288,11 +357,11 @@ def build_section(cls: type, values: Mapping[str, Any], where: str, base: Any = 
         raise ConfigError(f"{where}: {exc}") from None
 
 
-RECIPES = ("demo", "seed")  # the built-in pipelines (`pipelines/*.toml`, shipped in the wheel as audionet_tf.recipes)
+RECIPES = ("demo", "seed", "real")  # the built-in pipelines (`pipelines/*.toml`, shipped in the wheel as audionet_tf.recipes)
 
 
 def recipe_path(name: str) -> str | None:
-    """The file of a built-in recipe (`demo`, `seed`): from the installed package, else beside it in a checkout."""
+    """The file of a built-in recipe (`demo`, `seed`, `real`): from the installed package, else beside it in a checkout."""
     if name not in RECIPES:
         return None
     try:
@@ -323,7 +392,7 @@ def find_pipeline(path: str | os.PathLike) -> str:
 
 
 def load_pipeline(path: str | os.PathLike | None) -> PipelineConfig:
-    """Read a pipeline TOML file, or a built-in recipe by name (`demo`, `seed`); the defaults for None."""
+    """Read a pipeline TOML file, or a built-in recipe by name (`demo`, `seed`, `real`); the defaults for None."""
     if path is None:
         return PipelineConfig()
     path = find_pipeline(path)

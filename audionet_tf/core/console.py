@@ -21,12 +21,14 @@ import threading
 import time
 from typing import Callable, Sequence
 
-# A C++ log line (absl/TSL format: severity, date, time, thread, file:line]) and the two
-# start-up lines that come without that prefix.
+# A C++ log line (absl/TSL format: severity, date, time, thread, file:line]), the two
+# start-up lines that come without that prefix, the TFLite converter's line and LiteRT's
+# note on its CPU delegate (printed by the interpreter each time a .tflite is loaded).
 CPP_LOG_LINE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
                           rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
                           rb"|To enable the following instructions: "
-                          rb"|fully_quantize: \d)")  # the TFLite converter's own line
+                          rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+                          rb"|fully_quantize: \d)")
 QUIET_LEVEL = "3"
 
 _state = {"quiet": False, "filter": None}

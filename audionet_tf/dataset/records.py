@@ -101,6 +101,9 @@ class ClipRecord:
     key: str | None = None  # its entry and settings: a rerun relabels a clip whose key changed
     error: str | None = None  # why it failed
     examples: int = 0
+    frames: int | None = None  # frames labelled (guard frames included): those with their picture and window
+    usable_s: float | None = None  # their duration: `duration` unless the file ends inside the section
+    shortened: str | None = None  # why fewer frames than `duration` asks were labelled (None: all were)
     teacher_top: dict[str, Any] | None = None  # the teacher's most frequent class per split, training classes
     held_out_part: dict[str, float] | None = None  # {"start_s", "end_s"} under the time split
     commit: str | None = None  # the commit record that holds it

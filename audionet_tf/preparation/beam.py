@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from audionet_tf.core import config as cfg, storage
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.dataset import catalog, commits, records
-from audionet_tf.preparation import labelling
+from audionet_tf.preparation import labelling, teacher as teacher_lib
 from audionet_tf.preparation.manifest import Clip
 
 log = logging.getLogger("audionet_tf.beam_prepare")
@@ -229,6 +229,10 @@ def _for_workers(config: cfg.PipelineConfig) -> cfg.PipelineConfig:
     pc = config.prepare
     paths = {name: os.path.abspath(getattr(pc, name)) for name in ("out", "cache_dir")
              if not storage.is_remote(getattr(pc, name))}
+    # A teacher file (.keras, .onnx, a SavedModel) and a labels file given relative to here.
+    named = (*teacher_lib.REGISTRY_NAMES, teacher_lib.DEMO_TEACHER)
+    paths.update({name: os.path.abspath(getattr(pc, name)) for name in ("teacher", "labels")
+                  if getattr(pc, name) and getattr(pc, name) not in named and os.path.exists(getattr(pc, name))})
     return cfg.override(config, "prepare", paths)
 
 
@@ -286,6 +290,8 @@ def run_beam(config: cfg.PipelineConfig, beam_args: Sequence[str] = (), weights:
         outcomes = [records_by_id.get(c.id) for c in todo]
         summary.written = [r.id for r in outcomes if r is not None and r.ok]
         summary.failed = {r.id: r.error for r in outcomes if r is not None and r.status == "failed"}
+        summary.shortened = {r.id: labelling.shortened_note(r) for r in outcomes if r is not None and r.ok
+                             and r.shortened}
         if not any(r.ok for r in records_by_id.values()):
             raise labelling.nothing_prepared(summary)
         description = catalog.read_description(out)

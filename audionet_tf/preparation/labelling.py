@@ -31,6 +31,7 @@ from audionet_tf.core.errors import AudioNetError
 from audionet_tf.core.lock import DirectoryLock
 from audionet_tf.dataset import records, split as split_lib
 from audionet_tf.dataset.split import holdout_ids  # noqa: F401  (re-exported for both runners)
+from audionet_tf.preparation import onnx_teacher
 from audionet_tf.preparation.manifest import Clip, clips_from_entries, read_manifest
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,32 @@ class TeacherError(AudioNetError):
     """The teacher cannot be loaded: fatal for the run, not a property of one clip."""
 
 
+class ClipTooShort(AudioNetError):
+    """A clip whose usable part (frames with their picture and whole window) is under `prepare.min_clip_seconds`."""
+
+
+def check_usable(path: str, extent, pc: cfg.PrepareConfig) -> None:
+    """Refuse a shortened clip left with less than `prepare.min_clip_seconds`, or with no frame at all
+    (`ClipTooShort`, naming the file)."""
+    if extent.frames == 0:
+        raise ClipTooShort(f"{path}: {extent.why()}: no frame has both its picture and its whole window")
+    if extent.shortened and extent.seconds < pc.min_clip_seconds:
+        raise ClipTooShort(f"{path}: {extent.why()}: {extent.frames} frames ({extent.seconds:.2f} s) can be "
+                           f"labelled, under the minimum of {pc.min_clip_seconds:g} s (prepare.min_clip_seconds, "
+                           f"--min-clip-seconds)")
+
+
+def held_part_within(held_part: dict | None, splits: np.ndarray, period_s: float) -> dict | None:
+    """A held-out part's record cut to the frames a clip turned out to have (`splits`, planned on more)."""
+    if held_part is None:
+        return None
+    frames = int(np.sum(splits == split_lib.VALIDATION))
+    guard = int(np.sum(splits == None))  # noqa: E711  (guard frames: no split)
+    end = min(held_part["end_s"], round(len(splits) * period_s, 6))
+    return {**held_part, "end_s": max(end, held_part["start_s"]) if frames else held_part["start_s"],
+            "frames": frames, "guard_frames": guard}
+
+
 def clip_key(clip: Clip, config: cfg.PipelineConfig, held_out: bool = False) -> str:
     """What makes a clip's examples: its entry, whether it is held out, and the settings that shape them."""
     pc, ac = config.prepare, config.audio
@@ -50,6 +77,11 @@ def clip_key(clip: Clip, config: cfg.PipelineConfig, held_out: bool = False) -> 
            "teacher": pc.teacher, "labels": pc.labels, "audio_format": pc.audio_format,
            "logits_format": pc.logits_format, "frame_fit": pc.frame_fit,
            "time_split": [pc.holdout_part, pc.holdout_at] if pc.holdout_part else None}
+    if pc.end_slack_ms != cfg.PrepareConfig.end_slack_ms:
+        # Only when changed: the keys of clips committed before the setting existed stay valid.
+        doc["end_slack_ms"] = pc.end_slack_ms
+    if onnx_teacher.is_onnx(pc.teacher):  # its preprocessing changes its logits (absent otherwise: keys stay)
+        doc["onnx"] = onnx_teacher.settings_of(pc)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,7 +106,8 @@ def settings(config: cfg.PipelineConfig) -> dict[str, Any]:
     pc = config.prepare
     return {"settings": {"teacher": pc.teacher, "labels": pc.labels, "holdout": pc.holdout,
                          "holdout_part": pc.holdout_part, "holdout_at": pc.holdout_at, "frame_fit": pc.frame_fit,
-                         "audio": dataclasses.asdict(config.audio)}}
+                         "audio": dataclasses.asdict(config.audio),
+                         **({"onnx": onnx_teacher.settings_of(pc)} if onnx_teacher.is_onnx(pc.teacher) else {})}}
 
 
 @dataclass
@@ -165,6 +198,7 @@ class _ClipState:
         self.parts: list[Part] = []
         self.top = _Top()
         self.examples = 0
+        self.extent = None  # media.Extent, at its end
         self.ended = False
         self.error: BaseException | None = None
 
@@ -252,7 +286,7 @@ class Labeller:
             # Loaded and compiled (traced, folded) here, while decoding goes on; or from a graph a run kept.
             kept = os.path.join(pc.cache_dir, "teachers") if pc.teacher_cache else None
             teacher = teacher_graphs.load_teacher(pc.teacher, pc.labels, self.weights, pc.teacher_batch,
-                                                  pc.teacher_fold, kept)
+                                                  pc.teacher_fold, kept, pc)
             if self._size is not None and tuple(teacher.input_size) != tuple(self._size):
                 raise TeacherError(f"teacher {pc.teacher}: its file gives the input size {self._size}, but the "
                                    f"loaded model takes {teacher.input_size}")
@@ -326,7 +360,6 @@ class Labeller:
                     stop: threading.Event) -> None:
         """The producer: downloads (`ahead` at once) and decodes clips in order into `work`, as far ahead of the
         teacher as `budget` allows."""
-        from audionet_tf.preparation import media
 
         def put(item) -> bool:
             if stop.is_set():
@@ -336,7 +369,6 @@ class Labeller:
             work.put(item)
             return True
 
-        pc, ac = self.config.prepare, self.config.audio
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, ahead), thread_name_prefix="audionet-fetch")
         try:
             futures = {i: pool.submit(self.downloader.fetch, clip) for i, clip in enumerate(clips[:ahead])}
@@ -346,19 +378,9 @@ class Labeller:
                 try:
                     got = futures.pop(index).result()
                     self.start_loading()
-                    size = self.frame_size()
-                    count = self.frame_count(clip)
-                    times = np.arange(count) * (ac.frame_period_ms / 1000.0)
-                    splits, held_part = assign_splits(clip, times, self.held_out, ac, self.time_split)
-                    if not put(("start", index, (times, splits, held_part))):
+                    item = self._decode_one(index, clip, got, put)
+                    if item is None:
                         return
-                    with contextlib.closing(media.stream_clip(got.path, got.offset, clip.duration, ac, size,
-                                                              pc.frame_fit, pc.chunk_frames,
-                                                              pc.decode_niceness)) as chunks:
-                        for chunk in chunks:
-                            if not put(("chunk", index, chunk)):
-                                return
-                    item = ("end", index, None)
                 except BaseException as exc:  # sorted out here: a clip's failure, or the run's
                     if run_fault(exc):
                         put(("fault", index, exc))
@@ -372,6 +394,45 @@ class Labeller:
             put(("fault", None, exc))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _decode_one(self, index: int, clip: Clip, got, put) -> tuple | None:
+        """One clip's items for the consumer: its splits, its chunks, and the item that ends it (None once `put`
+        refuses one: the run is stopping).
+
+        The splits are planned on the frames the clip really has: known when its first chunk comes for a clip
+        of one chunk; measured first (`media.measure_clip`) for a longer clip under a time split, whose
+        held-out part depends on its length; otherwise no split depends on it (the listed length is used)."""
+        from audionet_tf.preparation import media
+
+        pc, ac = self.config.prepare, self.config.audio
+        stream = media.stream_clip(got.path, got.offset, clip.duration, ac, self.frame_size(), pc.frame_fit,
+                                   pc.chunk_frames, pc.decode_niceness, pc.end_slack_ms)
+        with contextlib.closing(stream):
+            pending = next(stream, None)
+            extent = stream.extent
+            if extent is None and self.time_split is not None:
+                extent = media.measure_clip(got.path, got.offset, clip.duration, ac, pc.end_slack_ms,
+                                            pc.decode_niceness)
+            if extent is not None:
+                check_usable(got.path, extent, pc)
+            planned = extent.frames if extent is not None else self.frame_count(clip)
+            times = np.arange(planned) * (ac.frame_period_ms / 1000.0)
+            splits, held_part = assign_splits(clip, times, self.held_out, ac, self.time_split)
+            if not put(("start", index, (times, splits, held_part))):
+                return None
+            while pending is not None and pending.first < planned:
+                chunk = pending
+                if chunk.first + len(chunk.frames) > planned:  # the measured length caps the stream
+                    keep = planned - chunk.first
+                    chunk = media.Chunk(chunk.first, chunk.frames[:keep], chunk.windows[:keep])
+                if not put(("chunk", index, chunk)):
+                    return None
+                pending = next(stream, None)
+                if stream.extent is not None:  # before its last chunk is labelled
+                    check_usable(got.path, stream.extent, pc)
+        final = stream.extent if stream.extent is not None and stream.extent.frames <= planned else extent
+        check_usable(got.path, final, pc)
+        return ("end", index, final)
 
     def _label_queue(self, clips: list[Clip], work: queue.Queue, budget: _FrameBudget) -> Iterator[Part | Labelled]:
         """The consumer: fills fixed-size batches from the decoded chunks, runs the teacher, hands out outcomes."""
@@ -437,6 +498,7 @@ class Labeller:
                 waiting.append(slot)
             elif kind == "end":
                 state.ended = True
+                state.extent = value
             else:
                 state.error = value
             while waiting:
@@ -478,8 +540,17 @@ class Labeller:
         """A clip's record once all its frames are labelled (with its examples when it was labelled whole)."""
         doc = {**self.doc(state.clip), "status": "ok", "error": None, "examples": state.examples,
                "teacher_top": state.top.doc()}
-        if state.held_part is not None:
-            doc["held_out_part"] = state.held_part
+        extent = state.extent
+        held_part = state.held_part
+        if extent is not None:
+            doc.update(extent.to_doc())
+            if extent.frames < len(state.splits):  # fewer frames than its splits were planned on
+                held_part = held_part_within(held_part, state.splits[:extent.frames], extent.period_s)
+            if extent.shortened:
+                log.info("clip %s: kept %d of the %d frames asked (%.2f of %.2f s): %s", state.clip.id,
+                         extent.frames, extent.asked_frames, extent.seconds, extent.duration_s, extent.why())
+        if held_part is not None:
+            doc["held_out_part"] = held_part
         if state.streamed:
             return Labelled(doc)
         parts = state.parts
@@ -515,18 +586,29 @@ class Summary:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    shortened: dict[str, str] = field(default_factory=dict)  # clips kept shorter than asked: why
     examples: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
+def shortened_note(clip: records.ClipRecord) -> str:
+    """A clip kept shorter than asked, for the summary: how much of it was labelled, and why."""
+    return f"{clip.usable_s:.2f} of the {clip.duration:.2f} s asked ({clip.frames} frames): {clip.shortened}"
+
+
 def list_clips(config: cfg.PipelineConfig) -> list[Clip]:
-    """Every clip of the pipeline: demo clips, inline clips and a CSV list, checked before any download."""
+    """Every clip of the pipeline: demo clips, picture + recording pairs, inline clips and a CSV list, checked
+    before any download."""
     pc = config.prepare
     clips: list[Clip] = []
     if pc.demo:
         from audionet_tf.preparation.demo_clips import make_demo_clips
 
         clips += make_demo_clips(os.path.join(pc.cache_dir, "demo"))
+    if pc.pictures:
+        from audionet_tf.preparation.picture_clips import make_picture_clips
+
+        clips += make_picture_clips(pc.pictures, os.path.join(pc.cache_dir, "pictures"), config.audio)
     if pc.clips:
         base = os.path.dirname(os.path.abspath(config.source)) if config.source else "."
         clips += clips_from_entries(pc.clips, config.source or "[prepare] clips", base)
@@ -534,7 +616,7 @@ def list_clips(config: cfg.PipelineConfig) -> list[Clip]:
         clips += read_manifest(pc.manifest)
     if not clips:
         raise AudioNetError("no clips to prepare: give --manifest FILE.csv, a pipeline file with [[prepare.clips]], "
-                            "or --demo")
+                            "--pictures DIR (picture + recording pairs) or --demo")
     ids = [c.id for c in clips]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

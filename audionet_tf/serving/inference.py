@@ -1,4 +1,5 @@
-"""Running a trained student on recordings: load an export, a `.keras` or a `.tflite`, window audio, batch."""
+"""Running a trained student on recordings: load an export, a `.keras`, a `.tflite` or an `.onnx`, window audio,
+batch."""
 from __future__ import annotations
 
 import json
@@ -105,7 +106,7 @@ def newest_export(root: str = "saved_models") -> str:
 
 
 def load_student(path: str) -> Student:
-    """A student from an export directory (SavedModel), a `.keras` file or a `.tflite` file."""
+    """A student from an export directory (SavedModel), a `.keras`, a `.tflite` or an `.onnx` file."""
     if os.path.isdir(path):
         meta_path = os.path.join(path, "metadata.json")
         if not os.path.isfile(meta_path) or not os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -157,7 +158,25 @@ def load_student(path: str) -> Student:
         return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate,
                        built_for or window, hop, path, keras_model=model, embed=keras_runner(model, layer),
                        embedding_layer=layer)
-    raise AudioNetError(f"{path}: expected an export directory, a .keras or a .tflite file")
+    if path.endswith(".onnx"):
+        from audionet_tf.serving.onnx_model import open_onnx
+
+        onnx = open_onnx(path)
+        # The file's own metadata first (it travels alone), then its export directory's.
+        own = {**meta, **onnx.metadata}
+        rate, window, hop = (own.get(key, default) for key, default in
+                             (("sample_rate", 16000), ("window_samples", 640), ("hop_samples", 640)))
+        try:
+            count = onnx.logits(np.zeros((1, window), np.float32)).shape[-1]
+        except Exception as exc:  # onnxruntime raises its own types for inputs the graph refuses
+            raise AudioNetError(f"{path}: cannot run this ONNX model on a window of {window} samples ({exc})") \
+                from None
+        names = own.get("class_names")
+        if not names or len(names) != count:
+            names = _labels(os.path.join(folder, "labels.txt"), count)
+        return Student(onnx.logits, names, rate, window, hop, path, embed=onnx.embed,
+                       embedding_layer=own.get("embedding_layer", "pooled"))
+    raise AudioNetError(f"{path}: expected an export directory, a .keras, a .tflite or an .onnx file")
 
 
 def frame_audio(wave: np.ndarray, window: int, hop: int, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -107,7 +107,7 @@ def ensure_dataset(config: PipelineConfig, prepare: Callable[[PipelineConfig], N
     until the dataset reads back finished.
     """
     data_dir = config.data_dir
-    has_list = bool(config.prepare.clips or config.prepare.manifest or config.prepare.demo)
+    has_list = bool(config.prepare.clips or config.prepare.manifest or config.prepare.demo or config.prepare.pictures)
     ours = prepare is not None and has_list and config.train.data in (None, config.prepare.out)
     exists = storage.exists(storage.join(data_dir, records.DESCRIPTION_FILE))
     if not ours:
