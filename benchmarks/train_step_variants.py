@@ -1,19 +1,29 @@
-"""Formulations of the student's training step, timed against the one the project uses.
+"""Where the student's training step goes, op by op, and formulations of the step timed against the project's.
 
-    python benchmarks/train_step_variants.py [--repeats 6]
+    python benchmarks/train_step_variants.py [--repeats 8]
+    ONEDNN_MAX_CPU_ISA=AVX2 XLA_FLAGS=--xla_cpu_max_isa=AVX2 python benchmarks/train_step_variants.py
 
 One step = the distillation loss and its gradients with respect to every weight, batch 512
-of 640-sample windows, 1000 classes, input scale 256. Variants:
+of 640-sample windows, 1000 classes, input scale 256. Two tables, each timing compiled
+functions in interleaved repeats (the machine's load hits all of them alike):
 
-- convolution: TensorFlow's (what `keras.layers.Conv1D` runs) or frames times a matrix
-  (the input needs no gradient, only the filter does);
-- max pool: the project's `EdgeMaxPooling1D` with TensorFlow's gradient, or the same forward
-  pass with a custom gradient that compares shifted slices of the input with the forward
-  maxima (each window's gradient goes to its first maximum, as TensorFlow's does);
-- with and without XLA (`jit_compile`).
+- the profile: each part of the project's step on its own (its share is of the project's step) (convolution forward, forward and
+  weight gradient, the max pool and its gradient, the mean over time, the dense layer, the
+  KL and its gradient, Adam's update), given the upstream gradient a step would give it;
+- the variants: the whole step with one part formulated differently, against TensorFlow's
+  own convolution and max pool (what the project ran before the pool's training pass): the
+  project's pool (`EdgeMaxPooling1D` in training: one XLA-compiled pass keeping each window's
+  winning offset, and a gradient routed by them), the convolution as
+  blocks of the framed input times a banded matrix (`blocks of S`: S outputs per row, one
+  matrix product forward and one for the weight gradient), the pool's gradient as one
+  XLA-compiled function (each window's gradient to its first maximum, by shifted slices),
+  the KL as one log-sum-exp (`fused KL`), and the whole step under XLA (`jit_compile`).
 
-All variants are checked to give the project's loss and gradients before timing. Repeats are interleaved; the
-median per variant is printed as milliseconds and as a ratio to the project's step.
+Every variant is checked to give the project's loss and gradients before it is timed. Each
+row prints the median wall time and the median CPU time (user + system, all threads) per
+call: on a shared machine the CPU time is the steadier measure of the work, the wall time
+what a user waits. Set `ONEDNN_MAX_CPU_ISA` and `XLA_FLAGS=--xla_cpu_max_isa=` to see the
+kernels an older CPU gets.
 """
 from __future__ import annotations
 
@@ -24,34 +34,61 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from audionet_tf.model import losses  # noqa: E402
 from audionet_tf.model.student import CONV, POOL, EdgeMaxPooling1D  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402
+
 SCALE = 256.0
+BATCH, LENGTH, CLASSES, FILTERS = 512, 640, 1000, 16
 
 
-def conv_tf(x, kernel, bias):
-    """TensorFlow's convolution, as Conv1D runs it."""
-    _, taps, pad, stride = CONV
-    padded = tf.pad(x * SCALE, [[0, 0], [pad, pad], [0, 0]])
-    return tf.nn.conv1d(padded, kernel, stride, "VALID") + bias
+def conv_tf(padded, kernel, bias):
+    """TensorFlow's convolution, as Conv1D runs it (oneDNN on x86)."""
+    return tf.nn.conv1d(padded, kernel, CONV[3], "VALID") + bias
 
 
-def conv_frames(x, kernel, bias):
-    """Frames of the padded input times the filter matrix (taps = 32 pairs of samples)."""
-    _, taps, pad, stride = CONV
-    padded = tf.pad(x[..., 0] * SCALE, [[0, 0], [pad, pad]])
-    pairs = tf.reshape(padded, [tf.shape(padded)[0], -1, stride])
-    length = tf.shape(pairs)[1] - (taps // stride - 1)
-    frames = tf.concat([pairs[:, j: j + length, :] for j in range(taps // stride)], axis=2)
-    return tf.matmul(frames, kernel[:, 0, :]) + bias
+def block_indices(outputs: int, taps: int, stride: int) -> tuple[int, np.ndarray]:
+    """Rows of adjacent input blocks per output block, and the banded matrix's gather indices (taps: zero)."""
+    block = stride * outputs
+    rows = -(-(block + taps - stride) // block)
+    index = np.full((block * rows, outputs), taps, np.int32)
+    for j in range(block * rows):
+        for u in range(outputs):
+            if 0 <= j - stride * u < taps:
+                index[j, u] = j - stride * u
+    return rows, index
 
 
-def pool_grad(x, y, dy, size: int, pad: int):
-    """Gradient of a stride-1 max pool: each window's gradient to its first maximum, by shifted slices."""
+def conv_blocks(outputs: int):
+    """The convolution as [N x blocks, rows x block] @ [rows x block, outputs x filters]: S outputs per row."""
+    _, taps, _, stride = CONV
+    rows, index = block_indices(outputs, taps, stride)
+    block = stride * outputs
+
+    def conv(padded, kernel, bias):
+        n, length = tf.shape(padded)[0], tf.shape(padded)[1]
+        out_length = (length - taps) // stride + 1
+        blocks = (out_length + outputs - 1) // outputs
+        need = block * (blocks + rows - 1)
+        flat = tf.pad(padded[..., 0], [[0, 0], [0, tf.maximum(need - length, 0)]])[:, :need]
+        pieces = tf.reshape(flat, [n, blocks + rows - 1, block])
+        framed = tf.concat([pieces[:, j: j + blocks, :] for j in range(rows)], axis=2)
+        taps_zero = tf.concat([kernel[:, 0, :], tf.zeros([1, tf.shape(kernel)[2]])], axis=0)
+        banded = tf.reshape(tf.gather(taps_zero, index), [block * rows, -1])
+        out = tf.matmul(tf.reshape(framed, [-1, block * rows]), banded)
+        return tf.reshape(out, [n, blocks * outputs, -1])[:, :out_length] + bias
+    return conv
+
+
+def pool_gradient(x, y, dy):
+    """Gradient of the -inf-padded stride-1 max pool: each window's gradient to its first maximum."""
+    _, size, pad, _ = POOL
     length, out_length = tf.shape(x)[1], tf.shape(y)[1]
     edge = tf.fill(tf.stack([tf.shape(x)[0], pad, tf.shape(x)[2]]), tf.constant(-np.inf, x.dtype))
     xpad = tf.concat([edge, x, edge], axis=1)
@@ -65,72 +102,159 @@ def pool_grad(x, y, dy, size: int, pad: int):
     return grad[:, pad: pad + length, :]
 
 
-def pool_custom(layer):
-    """The project's pool forward with the shifted-slice gradient."""
-    _, size, pad, _ = POOL
+def pool_xla_gradient(layer):
+    """The project's pool forward, its gradient one XLA-compiled function."""
+    compiled = tf.function(pool_gradient, jit_compile=True, autograph=False)
 
     def pool(inputs):
         @tf.custom_gradient
         def forward(x):
             y = layer(x)
-
-            def grad(dy):
-                return pool_grad(x, y, dy, size, pad)
-            return y, grad
+            return y, lambda dy: compiled(x, y, dy)
         return forward(inputs)
     return pool
 
 
+def kl_fused(teacher_logits, student_logits):
+    """KL(softmax(t) || softmax(s)) as sum p (log p - s) + logsumexp(s): one softmax of the student fewer."""
+    teacher_log_p = tf.nn.log_softmax(teacher_logits)
+    teacher_p = tf.exp(teacher_log_p)
+    return (tf.reduce_sum(teacher_p * (teacher_log_p - student_logits), axis=-1)
+            + tf.reduce_logsumexp(student_logits, axis=-1))
+
+
+def timed(functions: dict, repeats: int, calls: int) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU milliseconds per call of each function, in interleaved repeats."""
+    for function in functions.values():
+        tf.nest.map_structure(np.asarray, function())
+    wall = {name: [] for name in functions}
+    cpu = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                result = function()
+            tf.nest.map_structure(np.asarray, result)
+            wall[name].append((time.perf_counter() - start) / calls * 1000)
+            cpu[name].append((time.process_time() - start_cpu) / calls * 1000)
+    return {name: (float(np.median(wall[name])), float(np.median(cpu[name]))) for name in functions}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--calls", type=int, default=3, help="steps per timing")
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=3, help="calls per timing")
+    parser.add_argument("--no-profile", action="store_true", help="only the whole-step variants")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.uniform(-1, 1, (512, 640, 1)).astype(np.float32))
-    teacher = tf.constant(rng.normal(size=(512, 1000)).astype(np.float32))
-    kernel = tf.Variable(rng.normal(size=(64, 1, 16)).astype(np.float32) * 0.1 / SCALE)
-    bias = tf.Variable(np.zeros(16, np.float32))
-    dense = tf.Variable(rng.normal(size=(16, 1000)).astype(np.float32) * 0.1)
-    dense_bias = tf.Variable(np.zeros(1000, np.float32))
+    _, taps, pad, _ = CONV
+    x = tf.constant(rng.uniform(-1, 1, (BATCH, LENGTH, 1)).astype(np.float32))
+    padded = tf.pad(x * SCALE, [[0, 0], [pad, pad], [0, 0]])
+    teacher = tf.constant(rng.normal(size=(BATCH, CLASSES)).astype(np.float32))
+    kernel = tf.Variable(rng.normal(size=(taps, 1, FILTERS)).astype(np.float32) * 0.1 / SCALE)
+    bias = tf.Variable(np.zeros(FILTERS, np.float32))
+    dense = tf.Variable(rng.normal(size=(FILTERS, CLASSES)).astype(np.float32) * 0.1)
+    dense_bias = tf.Variable(np.zeros(CLASSES, np.float32))
     weights = [kernel, bias, dense, dense_bias]
     layer = EdgeMaxPooling1D(POOL[1], POOL[2])
-    pools = {"TF pool": layer, "custom-gradient pool": pool_custom(layer)}
-    convs = {"TF conv": conv_tf, "frames x matrix": conv_frames}
-    steps, losses_seen = {}, {}
-    for conv_name, conv in convs.items():
-        for pool_name, pool in pools.items():
-            for jit in (False, True):
-                def step(conv=conv, pool=pool):
-                    with tf.GradientTape() as tape:
-                        features = tf.reduce_mean(pool(conv(x, kernel, bias)), axis=1)
-                        loss = tf.reduce_mean(losses.kl_divergence(teacher, features @ dense + dense_bias))
-                    return loss, tape.gradient(loss, weights)
-                name = f"{conv_name}, {pool_name}, {'XLA' if jit else 'no XLA'}"
-                steps[name] = tf.function(step, jit_compile=jit, autograph=False)
-                loss, grads = steps[name]()
-                losses_seen[name] = (float(loss), [g.numpy() for g in grads])
-    reference = "TF conv, TF pool, no XLA"
-    ref_loss, ref_grads = losses_seen[reference]
-    for name, (value, grads) in losses_seen.items():
-        if abs(value - ref_loss) > 1e-4 * max(1.0, abs(ref_loss)):
-            raise SystemExit(f"{name}: loss {value} differs from {ref_loss}")
+    print(f"CPU: {machine.cpu_description()}; ISA caps: {machine.isa_caps()}; at start: {machine.load()}", flush=True)
+
+    def step_of(conv=conv_tf, pool=layer, kl=losses.kl_divergence):
+        def step():
+            with tf.GradientTape() as tape:
+                features = tf.reduce_mean(pool(conv(padded, kernel, bias)), axis=1)
+                loss = tf.reduce_mean(kl(teacher, features @ dense + dense_bias))
+            return loss, tape.gradient(loss, weights)
+        return step
+
+    def training_pool(inputs):
+        return layer(inputs, training=True)
+
+    reference = "TF conv and pool (oneDNN), no XLA"
+    variants = {
+        reference: (step_of(), False),
+        "the project's step: pool with winning offsets": (step_of(pool=training_pool), False),
+        "pool with offsets and fused KL": (step_of(pool=training_pool, kl=kl_fused), False),
+        "whole step under XLA": (step_of(), True),
+        "conv as blocks of 8 (matmul)": (step_of(conv=conv_blocks(8)), False),
+        "conv as blocks of 8, whole step under XLA": (step_of(conv=conv_blocks(8)), True),
+        "conv as blocks of 32 (matmul)": (step_of(conv=conv_blocks(32)), False),
+        "pool gradient one XLA function": (step_of(pool=pool_xla_gradient(layer)), False),
+        "fused KL": (step_of(kl=kl_fused), False),
+    }
+    steps = {name: tf.function(step, jit_compile=jit, autograph=False) for name, (step, jit) in variants.items()}
+    ref_loss, ref_grads = steps[reference]()
+    for name, step in steps.items():
+        value, grads = step()
+        if abs(float(value) - float(ref_loss)) > 1e-4 * max(1.0, abs(float(ref_loss))):
+            raise SystemExit(f"{name}: loss {float(value)} differs from {float(ref_loss)}")
         for got, want in zip(grads, ref_grads):
-            if np.abs(got - want).max() > 1e-3 * max(1e-6, np.abs(want).max()):
+            if np.abs(got.numpy() - want.numpy()).max() > 1e-3 * max(1e-6, np.abs(want.numpy()).max()):
                 raise SystemExit(f"{name}: gradients differ from the project's step")
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.calls):
-                step()[1][0].numpy()
-            times[name].append((time.perf_counter() - start) / args.calls * 1000)
-    base = float(np.median(times[reference]))
-    print(f"loss and gradients, batch 512 x 640 samples, 1000 classes; median of {args.repeats} interleaved repeats")
-    print(f"{'variant':48s} {'ms/step':>8s} {'time vs the project':>20s}")
-    for name, values in times.items():
-        med = float(np.median(values))
-        print(f"{name:48s} {med:8.1f} {med / base:19.2f}x{'  (the project)' if name == reference else ''}")
+
+    parts = {}
+    if not args.no_profile:
+        conv_out = tf.constant(conv_tf(padded, kernel, bias).numpy())
+        pooled = tf.constant(layer(conv_out).numpy())
+        features = tf.constant(tf.reduce_mean(pooled, axis=1).numpy())
+        logits = tf.constant((features @ dense + dense_bias).numpy())
+        upstream = {shape: tf.constant(rng.normal(size=shape).astype(np.float32) * 1e-4)
+                    for shape in (tuple(conv_out.shape), tuple(pooled.shape), tuple(features.shape),
+                                  tuple(logits.shape))}
+
+        def grad_of(fn, wrt, out_shape):
+            def run():
+                with tf.GradientTape() as tape:
+                    tape.watch(wrt)
+                    out = fn()
+                return tape.gradient(out, wrt, output_gradients=upstream[out_shape])
+            return run
+
+        def loss_grad(kl):
+            def run():
+                with tf.GradientTape() as tape:
+                    tape.watch(logits)
+                    loss = tf.reduce_mean(kl(teacher, logits))
+                return tape.gradient(loss, logits)
+            return run
+
+        optimizer = keras.optimizers.Adam(1e-4)
+        optimizer.build(weights)
+        gradients = [tf.constant(np.full(w.shape, 1e-3, np.float32)) for w in weights]
+        part_functions = {
+            "conv forward": lambda: conv_tf(padded, kernel, bias),
+            "conv forward + weight gradient": grad_of(lambda: conv_tf(padded, kernel, bias), [kernel, bias],
+                                                      tuple(conv_out.shape)),
+            "max pool forward": lambda: layer(conv_out),
+            "max pool forward + gradient (oneDNN)": grad_of(lambda: layer(conv_out), conv_out, tuple(pooled.shape)),
+            "max pool forward + gradient (offsets)": grad_of(lambda: layer(conv_out, training=True), conv_out,
+                                                             tuple(pooled.shape)),
+            "mean over time forward + gradient": grad_of(lambda: tf.reduce_mean(pooled, axis=1), pooled,
+                                                         tuple(features.shape)),
+            "dense forward + gradients": grad_of(lambda: features @ dense + dense_bias, [features, dense, dense_bias],
+                                                 tuple(logits.shape)),
+            "softmax/KL forward + gradient": loss_grad(losses.kl_divergence),
+            "fused KL forward + gradient": loss_grad(kl_fused),
+            "Adam update (4 weights)": lambda: optimizer.apply(gradients, weights),
+        }
+        parts = {name: tf.function(fn, autograph=False) for name, fn in part_functions.items()}
+    times = timed({**parts, **steps}, args.repeats, args.calls)
+    print(f"batch {BATCH} x {LENGTH} samples, {CLASSES} classes; medians of {args.repeats} interleaved repeats of "
+          f"{args.calls} calls; at end: {machine.load()}")
+    if parts:
+        step_wall, step_cpu = times["the project's step: pool with winning offsets"]
+        print(f"\n{'part of the project step':40s} {'wall ms':>8s} {'CPU ms':>8s} {'CPU share':>10s}")
+        for name in parts:
+            wall, cpu = times[name]
+            share = "" if name in ("conv forward", "max pool forward", "fused KL forward + gradient",
+                                   "max pool forward + gradient (oneDNN)") else f"{cpu / step_cpu:9.0%}"
+            print(f"{name:40s} {wall:8.2f} {cpu:8.2f} {share:>10s}")
+        print(f"{'whole step':40s} {step_wall:8.2f} {step_cpu:8.2f}")
+    base_wall, base_cpu = times[reference]
+    print(f"\n{'variant (whole step)':48s} {'wall ms':>8s} {'vs project':>10s} {'CPU ms':>8s} {'vs project':>10s}")
+    for name in steps:
+        wall, cpu = times[name]
+        print(f"{name:48s} {wall:8.1f} {wall / base_wall:9.2f}x {cpu:8.1f} {cpu / base_cpu:9.2f}x")
     return 0
 
 

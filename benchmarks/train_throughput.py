@@ -1,6 +1,7 @@
 """Training time per epoch on the seed-shaped set: the train command, plain Keras `fit`, PyTorch eager.
 
-    python benchmarks/train_throughput.py [--epochs 30] [--repeats 3] [--torch-requirement torch]
+    python benchmarks/train_throughput.py [--epochs 30] [--repeats 3] [--process-epochs 20,120]
+        [--torch-requirement torch]
 
 The set has the seed experiment's shape: 10 synthetic clips of 10 s, 2,500 windows of 640
 samples with 1000 teacher logits, two clips (500 windows) held out, batch 512 (4 steps per
@@ -10,13 +11,25 @@ in one run, each repeat running all of them in turn so the machine's load hits t
 - train command: `audionet_tf.train.train()` with the project's defaults, as a user runs it with `--quiet`
   (TFRecord input, callbacks, TensorBoard, checkpoints and backups every 10 epochs, held-out
   clips evaluated every `validate_every` epochs), minus export and report;
+- train command as a process: `python -m audionet_tf.train` run twice per repeat, for the two
+  `--process-epochs` counts (export and report off); its time per epoch is the difference of
+  the two wall times over the difference of the epochs, so start-up, the first tracing and the
+  end of training cancel out and validation, checkpoints and TensorBoard are counted at their share;
 - Keras fit: `model.fit(x, y, batch_size=512)` on NumPy arrays, Keras defaults, no validation;
 - PyTorch eager: the same layers, loss (KL), optimizer (Adam 1e-4) and data in memory, no
   validation, with torch's default threads and with one thread; the ratio column is relative
   to the faster of the two. It runs `benchmarks/torch_baseline.py` in `benchmarks/.venv-torch`,
   which this script creates with `pip install <--torch-requirement> numpy` when it is missing
   (torch is never a dependency of the package or its tests), and first checks that its
-  network gives the Keras student's logits on the same weights.
+  network gives the Keras student's logits on the same weights. Both of PyTorch's layouts are
+  run with each thread setting: `Conv1d` on [N, 1, L] and `Conv2d` on channels-last [N, 1, 1, L].
+
+The run prints the CPU, its vector extensions, the ISA caps in force (`ONEDNN_MAX_CPU_ISA`,
+`XLA_FLAGS`, `ATEN_CPU_CAPABILITY`: set them to emulate an older CPU; PyTorch's process inherits
+them) and the load, and the FLOP floor of a step: the layer table's multiply-adds at batch 512
+(conv forward and its weight gradient, the dense layer forward and both its gradients) over the
+float32 matrix-product throughput measured in the same run (the faster of NumPy's BLAS and
+TensorFlow's `matmul` on 2048 x 2048).
 
 Each measurement skips `--warmup` epochs (tracing, the first validation and checkpoint) and
 times the next `--epochs`, so periodic work (validation, checkpoints) is counted at its
@@ -27,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shutil
 import json
 import logging
 import os
@@ -47,6 +61,9 @@ from audionet_tf.dataset import reader  # noqa: E402
 from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
 from audionet_tf.model.student import build_audionet  # noqa: E402
 from audionet_tf.training import trainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402
 
 BATCH = 512
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -231,15 +248,56 @@ def keras_fit(x: np.ndarray, y: np.ndarray, warmup: int, epochs: int) -> dict[st
     return clock.result()
 
 
-def pytorch(arrays: str, warmup: int, epochs: int, threads: int = 0) -> dict[str, float]:
+def pytorch(arrays: str, warmup: int, epochs: int, threads: int = 0, layout: str = "ncl") -> dict[str, float]:
     """The PyTorch eager loop, in its own virtual environment (`threads` 0: torch's default)."""
     python = os.path.join(VENV, "bin", "python")
     out = subprocess.run([python, TORCH_SCRIPT, arrays, "--epochs", str(epochs), "--warmup", str(warmup),
-                          "--threads", str(threads)],
+                          "--threads", str(threads), "--layout", layout],
                          capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"torch baseline failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def train_process(data_dir: str, runs_dir: str, epochs: int) -> float:
+    """Wall seconds of `python -m audionet_tf.train` for `epochs` epochs on the set (export and report off)."""
+    name = f"process-{time.time_ns()}"
+    command = [sys.executable, "-m", "audionet_tf.train", "--data", data_dir, "--epochs", str(epochs),
+               "--runs-dir", runs_dir, "--name", name, "--quiet", "--no-export", "--no-report"]
+    start = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    shutil.rmtree(os.path.join(runs_dir, name), ignore_errors=True)
+    return seconds
+
+
+def tf_matmul_gflops(size: int = 2048, seconds: float = 1.0) -> float:
+    """float32 GFLOP/s of TensorFlow's matrix product (oneDNN's or Eigen's kernels, every core)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    a, b = (tf.constant(rng.standard_normal((size, size), dtype=np.float32)) for _ in range(2))
+    product = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)[:1, :1]))
+    product().numpy()
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        start = time.perf_counter()
+        product().numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def step_flops(batch: int, window: int, classes: int) -> float:
+    """Multiply-adds x 2 of one training step by the layer table (the input needs no gradient)."""
+    from audionet_tf.model.student import CONV, conv_length
+
+    _, taps, _, _ = CONV
+    filters = cfg.ModelConfig().conv_filters
+    conv = 2 * batch * conv_length(window) * taps * filters
+    dense = 2 * batch * filters * classes
+    return 2 * conv + 3 * dense
 
 
 def ensure_torch(requirement: str) -> str:
@@ -281,11 +339,21 @@ def main(argv=None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="print where each of the train command's epochs goes (steps, evaluation, each callback)")
     parser.add_argument("--torch-requirement", default="torch", help="what pip installs into the torch venv")
+    parser.add_argument("--process-epochs", default="20,120",
+                        help="the two epoch counts of the train command run as a process (empty: not run)")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)
     torch_version = ensure_torch(args.torch_requirement)
-    results: dict[str, list[dict[str, float]]] = {"train command": [], "Keras fit (NumPy)": [], "PyTorch eager": [],
-                                                  "PyTorch eager, 1 thread": []}
+    process_epochs = [int(n) for n in args.process_epochs.split(",") if n.strip()]
+    if process_epochs and (len(process_epochs) != 2 or process_epochs[0] >= process_epochs[1]):
+        parser.error("--process-epochs takes two increasing counts, such as 20,120")
+    print(f"CPU: {machine.cpu_description()}; ISA caps: {machine.isa_caps()}; at start: {machine.load()}", flush=True)
+    gflops = {"NumPy": machine.matmul_gflops(), "TensorFlow": tf_matmul_gflops()}
+    torch_ways = {"PyTorch eager": (0, "ncl"), "PyTorch eager, 1 thread": (1, "ncl"),
+                  "PyTorch eager, channels last": (0, "nhwc"), "PyTorch eager, channels last, 1 thread": (1, "nhwc")}
+    results: dict[str, list[dict[str, float]]] = {"train command": [], "Keras fit (NumPy)": [],
+                                                  **{name: [] for name in torch_ways}}
+    process: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = os.path.join(tmp, "seed-shaped")
         description = write_synthetic_dataset(data_dir, clips=10, seconds=10.0, num_classes=1000, holdout=2,
@@ -297,16 +365,19 @@ def main(argv=None) -> int:
                                                           args.epochs, args.validate_every,
                                                           args.breakdown, args.histogram_every))
             results["Keras fit (NumPy)"].append(keras_fit(x, y, args.warmup, args.epochs))
-            results["PyTorch eager"].append(pytorch(arrays, args.warmup, args.epochs))
-            results["PyTorch eager, 1 thread"].append(pytorch(arrays, args.warmup, args.epochs, threads=1))
-    check = results["PyTorch eager"][0]["relative_logits_difference"]
+            for name, (threads, layout) in torch_ways.items():
+                results[name].append(pytorch(arrays, args.warmup, args.epochs, threads, layout))
+            if process_epochs:
+                short, long = (train_process(data_dir, os.path.join(tmp, "process-runs"), n) for n in process_epochs)
+                process.append((long - short) / (process_epochs[1] - process_epochs[0]))
+    print(f"CPU: {machine.cpu_description()}; ISA caps: {machine.isa_caps()}; at end: {machine.load()}")
+    check = max(results[name][0]["relative_logits_difference"] for name in torch_ways)
     print(f"seed-shaped set: {description.examples('train')} training windows x 640 samples (+"
           f"{description.examples('validation')} held out), 1000 classes, batch {BATCH}; "
           f"{args.epochs} timed epochs after {args.warmup}, {args.repeats} interleaved repeats; "
           f"torch {torch_version} (same logits as Keras on the same weights: relative difference {check:.1e})")
     # The ratio is to the faster PyTorch variant of this run (one thread can win on a loaded machine).
-    torch_epoch = min(float(np.median([r["epoch_s"] for r in results[name]]))
-                      for name in ("PyTorch eager", "PyTorch eager, 1 thread"))
+    torch_epoch = min(float(np.median([r["epoch_s"] for r in results[name]])) for name in torch_ways)
     print(f"{'method':24s} {'ms/epoch (median, range)':>26s} {'steps':>6s} {'overhead':>13s} {'vs PyTorch':>10s}")
     rows = []
     for name, runs in results.items():
@@ -326,12 +397,27 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     print("\n".join(rows))
     # Each repeat ran every way in turn under the same load: its own ratio shows the spread.
-    per_repeat = [min(results["PyTorch eager"][i]["epoch_s"], results["PyTorch eager, 1 thread"][i]["epoch_s"])
+    per_repeat = [min(results[name][i]["epoch_s"] for name in torch_ways)
                   / results["train command"][i]["epoch_s"] for i in range(args.repeats)]
     overheads = [1 - r["steps_s"] / r["epoch_s"] for r in results["train command"]]
     print(f"\ntrain command vs the faster PyTorch of the same repeat: "
           f"{', '.join(f'{r:.2f}×' for r in per_repeat)}; its overhead per repeat: "
           f"{', '.join(f'{o:.0%}' for o in overheads)}")
+    if process:
+        med = float(np.median(process)) * 1000
+        print(f"train command as a process (python -m audionet_tf.train, {process_epochs[1]} minus "
+              f"{process_epochs[0]} epochs): {med:.0f} ms per epoch (per repeat: "
+              f"{', '.join(f'{p * 1000:.0f}' for p in process)}), {torch_epoch * 1000 / med:.2f}x the faster PyTorch")
+        print(f"| train command as a process | {med:.0f} ms | | | {torch_epoch * 1000 / med:.2f}× |")
+    # The floor: the layer table's arithmetic at the measured matrix-product throughput.
+    steps_per_epoch = -(-len(x) // BATCH)
+    flops = step_flops(BATCH, x.shape[1], y.shape[1])
+    best = max(gflops.values())
+    floor_ms = flops / best / 1e6
+    step_ms = float(np.median([r["steps_s"] for r in results["train command"]])) * 1000 / steps_per_epoch
+    print(f"FLOP floor: {flops / 1e9:.3f} GFLOP a step (batch {BATCH}) at {best:.0f} GFLOP/s (float32 "
+          f"2048x2048 product: NumPy {gflops['NumPy']:.0f}, TensorFlow {gflops['TensorFlow']:.0f}) = "
+          f"{floor_ms:.1f} ms; the train command's step: {step_ms:.1f} ms = {step_ms / floor_ms:.1f}x the floor")
     return 0
 
 

@@ -3,7 +3,8 @@ import numpy as np
 
 SIZE = 32
 CLASSES = 5
-TOLERANCE = 1e-4  # of the largest |logit|: tf2onnx and onnxruntime compute the same float32 network in another order
+TOLERANCE = 1e-5  # of the largest |logit|: tf2onnx and onnxruntime compute the same float32 network in another
+# order (measured: 1.7e-7 on the tiny net, 6.5e-7 on EfficientNet-Lite0, whose logits reach 10.9)
 
 
 def tiny_net(seed: int = 3):

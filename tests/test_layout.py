@@ -88,7 +88,7 @@ def top_level_names(path: pathlib.Path) -> set[str] | None:
 # Not the benchmarks' own virtual environments (`benchmarks/.venv-torch`): other people's code.
 SCRIPTS = sorted(p for folder in ("benchmarks", "examples", "tests", "audionet_tf")
                  for p in (PACKAGE.parent / folder).rglob("*.py")
-                 if not any(part.startswith(".venv") for part in p.parts))
+                 if not any(part.startswith(".venv") for part in p.parts))  # benchmarks/.venv-torch: torch's own
 
 
 def test_every_project_import_names_something_that_exists():

@@ -1,7 +1,7 @@
 """Teachers from ONNX files (`--teacher model.onnx`), made here from Keras teachers with tf2onnx (Keras 3's
 `model.export(path, format="onnx")`), in both layouts: NHWC as exported, NCHW through a transpose in front.
 
-Logits are compared with the Keras model's on the same input within `onnx_models.TOLERANCE` (1e-4 of the largest
+Logits are compared with the Keras model's on the same input within `onnx_models.TOLERANCE` (1e-5 of the largest
 logit's size): tf2onnx and onnxruntime compute the same network in float32 in another order.
 """
 import json
@@ -258,8 +258,10 @@ def test_beam_labels_with_an_onnx_teacher_as_one_process_does(made, clip_list, t
 
 @pytest.fixture(scope="module")
 def bad_files(made, tmp_path_factory):
-    """ONNX teachers that cannot be: not ONNX, cut short, an input of rank 3, an output that is a map per frame."""
+    """ONNX teachers that cannot be: not ONNX, cut short, an input of rank 3, an output that is a map per frame,
+    two inputs."""
     import keras
+    import tensorflow as tf
 
     _, files, _ = made
     root = tmp_path_factory.mktemp("bad-onnx")
@@ -270,10 +272,17 @@ def bad_files(made, tmp_path_factory):
     rank3 = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling1D()(inputs)))
     inputs = keras.Input((SIZE, SIZE, 3))
     maps = keras.Model(inputs, keras.layers.Conv2D(CLASSES, 3)(inputs))
+    pictures, extra = keras.Input((SIZE, SIZE, 3)), keras.Input((CLASSES,))
+    two = keras.Model([pictures, extra], keras.layers.Add()([
+        keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(pictures)), extra]))
+    two.export(str(root / "two.onnx"), format="onnx", verbose=False, input_signature=[[
+        tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="images"),
+        tf.TensorSpec((None, CLASSES), tf.float32, name="extra")]])
     return {"not ONNX": (str(root / "text.onnx"), "cannot read it as an ONNX model"),
             "truncated": (str(root / "truncated.onnx"), "cannot read it as an ONNX model"),
             "rank 3 input": (export_onnx(rank3, root / "rank3.onnx"), "(rank 3)"),
-            "a map per frame": (export_onnx(maps, root / "maps.onnx"), "has shape [?, 30, 30, 5]")}
+            "a map per frame": (export_onnx(maps, root / "maps.onnx"), "has shape [?, 30, 30, 5]"),
+            "two inputs": (str(root / "two.onnx"), "it takes 2 inputs")}
 
 
 def test_files_that_are_not_onnx_image_classifiers_are_refused_naming_the_file_and_what_was_expected(bad_files):

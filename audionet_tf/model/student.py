@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from audionet_tf.core.config import ModelConfig
@@ -39,6 +40,13 @@ class EdgeMaxPooling1D(keras.layers.Layer):
     Built from a "same" max pool (which already ignores its padding) plus the few extra
     edge outputs computed as maxima over the valid samples they cover. No -inf constant
     appears in the graph, so the layer converts to TFLite builtins and quantizes to int8.
+
+    In training (`training=True`) the same maxima come from `_pool_with_offsets`: one compiled
+    pass that also keeps, per output, which position of its window won, and a gradient that sends
+    each output's gradient there (the first maximum, as the table's reference does). It costs
+    what TensorFlow's own max pool and gradient (oneDNN's) cost on AVX-512 CPUs and about two
+    thirds of it on AVX2 ones, where oneDNN's pooling gradient is the step's largest part
+    (docs/speed.md).
     """
 
     def __init__(self, pool_size: int = 8, padding: int = 4, **kwargs):
@@ -48,7 +56,9 @@ class EdgeMaxPooling1D(keras.layers.Layer):
         self.pool_size = int(pool_size)
         self.padding = int(padding)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
+        if training:
+            return _pool_with_offsets(inputs, self.pool_size, self.padding)
         k, p = self.pool_size, self.padding
         same_left = (k - 1) // 2
         same_right = k - 1 - same_left
@@ -72,6 +82,45 @@ class EdgeMaxPooling1D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pool_size": self.pool_size, "padding": self.padding}
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _pool_offsets(inputs, pool_size, padding):
+    """Maxima of the -inf-padded stride-1 windows and, per output, the offset in its window of the first one."""
+    # Compiled by XLA into one pass over the input (an unrolled loop of pool_size compares).
+    n = tf.shape(inputs)[1] + 2 * padding - pool_size + 1
+    edge = tf.fill(tf.stack([tf.shape(inputs)[0], padding, tf.shape(inputs)[2]]),
+                   tf.constant(float("-inf"), inputs.dtype))
+    padded = tf.concat([edge, inputs, edge], axis=1)
+    best = padded[:, :n]
+    offset = tf.zeros(tf.shape(best), tf.int32)
+    for d in range(1, pool_size):
+        window = padded[:, d: d + n]
+        wins = window > best  # strictly greater: a tie keeps the earlier position
+        best = tf.where(wins, window, best)
+        offset = tf.where(wins, tf.constant(d, tf.int32), offset)
+    return best, offset
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _pool_offsets_gradient(offset, upstream, pool_size, padding):
+    """Each output's gradient added at the input position that won its window."""
+    total = None
+    for d in range(pool_size):
+        part = tf.where(tf.equal(offset, tf.constant(d, tf.int32)), upstream, tf.zeros_like(upstream))
+        part = tf.pad(part, [[0, 0], [d, pool_size - 1 - d], [0, 0]])
+        total = part if total is None else total + part
+    length = tf.shape(total)[1] - 2 * padding
+    return total[:, padding: padding + length]
+
+
+def _pool_with_offsets(inputs, pool_size: int, padding: int):
+    """EdgeMaxPooling1D's output, with a gradient routed by the winning offsets (training only)."""
+    @tf.custom_gradient
+    def pool(x):
+        best, offset = _pool_offsets(x, pool_size, padding)
+        return best, lambda upstream: _pool_offsets_gradient(offset, upstream, pool_size, padding)
+    return pool(inputs)
 
 
 def build_audionet(input_length: int | None = None, num_classes: int = 1000, *,

@@ -3,7 +3,7 @@ or any other framework labels frames like any teacher.
 
 What the file must hold (anything else is refused at load with one message naming the file):
 
-- its first input: an image batch of rank 4, `[N, 3, H, W]` (NCHW, PyTorch's layout) or `[N, H, W, 3]` (NHWC,
+- one input: an image batch of rank 4, `[N, 3, H, W]` (NCHW, PyTorch's layout) or `[N, H, W, 3]` (NHWC,
   TensorFlow's), told apart by where the 3 channels are; H and W fixed (they are the size frames are decoded
   at); N dynamic (run at the teacher's batch size) or fixed (run that many frames at a time: a model
   exported with a batch of 1 works, one frame per call); float32, float16 or float64;
@@ -35,7 +35,7 @@ from audionet_tf.core.errors import AudioNetError
 log = logging.getLogger("audionet_tf.prepare")
 
 SUFFIX = ".onnx"
-EXPECTED = ("an ONNX model whose first input is an image batch [N, 3, H, W] or [N, H, W, 3] (float, H and W "
+EXPECTED = ("an ONNX model whose one input is an image batch [N, 3, H, W] or [N, H, W, 3] (float, H and W "
             "fixed) and whose first output is one vector of logits per frame, [N, C]")
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -170,8 +170,8 @@ def load_onnx_model(path: str, pc: cfg.PrepareConfig | None = None) -> OnnxModel
     try:
         import onnxruntime as ort
     except ImportError:
-        raise AudioNetError(f"teacher {path}: an ONNX teacher needs onnxruntime: pip install 'audionet_tf[onnx]' "
-                            f"(or pip install onnxruntime)") from None
+        raise AudioNetError(f"teacher {path}: an ONNX teacher needs onnxruntime, which the package "
+                            f"installs: pip install onnxruntime") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = pc.onnx_threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
@@ -186,7 +186,11 @@ def load_onnx_model(path: str, pc: cfg.PrepareConfig | None = None) -> OnnxModel
     except Exception as exc:  # onnxruntime raises its own types for a file it cannot read
         raise AudioNetError(f"teacher {path}: cannot read it as an ONNX model ({_short(exc)}); expected "
                             f"{EXPECTED}") from None
-    first = session.get_inputs()[0]
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise AudioNetError(f"teacher {path}: it takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                            f"expected {EXPECTED}")
+    first = inputs[0]
     dims = [d if isinstance(d, int) else None for d in first.shape]
     layout, size, model_batch = input_layout(dims, path)
     dtype = _DTYPES.get(first.type)

@@ -152,19 +152,23 @@ class History(keras.callbacks.Callback):
     A row is appended each epoch (a 5,000-epoch run would otherwise rewrite a growing file
     every epoch); the file is rewritten whole, atomically, only when a column appears (the
     first validated epoch adds the `val_*` columns) and at the first epoch after a resume.
+    A local file's rows are not kept in memory (a rewrite reads them back from the file), so
+    memory does not grow with the run's length; an object store's file is rewritten whole
+    each epoch from the rows kept.
     """
 
     def __init__(self, path: str, write: bool = True):
         super().__init__()
         self.path = path
         self.write = write
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []  # the rows not (only) in the file: all of them for a remote file
         self.start_epoch = 0
         self.fields: list[str] | None = None  # the columns of the file as written; None: rewrite it
 
     def resume_at(self, epoch: int) -> None:
         """Keep the rows of epochs before `epoch` (1-based count of finished epochs)."""
         self.start_epoch = epoch
+        self.rows = []
         if storage.isfile(self.path):
             # A row cut short by a kill has missing cells; it belongs to an epoch being replayed.
             self.rows = [r for r in csv.DictReader(io.StringIO(storage.read_text(self.path), newline=""))
@@ -172,25 +176,31 @@ class History(keras.callbacks.Callback):
         self.fields = None
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        self.rows.append(row)
         if not self.write:
             return
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        remote = storage.is_remote(self.path)
         # An object can only be written whole: there the file is rewritten each epoch.
-        if (self.fields is not None and set(row) <= set(self.fields) and not storage.is_remote(self.path)
-                and os.path.isfile(self.path)):
+        if self.fields is not None and set(row) <= set(self.fields) and not remote and os.path.isfile(self.path):
             with open(self.path, "a", newline="", encoding="utf-8") as handle:
                 csv.DictWriter(handle, fieldnames=self.fields).writerow(row)
             return
+        if self.fields is not None and not remote and os.path.isfile(self.path):
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        else:
+            rows = self.rows
+        rows = [*rows, row]
         fields: list[str] = []
-        for r in self.rows:
+        for r in rows:
             fields.extend(k for k in r if k not in fields)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(rows)
         atomic_write_text(self.path, buffer.getvalue(), fsync=False)
         self.fields = fields
+        self.rows = rows if remote else []
 
 
 class LearningRateLog(keras.callbacks.Callback):
