@@ -55,7 +55,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_description, load_average  # noqa: E402
+from machine import cpu_description, load  # noqa: E402
 
 from audionet_tf.core import config as cfg  # noqa: E402
 from audionet_tf.preparation import runner  # noqa: E402
@@ -131,6 +131,17 @@ def timed(calls: list[tuple[float, float]], loading: list[float]):
         teachers.OnnxTeacher.forward = onnx_forward
 
 
+def timed_prepare(config: cfg.PipelineConfig) -> tuple:
+    """One whole prepare call, timed: its summary, start and seconds, each teacher call's (start, seconds) and
+    each teacher load's seconds."""
+    calls: list[tuple[float, float]] = []
+    loading: list[float] = []
+    start = time.perf_counter()
+    with timed(calls, loading):
+        summary = runner.prepare(config)
+    return summary, start, time.perf_counter() - start, calls, loading
+
+
 def run_round(teacher, unfolded, batch: np.ndarray, model_path: str, clips: list[str], seconds: float, out: str,
               cache: str, fresh: bool) -> dict:
     """One side-by-side measurement: the teacher alone, the whole prepare call, the teacher alone again."""
@@ -144,12 +155,7 @@ def run_round(teacher, unfolded, batch: np.ndarray, model_path: str, clips: list
     best = best_rate(teacher, batch)
     config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
         out=out, cache_dir=cache, teacher=model_path, teacher_batch=len(batch), clips=entries, holdout="0"))
-    calls: list[tuple[float, float]] = []
-    loading: list[float] = []
-    start = time.perf_counter()
-    with timed(calls, loading):
-        summary = runner.prepare(config)
-    seconds_ = time.perf_counter() - start
+    summary, start, seconds_, calls, loading = timed_prepare(config)
     after = sustained_rate(teacher, batch, frames)
     unfolded_after = sustained_rate(unfolded, batch, frames)
     best = max(best, best_rate(teacher, batch))
@@ -174,12 +180,7 @@ def onnx_round(teacher, batch: np.ndarray, onnx_path: str, clips: list[str], sec
     config = cfg.PipelineConfig(prepare=cfg.PrepareConfig(
         out=out, cache_dir=cache, teacher=onnx_path, teacher_batch=len(batch), clips=entries, holdout="0",
         onnx_threads=threads, **AS_IS))
-    calls: list[tuple[float, float]] = []
-    loading: list[float] = []
-    start = time.perf_counter()
-    with timed(calls, loading):
-        summary = runner.prepare(config)
-    seconds_ = time.perf_counter() - start
+    summary, start, seconds_, calls, loading = timed_prepare(config)
     after = sustained_rate(teacher, batch, frames)
     assert summary.examples["train"] == frames, summary
     busy = sum(c[1] for c in calls[1:])
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
                       f"ONNX alone) in {o['seconds']:.1f} s, teacher ready {o['ready_s']:.1f} s, its batches at "
                       f"{o['inside']:.1f} frames/s", flush=True)
     print(f"\nEfficientNetV2B0 (weights=None) .keras and .onnx, batch {args.batch}, {args.rounds} rounds; "
-          f"ratios: median (min-max)\nCPU: {cpu_description()}; load average now {load_average()}; "
+          f"ratios: median (min-max)\nCPU: {cpu_description()}; now {load()}; "
           f"onnxruntime {onnxruntime.__version__}, {onnx.model.threads} intra-op threads")
     print("| workload | teacher's start | load average | teacher alone, frames/s | prepare / teacher alone | prepare / best | "
           "unfolded teacher alone, frames/s | prepare / unfolded | teacher inside prepare / alone | "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from litert_run import run_tflite
 
 from audionet_tf.commands import embed as embed_cmd, export as export_cmd, predict as predict_cmd, train
 from audionet_tf.core import config as cfg
@@ -189,8 +190,6 @@ def test_export_loads_by_convention(exported, loader):
 
 
 def test_litert_runs_both_tflite_files_and_int8_agrees_with_float(exported):
-    from ai_edge_litert.interpreter import Interpreter
-
     from audionet_tf.dataset import reader
 
     model = load_model(str(exported["run"] / "model.keras"))
@@ -201,13 +200,7 @@ def test_litert_runs_both_tflite_files_and_int8_agrees_with_float(exported):
     expected = model(windows[..., None], training=False).numpy()
     outputs = {}
     for name in ("model.tflite", "model_int8.tflite"):
-        interpreter = Interpreter(model_path=str(exported["export"] / name))
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, list(windows.shape))
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, windows)
-        interpreter.invoke()
-        outputs[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        outputs[name] = run_tflite(exported["export"] / name, windows)
     assert relative_diff(outputs["model.tflite"], expected) <= 1e-5
     int8 = outputs["model_int8.tflite"]
     assert int8.shape == expected.shape and np.all(np.isfinite(int8))
@@ -343,8 +336,6 @@ def test_embed_names_audio_shorter_than_one_window_and_goes_on(exported, tmp_pat
 def test_export_command_from_a_run_and_from_a_keras_file_records_its_parity(exported, tmp_path, capsys):
     """`python -m audionet_tf.export runs/NAME` (int8 calibrated on the run's dataset) and `MODEL.keras --labels`
     (no dataset: dynamic-range int8 and random-noise windows); the parity figures are recomputed here."""
-    from ai_edge_litert.interpreter import Interpreter
-
     done = subprocess.run([sys.executable, "-m", "audionet_tf.export", str(exported["run"]), "--out",
                            str(tmp_path / "from-run")], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                           timeout=600)
@@ -370,13 +361,7 @@ def test_export_command_from_a_run_and_from_a_keras_file_records_its_parity(expo
     expected = load_model(str(exported["run"] / "model.keras")).predict(windows[..., None], verbose=0)
     logits = {}
     for name in ("model.tflite", "model_int8.tflite"):
-        interpreter = Interpreter(model_path=str(out / name))
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, list(windows.shape))
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, windows)
-        interpreter.invoke()
-        logits[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        logits[name] = run_tflite(out / name, windows)
     parity = meta["parity"]
     assert parity["windows"] == 64 and parity["logits_scale"] == pytest.approx(max(1.0, np.abs(expected).max()))
     assert parity["tflite_float_max_abs_diff"] == pytest.approx(relative_diff(logits["model.tflite"], expected),
@@ -580,17 +565,9 @@ def test_inference_benchmark_prints_the_speed_page_rows_and_their_sizes(tmp_path
 
 def litert_top1_agreement(export_dir, windows) -> float:
     """The int8 file's top-1 agreement with the float file on `windows`, both run with LiteRT here."""
-    from ai_edge_litert.interpreter import Interpreter
-
     tops = []
     for name in ("model.tflite", "model_int8.tflite"):
-        interpreter = Interpreter(model_path=str(export_dir / name))
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, list(windows.shape))
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, windows)
-        interpreter.invoke()
-        tops.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).argmax(1))
+        tops.append(run_tflite(export_dir / name, windows).argmax(1))
     return float(np.mean(tops[0] == tops[1]))
 
 

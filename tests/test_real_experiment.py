@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from litert_run import run_tflite
 
 from audionet_tf.core import config as cfg
 from audionet_tf.core.errors import AudioNetError
@@ -123,8 +124,6 @@ def test_the_student_beats_the_prior_on_held_out_windows(real_run):
 def test_the_integer_tflite_file_agrees_with_float_on_real_held_out_windows(real_run):
     """On the held-out windows of real recordings (never calibrated on), the integer TFLite file's top-1
     agrees with the float file's on at least 95 % of them, recomputed here with LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter
-
     from audionet_tf.dataset import reader
 
     export = real_run["work"] / "saved_models" / "real"
@@ -133,28 +132,10 @@ def test_the_integer_tflite_file_agrees_with_float_on_real_held_out_windows(real
     windows = reader.load_arrays(str(real_run["work"] / "data" / "real"), "validation")["audio"].astype(np.float32)
     logits = {}
     for name in ("model.tflite", "model_int8.tflite"):
-        interpreter = Interpreter(model_path=str(export / name))
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, list(windows.shape))
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, windows)
-        interpreter.invoke()
-        logits[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        logits[name] = run_tflite(export / name, windows)
     agreement = float(np.mean(logits["model_int8.tflite"].argmax(1) == logits["model.tflite"].argmax(1)))
     assert agreement == pytest.approx(meta["parity"]["int8_top1_agreement_with_float"])
     assert agreement >= 0.95, (agreement, meta["int8_quantization"], meta["parity"].get("int8_tried"))
-
-
-def run_tflite(path, windows):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, list(windows.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, windows)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
 @pytest.mark.slow

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any, Sequence
 
 from audionet_tf.core import config as cfg, console, storage
+from audionet_tf.commands.argtypes import positive_float, positive_int
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.evaluation.evaluate import distill, transfer
 
@@ -89,22 +89,6 @@ def distill_lines(result: dict[str, Any]) -> list[str]:
             lines.append(f"  fold {number}: top-1 {fold['top1_agreement']:.3f} (prior "
                          f"{fold['prior']['top1_agreement']:.3f}), KL {fold['kl']:.3f}, {fold['windows']} windows")
     return lines
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a positive finite number."""
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def real_config(args: argparse.Namespace) -> cfg.PipelineConfig:

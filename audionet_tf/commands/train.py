@@ -22,22 +22,9 @@ from typing import Any, Sequence
 
 from audionet_tf.core import config as cfg, console, storage
 from audionet_tf.core.config import PipelineConfig
+from audionet_tf.commands.argtypes import positive_float, positive_int
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.training.trainer import PeerLost
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _nonnegative_float(text: str) -> float:
@@ -60,13 +47,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", help="pipeline TOML file, or a built-in recipe: demo, seed (default: seed when --data is not given)")
     p.add_argument("--data", help="prepared dataset directory (default: the pipeline's local.out)")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int, help="global batch, split across replicas")
-    p.add_argument("--learning-rate", type=_positive_float)
-    p.add_argument("--temperature", type=_positive_float, help="distillation temperature T (loss scaled by T^2)")
-    p.add_argument("--devices", type=_positive_int, help="number of replicas (GPUs; logical CPUs when none)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="global batch, split across replicas")
+    p.add_argument("--learning-rate", type=positive_float)
+    p.add_argument("--temperature", type=positive_float, help="distillation temperature T (loss scaled by T^2)")
+    p.add_argument("--devices", type=positive_int, help="number of replicas (GPUs; logical CPUs when none)")
     p.add_argument("--strategy", choices=["mirrored", "multiworker"])
-    p.add_argument("--collective-timeout-s", type=_positive_float,
+    p.add_argument("--collective-timeout-s", type=positive_float,
                    help="multiworker: seconds without a heartbeat before workers give up on a peer")
     p.add_argument("--name", help="run name (default: the pipeline's, or the dataset directory's name)")
     p.add_argument("--runs-dir", help="where runs go: a local directory, or a URL (gs://BUCKET/runs, ram://...)")
@@ -77,16 +64,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", default=None, help="reproducible data order and ops")
     p.add_argument("--cache", choices=["auto", "memory", "none"])
     p.add_argument("--steps-per-execution", type=_nonnegative_int, help=f"0: a whole epoch per call, at most {cfg.AUTO_STEPS_PER_EXECUTION} steps")
-    p.add_argument("--checkpoint-every", type=_positive_int, help="epochs between checkpoints and backups")
+    p.add_argument("--checkpoint-every", type=positive_int, help="epochs between checkpoints and backups")
     p.add_argument("--backup-every-steps", type=_nonnegative_int, help="also back up every N steps (0: off)")
     p.add_argument("--backup-every-minutes", type=_nonnegative_float, help="also back up every N minutes (0: off)")
-    p.add_argument("--histogram-every", type=_positive_int)
-    p.add_argument("--validate-every", type=_positive_int,
+    p.add_argument("--histogram-every", type=positive_int)
+    p.add_argument("--validate-every", type=positive_int,
                    help="epochs between evaluations of the held-out clips (checkpoint and last epochs always)")
-    p.add_argument("--input-scale", type=_positive_float, help="waveform gain inside the model")
+    p.add_argument("--input-scale", type=positive_float, help="waveform gain inside the model")
     p.add_argument("--architecture", choices=list(cfg.ARCHITECTURES),
                    help="the student's layer table: audionet (the slides', default), soundnet5, soundnet8")
-    p.add_argument("--window-s", type=_positive_float,
+    p.add_argument("--window-s", type=positive_float,
                    help="SoundNet students: seconds of audio centred on each frame (default: the shortest "
                         "window with one output step)")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
