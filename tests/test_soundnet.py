@@ -264,13 +264,6 @@ def run_cli(module, *args, cwd, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def tones(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tones"
-    write_synthetic_dataset(str(path), clips=4, seconds=0.6, num_classes=4, kinds=2, holdout=1, shard_size=40)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def short_tones(tmp_path_factory):
     """Two 0.8 s clips, a frame every 200 ms (8 windows, no held-out clip): two steps of batch 4 an epoch."""
     path = tmp_path_factory.mktemp("data") / "short_tones"
@@ -338,73 +331,6 @@ def test_two_replicas_reach_the_weights_of_one(short_tones, tmp_path):
             assert a["moved"] > 5e-4, (path, a)
 
 
-@pytest.mark.slow
-def test_soundnet5_trains_resumes_exports_predicts_and_embeds(tones, tmp_path):
-    """The commands, end to end: a run stopped after an epoch continues; its export's SavedModel and
-    TFLite files give the Keras model's logits; predict and embed (named layers) read it."""
-    from audionet_tf.serving import inference
-
-    args = ["--data", tones, "--architecture", "soundnet5", "--batch-size", "8", "--learning-rate", "1e-3",
-            "--name", "sn5", "--quiet", "--histogram-every", "1", "--checkpoint-every", "1", "--validate-every", "1"]
-    first = run_cli("train", *args, "--epochs", "1", "--no-export", "--no-report", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    os.remove(tmp_path / "runs" / "sn5" / "metrics.json")  # as if stopped before its end: the next run resumes
-    second = run_cli("train", *args, "--epochs", "2", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    history = (tmp_path / "runs" / "sn5" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"], history
-    doc = json.loads((tmp_path / "runs" / "sn5" / "config.json").read_text())
-    assert doc["student"] == {"architecture": "soundnet5", "window_samples": 56798, "hop_samples": 640}
-    export = tmp_path / "saved_models" / "sn5"
-    meta = json.loads((export / "metadata.json").read_text())
-    assert meta["architecture"] == "soundnet5" and meta["window_samples"] == 56798
-    assert meta["parity"]["tflite_float_max_abs_diff"] < 1e-5
-    # student.onnx: SoundNet-5's fixed window, conv4's 256 as its embedding, checked on held-out long windows.
-    assert meta["onnx"]["input"] == {"windows": ["batch", 56798]} and meta["onnx"]["window_fixed"]
-    assert meta["onnx"]["outputs"]["embedding"] == ["batch", 256] and meta["onnx"]["embedding_layer"] == "conv4"
-    assert meta["parity"]["onnx_max_abs_diff"] < 1e-5 and meta["parity"]["onnx_embedding_max_abs_diff"] < 1e-5
-    assert meta["parity"]["windows_split"] == "validation" and 0 < meta["parity"]["windows"] <= 36
-    assert (tmp_path / "runs" / "sn5" / "report" / "index.html").is_file()
-    # A 2 s recording: one window per 40 ms frame, each centred on its frame, zeros past the ends.
-    wave = (0.3 * np.sin(2 * np.pi * 300 * np.arange(32000) / 16000)).astype(np.float32)
-    keras_student = inference.load_student(str(tmp_path / "runs" / "sn5" / "model.keras"))
-    heard = inference.predict(inference.load_student(str(export)), wave, sample_rate=16000)
-    assert heard["scores"].shape == (50, 4)  # 2 s of frames every 40 ms
-    np.testing.assert_allclose(heard["times"][:3], [0.0, 0.04, 0.08], atol=1e-9)
-    left = (56798 - 640) // 2
-    padded = np.concatenate([np.zeros(left, np.float32), wave, np.zeros(56798, np.float32)])
-    direct = keras_student.logits(np.stack([padded[k * 640: k * 640 + 56798] for k in (0, 7, 49)]))
-    np.testing.assert_allclose(heard["logits"][[0, 7, 49]], direct, rtol=1e-4, atol=1e-4)
-    onnx = inference.load_student(str(export / "student.onnx"))
-    assert (onnx.window_samples, onnx.embedding_layer) == (56798, "conv4")
-    np.testing.assert_allclose(inference.predict(onnx, wave, sample_rate=16000)["logits"], heard["logits"],
-                               rtol=1e-4, atol=1e-4)
-    tflite = inference.load_student(str(export / "model.tflite"))
-    np.testing.assert_allclose(inference.predict(tflite, wave, sample_rate=16000)["logits"], heard["logits"],
-                               rtol=1e-4, atol=1e-4)
-    assert inference.embed(inference.load_student(str(export)), wave, sample_rate=16000)["embeddings"].shape == (50, 256)
-    conv2 = inference.embed(keras_student, wave, sample_rate=16000, layer="conv2")["embeddings"]
-    assert conv2.shape == (50, 64)
-    import wave as wavmod
-
-    with wavmod.open(str(tmp_path / "tone.wav"), "wb") as handle:
-        handle.setnchannels(1), handle.setsampwidth(2), handle.setframerate(16000)
-        handle.writeframes((wave * 32767).astype("<i2").tobytes())
-    result = run_cli("embed", str(tmp_path / "tone.wav"), "--model", str(tmp_path / "runs" / "sn5" / "model.keras"),
-                     "--layer", "pool2", "--out", str(tmp_path / "emb"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert np.load(tmp_path / "emb" / "tone.npz")["embedding"].shape == (50, 64)
-    printed = run_cli("predict", str(tmp_path / "tone.wav"), "--model", str(export), "--json",
-                      str(tmp_path / "p.json"), "--quiet", cwd=tmp_path)
-    assert printed.returncode == 0, printed.stderr[-2000:]
-    windows = json.loads((tmp_path / "p.json").read_text())
-    windows = windows[0] if isinstance(windows, list) else windows
-    assert len(windows["windows"]) == 50 and windows["duration"] == 2.0, list(windows)
-    bad = run_cli("embed", str(tmp_path / "tone.wav"), "--model", str(export), "--layer", "conv3",
-                  "--out", str(tmp_path / "emb2"), cwd=tmp_path)
-    assert bad.returncode != 0 and "needs a .keras model" in bad.stderr
-
-
 def test_a_browser_page_for_a_soundnet_student_is_refused_before_any_work(tmp_path):
     """The page frames recordings as audionet's windows (one per hop from the first sample): --web with a
     SoundNet student stops with one message naming why, and writes neither the export nor the page."""
@@ -420,39 +346,116 @@ def test_a_browser_page_for_a_soundnet_student_is_refused_before_any_work(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_soundnet8_trains_on_real_recordings_and_its_export_predicts(tmp_path):
-    """A few steps of SoundNet-8 on a dataset prepared from real recordings (demo-colour teacher, for the
-    plumbing), exported (SavedModel, TFLite float and int8) and run by predict."""
+HOP = 3200  # a frame every 200 ms: the real set's 2 s clips give 10 frames each (15 train, 15 held out)
+SN8_WINDOW = 209374
+
+
+@pytest.fixture(scope="module")
+def real8(tmp_path_factory):
+    """SoundNet-8 distilled on three real recordings by the commands: prepare (a still of one colour under
+    each recording, the demo-colour teacher naming the colour; the last half of each clip held out), train
+    one epoch, then a second run that resumes it for a second epoch, exports and reports."""
     sounds = sorted((REAL / "instruments").glob("*.ogg"))[:3] if REAL.is_dir() else []
     if len(sounds) < 3:
         pytest.skip(f"real recordings not found in {REAL}")
     import imageio_ffmpeg
 
+    root = tmp_path_factory.mktemp("real8")
     rows = []
     for colour, sound in zip(("red", "green", "blue"), sounds):
-        # A still of one colour under the real recording: the demo teacher names the colour.
-        video = tmp_path / f"{sound.stem}.mp4"
+        video = root / f"{sound.stem}.mp4"
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
-                        f"color=c={colour}:s=64x64:r=25:d=4", "-i", str(sound), "-t", "4", "-shortest",
+                        f"color=c={colour}:s=64x64:r=25:d=3", "-i", str(sound), "-t", "3", "-shortest",
                         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(video)], check=True)
         rows.append(f"{video},0,2,{sound.stem}\n")
-    manifest = tmp_path / "clips.csv"
-    manifest.write_text("url,start,duration,label\n" + "".join(rows))
-    prepared = run_cli("prepare", "--manifest", str(manifest), "--teacher", "demo-colour", "--out",
-                       str(tmp_path / "data"), "--holdout", "0", cwd=tmp_path)
+    (root / "clips.csv").write_text("url,start,duration,label\n" + "".join(rows))
+    prepared = run_cli("prepare", "--manifest", str(root / "clips.csv"), "--teacher", "demo-colour", "--out",
+                       str(root / "data"), "--holdout", "0", "--holdout-part", "0.5", "--frame-period-ms", "200",
+                       "--window-ms", "200", "--quiet", cwd=root)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
-    trained = run_cli("train", "--data", str(tmp_path / "data"), "--architecture", "soundnet8", "--epochs", "1",
-                      "--batch-size", "16", "--learning-rate", "1e-3", "--name", "real8", "--quiet", "--no-report",
-                      cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    meta = json.loads((tmp_path / "saved_models" / "real8" / "metadata.json").read_text())
-    assert meta["window_samples"] == 209374 and meta["parity"]["savedmodel_max_abs_diff"] < 1e-5
-    predicted = run_cli("predict", str(sounds[0]), "--model", str(tmp_path / "saved_models" / "real8"),
-                        "--hop-ms", "1000", cwd=tmp_path)
+    # train reads the frame period and window it expects from the pipeline's [audio] section.
+    (root / "audio.toml").write_text("[audio]\nframe_period_ms = 200\nwindow_ms = 200\n")
+    args = ["--pipeline", str(root / "audio.toml"), "--data", str(root / "data"), "--architecture", "soundnet8",
+            "--batch-size", "8", "--learning-rate", "1e-3", "--name", "real8", "--quiet", "--histogram-every", "2",
+            "--checkpoint-every", "1", "--validate-every", "1"]  # histograms, filters and timelines: epoch 2
+    first = run_cli("train", *args, "--epochs", "1", "--no-export", "--no-report", cwd=root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    os.remove(root / "runs" / "real8" / "metrics.json")  # as if stopped before its end: the next run resumes
+    second = run_cli("train", *args, "--epochs", "2", cwd=root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return {"root": root, "run": root / "runs" / "real8", "export": root / "saved_models" / "real8",
+            "sounds": sounds}
+
+
+@pytest.mark.slow
+def test_soundnet8_on_real_recordings_resumes_and_exports(real8):
+    """The resumed run has both epochs; the export's SavedModel, TFLite float and int8 and ONNX files were
+    checked against the Keras model on held-out long windows; the report is written."""
+    history = (real8["run"] / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"], history
+    doc = json.loads((real8["run"] / "config.json").read_text())
+    assert doc["student"] == {"architecture": "soundnet8", "window_samples": SN8_WINDOW, "hop_samples": HOP}
+    meta = json.loads((real8["export"] / "metadata.json").read_text())
+    assert meta["architecture"] == "soundnet8" and meta["window_samples"] == SN8_WINDOW
+    parity = meta["parity"]
+    assert parity["windows_split"] == "validation" and 0 < parity["windows"] <= 10, parity
+    assert parity["savedmodel_max_abs_diff"] < 1e-5 and parity["tflite_float_max_abs_diff"] < 1e-5, parity
+    assert meta["onnx"]["input"] == {"windows": ["batch", SN8_WINDOW]} and meta["onnx"]["window_fixed"]
+    assert meta["onnx"]["outputs"]["embedding"] == ["batch", 256] and meta["onnx"]["embedding_layer"] == "pool5"
+    assert parity["onnx_max_abs_diff"] < 1e-5 and parity["onnx_embedding_max_abs_diff"] < 1e-5, parity
+    assert (real8["run"] / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_soundnet8_export_predicts_and_embeds_like_its_keras_model(real8):
+    """The Python API on 2 s of a real recording: one window per 200 ms frame, centred on it (zeros past
+    the ends), the same logits from model.keras, the SavedModel, model.tflite and student.onnx; the int8
+    file runs in LiteRT alone; embeddings from the export's pool5 and from a named layer of the .keras."""
+    import audionet_tf as an
+    from audionet_tf.preparation.media import read_audio
+    from litert_run import run_tflite
+
+    wave = read_audio(str(real8["sounds"][0]), 16000)[:32000]
+    keras_student = an.load_student(str(real8["run"] / "model.keras"))
+    heard = an.predict(an.load_student(str(real8["export"])), wave, sample_rate=16000)
+    assert heard["scores"].shape == (10, 6)  # 2 s of frames every 200 ms; demo-colour's 6 classes
+    np.testing.assert_allclose(heard["times"][:3], [0.0, 0.2, 0.4], atol=1e-9)
+    left = (SN8_WINDOW - HOP) // 2
+    padded = np.concatenate([np.zeros(left, np.float32), wave, np.zeros(SN8_WINDOW, np.float32)])
+    windows = np.stack([padded[k * HOP: k * HOP + SN8_WINDOW] for k in (0, 4, 9)])
+    np.testing.assert_allclose(heard["logits"][[0, 4, 9]], keras_student.logits(windows), rtol=1e-4, atol=1e-4)
+    for other in ("model.tflite", "student.onnx"):
+        got = an.predict(an.load_student(str(real8["export"] / other)), wave, sample_rate=16000)["logits"]
+        np.testing.assert_allclose(got, heard["logits"], rtol=1e-4, atol=1e-4, err_msg=other)
+    int8 = run_tflite(real8["export"] / "model_int8.tflite", windows)
+    assert int8.shape == (3, 6) and np.all(np.isfinite(int8))
+    assert an.embed(an.load_student(str(real8["export"])), wave, sample_rate=16000)["embeddings"].shape == (10, 256)
+    conv2 = an.embed(keras_student, wave, sample_rate=16000, layer="conv2")["embeddings"]
+    assert conv2.shape == (10, 32)
+
+
+@pytest.mark.slow
+def test_soundnet8_predict_and_embed_commands_read_its_export(real8, capsys):
+    """predict on a whole real recording (a window a second), embed with a named layer of the run's .keras;
+    a layer only a .keras has, asked of the SavedModel, is refused naming why."""
+    from audionet_tf.commands import embed as embed_cmd
+
+    root, sound = real8["root"], real8["sounds"][0]
+    predicted = run_cli("predict", str(sound), "--model", str(real8["export"]), "--hop-ms", "1000",
+                        "--json", str(root / "p.json"), cwd=root)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     seconds = [line for line in predicted.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
     assert len(seconds) >= 3, predicted.stdout  # a window every second of a recording of 4 s or more
+    result = json.loads((root / "p.json").read_text())
+    result = result[0] if isinstance(result, list) else result
+    assert len(result["windows"]) == len(seconds) and result["duration"] >= 4, list(result)
+    # embed's command in this process (its flags, files and exit status; predict above is the subprocess).
+    assert embed_cmd.main([str(sound), "--model", str(real8["run"] / "model.keras"), "--layer", "conv7",
+                           "--hop-ms", "1000", "--out", str(root / "emb")]) == 0
+    assert np.load(root / "emb" / f"{sound.stem}.npz")["embedding"].shape == (len(seconds), 1024)
+    assert embed_cmd.main([str(sound), "--model", str(real8["export"]), "--layer", "conv3",
+                           "--out", str(root / "emb2")]) != 0
+    assert "needs a .keras model" in capsys.readouterr().err
 
 
 def write_wav(path, samples, rate, channels):

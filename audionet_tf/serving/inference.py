@@ -130,6 +130,13 @@ def load_student(path: str) -> Student:
     if os.path.isfile(os.path.join(folder, "metadata.json")):
         with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as handle:
             meta = json.load(handle)
+    elif os.path.isfile(os.path.join(folder, "config.json")):
+        # A run directory's model.keras: its config.json says what the student heard (the dataset's
+        # rate, the frame hop), which need not be the 16 kHz and 40 ms defaults.
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            run = json.load(handle)
+        heard = {**(run.get("dataset") or {}), **(run.get("student") or {})}
+        meta = {key: heard[key] for key in ("sample_rate", "window_samples", "hop_samples") if key in heard}
     rate, window, hop = meta.get("sample_rate", 16000), meta.get("window_samples", 640), meta.get("hop_samples", 640)
     built_for = None
     if path.endswith(".tflite"):
