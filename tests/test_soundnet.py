@@ -384,13 +384,14 @@ def real8(tmp_path_factory):
     second = run_cli("train", *args, "--epochs", "2", cwd=root)
     assert second.returncode == 0, second.stderr[-3000:]
     return {"root": root, "run": root / "runs" / "real8", "export": root / "saved_models" / "real8",
-            "sounds": sounds}
+            "sounds": sounds, "resumed": second.stderr}
 
 
 @pytest.mark.slow
 def test_soundnet8_on_real_recordings_resumes_and_exports(real8):
     """The resumed run has both epochs; the export's SavedModel, TFLite float and int8 and ONNX files were
     checked against the Keras model on held-out long windows; the report is written."""
+    assert "resumed from" in real8["resumed"] and "at epoch 1 step 0" in real8["resumed"], real8["resumed"][-2000:]
     history = (real8["run"] / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2"], history
     doc = json.loads((real8["run"] / "config.json").read_text())
