@@ -258,6 +258,23 @@ def test_windows_shorter_than_the_hop_cannot_be_rebuilt(tmp_path):
         reader.load_arrays(data, "train", window_samples=4000)
 
 
+def test_long_windows_are_read_and_run_a_few_at_a_time():
+    """predict and embed bound memory by samples, not windows: SoundNet-8's 209,374-sample windows go 10 to a
+    model call and 80 to a chunk read (256 and 2048 of audionet's 640), the same windows as a whole framing."""
+    from audionet_tf.serving import audio, inference
+
+    assert [inference.batch_windows(w) for w in (640, 56798, 209374)] == [256, 36, 10]
+    wave = np.random.default_rng(0).standard_normal(16000 * 100).astype(np.float32)
+    chunks = list(inference.window_chunks(audio.ArrayAudio(wave), 209374, 16000, "noise"))
+    assert [len(w) for w, _ in chunks] == [80, 7]
+    whole, starts = inference.frame_audio(wave, 209374, 16000, "noise")
+    np.testing.assert_array_equal(np.concatenate([w for w, _ in chunks]), whole)
+    np.testing.assert_array_equal(np.concatenate([s for _, s in chunks]), starts)
+    calls = []
+    inference.batched(lambda w: calls.append(len(w)) or np.zeros((len(w), 2)), whole)
+    assert calls == [10] * 8 + [7]
+
+
 def run_cli(module, *args, cwd, timeout=600):
     return subprocess.run([sys.executable, "-m", f"audionet_tf.{module}", *args], cwd=cwd, env=QUIET_ENV,
                           capture_output=True, text=True, timeout=timeout)

@@ -17,6 +17,16 @@ BATCH = 256
 # A multiple of BATCH: a streamed recording's batches are then exactly those of the whole recording,
 # so its values are the whole-file computation's to the bit. 2048 windows of 1000 classes: 8 MB of logits.
 CHUNK_WINDOWS = 8 * BATCH
+# Samples in one batch at most (2^21): all of BATCH for 640-sample windows; for SoundNet's long windows
+# as many as fit, at least one (10 of SoundNet-8's 209,374 samples, whose batch of 256 would hold 1.7 GB
+# of conv1 outputs and whose chunk of 2048 windows 1.7 GB of audio: memory bounded by the window count,
+# not its size).
+BATCH_SAMPLES = 1 << 21
+
+
+def batch_windows(window: int) -> int:
+    """Windows per model call for windows of `window` samples: BATCH, fewer for long windows."""
+    return max(1, min(BATCH, BATCH_SAMPLES // max(int(window), 1)))
 RUNNER_CACHE = 8  # Keras models (or sub-models) whose traced function is kept for reuse
 
 
@@ -61,10 +71,11 @@ class KerasRunner:
                                     input_signature=[tf.TensorSpec([None, None], tf.float32)])
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
-        """Outputs for `windows`, in batches of BATCH."""
+        """Outputs for `windows`, in batches of `batch_windows` (BATCH for 640-sample windows)."""
         windows = np.asarray(windows, np.float32)
-        return np.concatenate([self.function(windows[i:i + BATCH]).numpy()
-                               for i in range(0, max(len(windows), 1), BATCH)])
+        step = batch_windows(windows.shape[-1]) if windows.ndim == 2 else BATCH
+        return np.concatenate([self.function(windows[i:i + step]).numpy()
+                               for i in range(0, max(len(windows), 1), step)])
 
     @property
     def traces(self) -> int:
@@ -196,8 +207,9 @@ def frame_audio(wave: np.ndarray, window: int, hop: int, where: str) -> tuple[np
 
 
 def batched(fn: Callable[[np.ndarray], np.ndarray], windows: np.ndarray) -> np.ndarray:
-    """`fn` over `windows` in batches."""
-    return np.concatenate([np.asarray(fn(windows[i:i + BATCH])) for i in range(0, len(windows), BATCH)])
+    """`fn` over `windows` in batches of `batch_windows`."""
+    step = batch_windows(windows.shape[-1]) if np.ndim(windows) == 2 else BATCH
+    return np.concatenate([np.asarray(fn(windows[i:i + step])) for i in range(0, len(windows), step)])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -209,8 +221,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def window_chunks(source: audio.ArrayAudio | audio.FileAudio, window: int, hop: int,
                   where: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The windows of `source` and their start samples, CHUNK_WINDOWS at a time (see `audio.window_chunks`)."""
-    return audio.window_chunks(source, window, hop, CHUNK_WINDOWS, where)
+    """The windows of `source` and their start samples, CHUNK_WINDOWS at a time for 640-sample windows,
+    8 batches of `batch_windows` for longer ones (see `audio.window_chunks`)."""
+    per_call = batch_windows(window)
+    chunk = CHUNK_WINDOWS if per_call == BATCH else CHUNK_WINDOWS // BATCH * per_call
+    return audio.window_chunks(source, window, hop, chunk, where)
 
 
 def open_audio(path: str, sample_rate: int) -> audio.FileAudio:
