@@ -1,8 +1,9 @@
 """Top classes over time for a recording: per window and per second (probabilities averaged).
 
-A recording is read and classified in chunks of windows (`inference.CHUNK_WINDOWS`), so memory
-stays flat in its length; each window keeps only its top-k classes, and JSON or CSV results are
-written window by window to a temporary file that is renamed into place.
+A recording is read and classified in chunks of windows (`inference.CHUNK_WINDOWS`; fewer of
+SoundNet's long windows, `inference.batch_windows`), so memory stays flat in its length; each window
+keeps only its top-k classes, and JSON or CSV results are written window by window to a temporary
+file that is renamed into place.
 """
 from __future__ import annotations
 
