@@ -36,7 +36,7 @@ _ENTRY_POINTS = {
     "load_student": "audionet_tf.serving.inference:load_student",
     "predict": "audionet_tf.serving.inference:predict",
     "embed": "audionet_tf.serving.inference:embed",
-    "build_student": "audionet_tf.model.student:build_audionet",
+    "build_student": "audionet_tf.model.student:build_student",
     "load_pipeline": "audionet_tf.core.config:load_pipeline",
     "PipelineConfig": "audionet_tf.core.config:PipelineConfig",
     "override": "audionet_tf.core.config:override",

@@ -13,7 +13,7 @@ import real_student
 from audionet_tf.commands import export as export_cmd, predict as predict_cmd
 from audionet_tf.core.config import ExportConfig
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.model.student import build_audionet, embedding_model
+from audionet_tf.model.student import build_student, embedding_model
 from audionet_tf.serving import inference, onnx_model
 
 ROOT = real_student.ROOT
@@ -73,6 +73,8 @@ def real(tmp_path_factory):
     {"input_length": None, "num_classes": 5},  # the slides' student: input scale 256, 16 filters
     {"input_length": None, "num_classes": 7, "conv_filters": 8, "input_scale": 1.0},  # no scaling layer
     {"input_length": 640, "num_classes": 3},  # a fixed window: only the batch axis stays dynamic
+    # SoundNet-5 at its shortest window (fixed, as the train command builds it): conv4's 256 averaged over time.
+    {"architecture": "soundnet5", "input_length": 56798, "num_classes": 3},
 ])
 def test_onnx_file_has_named_outputs_dynamic_axes_and_metadata(tmp_path, architecture):
     """Every student the builder makes converts: `windows` in, `logits` and `embedding` out with named axes, the
@@ -80,7 +82,8 @@ def test_onnx_file_has_named_outputs_dynamic_axes_and_metadata(tmp_path, archite
     (where the model's input length is free) window lengths."""
     import onnx
 
-    model = build_audionet(**architecture)
+    model = build_student(**architecture)
+    soundnet = architecture.get("architecture", "audionet") != "audionet"
     names = [f"sound {i}" for i in range(architecture["num_classes"])]
     path = str(tmp_path / "student.onnx")
     onnx_model.write_onnx(model, path, class_names=names, sample_rate=16000, window_samples=640, hop_samples=320,
@@ -89,18 +92,22 @@ def test_onnx_file_has_named_outputs_dynamic_axes_and_metadata(tmp_path, archite
     dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
     fixed = architecture["input_length"]
     assert [(v.name, dims(v)) for v in proto.graph.input] == [("windows", ["batch", fixed or "samples"])]
-    features = architecture.get("conv_filters", 16)
+    features = 256 if soundnet else architecture.get("conv_filters", 16)
     assert sorted((v.name, dims(v)) for v in proto.graph.output) == [
         ("embedding", ["batch", features]), ("logits", ["batch", architecture["num_classes"]])]
     assert proto.opset_import[0].version == 15
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["class_names"]) == names
     assert (props["sample_rate"], props["window_samples"], props["hop_samples"]) == ("16000", "640", "320")
+    assert (props["architecture"], props["embedding_layer"]) == (
+        ("soundnet5", "conv4") if soundnet else ("audionet", "pooled"))
+    assert ("fixed at" in props["input"]) == bool(fixed)
 
     student = onnx_model.open_onnx(path)
     rng = np.random.default_rng(1)
     pooled = embedding_model(model)
-    for batch, length in [(1, 640), (5, 640), (3, 1600), (2, 321)]:
+    sizes = [(1, fixed), (3, fixed)] if soundnet else [(1, 640), (5, 640), (3, 1600), (2, 321)]
+    for batch, length in sizes:
         if fixed and length != fixed:
             continue
         windows = (0.4 * rng.standard_normal((batch, length))).astype(np.float32)
@@ -118,6 +125,7 @@ def test_export_writes_student_onnx_and_records_its_parity(real):
     assert parity["onnx_max_abs_diff"] <= TOLERANCE and parity["onnx_embedding_max_abs_diff"] <= TOLERANCE
     assert meta["files"]["student.onnx"] == (real["export"] / "student.onnx").stat().st_size
     assert meta["onnx"] == {"file": "student.onnx", "opset": 15, "input": {"windows": ["batch", "samples"]},
+                            "input_text": onnx_model.INPUT_TEXT, "window_fixed": False, "embedding_layer": "pooled",
                             "outputs": {"logits": ["batch", 6], "embedding": ["batch", 16]}}
     assert {"tf2onnx", "onnxruntime", "onnx"} <= set(meta["versions"])
     # The command prints the parity it recorded; recomputed here on the same 64 windows of noise from seed 0.

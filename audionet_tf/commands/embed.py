@@ -1,6 +1,6 @@
 """Sound embeddings from the student, one `.npz` per input (`embedding` [M, D], `timestamps` [M] s).
 
-    python -m audionet_tf.embed a.wav b.mp4 --out embeddings/ [--hop-ms 40] [--layer pooled|conv]
+    python -m audionet_tf.embed a.wav b.mp4 --out embeddings/ [--hop-ms 40] [--layer pooled|conv|pool5|conv7|...]
 
 `pooled`: the 16 features the student averages before its classifier, per window (the
 SoundNet-style transfer representation). `conv`: statistics over time of the 16 max-pooled
@@ -34,7 +34,9 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--model", help="export directory, .keras or run directory (default: newest export)")
     p.add_argument("--hop-ms", type=float, help="hop between windows (default: the training hop)")
-    p.add_argument("--layer", choices=["pooled", "conv"], default="pooled")
+    p.add_argument("--layer", help="audionet: pooled (default) or conv (a .keras model); SoundNet: the export's "
+                                   "default (soundnet8 pool5, soundnet5 conv4), or any layer of its table "
+                                   "(conv1 ... conv8, pool1, pool2, pool5, ...) from a .keras model")
     p.add_argument("--overwrite", action="store_true", help="replace .npz files that already exist in --out")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     return p.parse_args(argv)

@@ -49,6 +49,24 @@ def print_table(title: str, rows: dict[str, dict[str, float]], columns: Sequence
         print(f"  {name:22s}" + "".join(f"{values[c]:16.4f}" for c in columns))
 
 
+def transfer_lines(result: dict[str, Any]) -> list[str]:
+    """The transfer table as Markdown: one row per feature set, accuracy on each fold, mean ± std, dimensions."""
+    p = result.get("protocol", {})
+    lines = [f"{os.path.basename(os.path.normpath(result['dataset']))}: {result['files']} files, "
+             f"{len(result['classes'])} classes, {result['cv']} (chance {result['chance']:.3f}); "
+             f"{p.get('architecture')} layer {p.get('layer')}, {p.get('classifier')}"
+             + (f" C = {p['C']:g}" if p.get("C") else "")
+             + (f", clips repeated to {p['clip_seconds']:.2f} s" if p.get("clip_seconds") else ", clips as they are"),
+             ""]
+    folds = len(next(iter(result["accuracy"].values()))["folds"])
+    lines.append("| features | " + " | ".join(f"fold {i + 1}" for i in range(folds)) + " | mean ± std | dimensions |")
+    lines.append("|---" * (folds + 3) + "|")
+    for name, row in result["accuracy"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{a:.3f}" for a in row["folds"])
+                     + f" | {row['mean']:.3f} ± {row['std']:.3f} | {row['dimensions']} |")
+    return lines
+
+
 def distill_lines(result: dict[str, Any]) -> list[str]:
     """The distill tables as text: overall, per clip (student and prior), and per fold."""
     columns = ("kl", "top1_agreement", "top5_agreement")
@@ -117,7 +135,16 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     r.add_argument("--no-report", dest="report", action="store_false", default=None)
     t = sub.add_parser("transfer", help="linear classifier on student features vs baselines")
     t.add_argument("--model", required=True, help="run directory, export directory or .keras")
-    t.add_argument("--dataset", required=True, help="ESC-50 layout, or one folder per class")
+    t.add_argument("--dataset", required=True,
+                   help="ESC-50's folder, a CSV in its layout (filename,fold,target,category), or one folder per class")
+    t.add_argument("--audio", help="the CSV's audio folder (default: audio/ beside its meta/ folder, or beside it)")
+    t.add_argument("--layer", help="features of this layer (audionet: pooled, conv; default both; SoundNet: "
+                                   "conv1 ... conv8, pool1 ...; default pool5 for soundnet8, conv4 for soundnet5)")
+    t.add_argument("--classifier", choices=["svm", "logistic"], default="svm",
+                   help="linear SVM (SoundNet's, default) or logistic regression, after standardisation")
+    t.add_argument("--C", dest="c", type=float, default=0.01, help="the SVM's C (default 0.01, SoundNet's)")
+    t.add_argument("--seconds", type=float,
+                   help="each clip repeated to this length (default: the longest clip, at least one window; 0: as is)")
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="JSON output (default: <model>/report/transfer.json for a run directory)")
@@ -150,12 +177,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         else:
             if args.folds < 2:
                 raise AudioNetError(f"--folds must be at least 2, got {args.folds}")
-            result = transfer(args.model, args.dataset, args.folds, args.seed)
+            result = transfer(args.model, args.dataset, args.folds, args.seed, layer=args.layer,
+                              classifier=args.classifier, c=args.c, seconds=args.seconds, audio_dir=args.audio)
             out = args.out or (os.path.join(args.model, "report", "transfer.json") if os.path.isdir(args.model)
                                else os.path.splitext(args.model)[0] + "-transfer.json")
             storage.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-            print_table(f"{result['dataset']}: {result['files']} files, {len(result['classes'])} classes, "
-                        f"{result['cv']} (chance {result['chance']:.3f})", result["accuracy"], ("mean", "std"))
+            for line in transfer_lines(result):
+                print(line)
             for path, why in result["skipped"].items():
                 print(f"  skipped {path}: {why}")
             print(f"written to {out}")

@@ -86,7 +86,7 @@ def export_options(args: argparse.Namespace) -> cfg.ExportConfig:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Export per parsed flags."""
-    from audionet_tf.model.student import load_model
+    from audionet_tf.model.student import load_model, model_window
 
     options = export_options(args)
     name = os.path.splitext(storage.basename(args.source))[0]
@@ -104,10 +104,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.labels:
         with open(args.labels, encoding="utf-8") as handle:
             names = [line.rstrip("\n") for line in handle if line.strip()]
+    # A student built for one window (SoundNet's) is exported for it; audionet takes --window-samples.
+    window = model_window(model) or args.window_samples
     return export_model(model, out, class_names=names, sample_rate=args.sample_rate,
-                        window_samples=args.window_samples, hop_samples=args.hop_samples,
-                        calibration=calibration_windows(args.data) if args.data else None,
-                        check=held_out_windows(args.data) if args.data else None, options=options)
+                        window_samples=window, hop_samples=args.hop_samples,
+                        calibration=calibration_windows(args.data, window_samples=window) if args.data else None,
+                        check=held_out_windows(args.data, window_samples=window) if args.data else None,
+                        options=options)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -31,6 +31,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     p.add_argument("files", nargs="+")
     p.add_argument("--model", help="export directory, .keras, .tflite or .onnx (default: newest under saved_models/)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--hop-ms", type=float, help="hop between windows (default: the training hop; SoundNet "
+                                                "students on long recordings: e.g. 1000)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", help="write the results as JSON")
     out.add_argument("--csv", help="write the per-window results as CSV")
@@ -53,6 +55,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {target} already exists: pass --overwrite to replace it, or write to another file",
               file=sys.stderr)
         return 2
+    if args.hop_ms is not None and not args.hop_ms > 0:
+        print(f"error: --hop-ms must be positive, got {args.hop_ms}", file=sys.stderr)
+        return 2
     try:
         student = inference.load_student(args.model or inference.newest_export())
     except AudioNetError as exc:
@@ -61,7 +66,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     results, failed = [], 0
     for path in args.files:
         try:
-            result = predict_file(student, path, args.top_k)
+            hop = int(round(args.hop_ms * student.sample_rate / 1000)) if args.hop_ms else None
+            result = predict_file(student, path, args.top_k, hop)
         except AudioNetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1

@@ -74,6 +74,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--validate-every", type=positive_int,
                    help="epochs between evaluations of the held-out clips (checkpoint and last epochs always)")
     p.add_argument("--input-scale", type=positive_float, help="waveform gain inside the model")
+    p.add_argument("--architecture", choices=list(cfg.ARCHITECTURES),
+                   help="the student's layer table: audionet (the slides', default), soundnet5, soundnet8")
+    p.add_argument("--window-s", type=positive_float,
+                   help="SoundNet students: seconds of audio centred on each frame (default: the shortest "
+                        "window with one output step)")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
     p.add_argument("--no-prepare", dest="prepare", action="store_false", default=True,
@@ -89,7 +94,8 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     config = cfg.load_pipeline(pipeline)
     train_keys = {f.name for f in dataclasses.fields(cfg.TrainConfig)}
     config = cfg.override(config, "train", {k: v for k, v in vars(args).items() if k in train_keys})
-    config = cfg.override(config, "model", {"input_scale": args.input_scale})
+    config = cfg.override(config, "model", {"input_scale": args.input_scale, "architecture": args.architecture,
+                                            "window_s": args.window_s})
     return config
 
 

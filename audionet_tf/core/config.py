@@ -22,6 +22,7 @@ else:  # pragma: no cover
 from audionet_tf.core.errors import ConfigError
 
 DEFAULT_TEACHER = "EfficientNetV2B0"
+ARCHITECTURES = ("audionet", "soundnet5", "soundnet8")  # model.architecture (the tables: model/)
 
 
 def _check(condition: bool, where: str, message: str) -> None:
@@ -62,15 +63,26 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The student (slides' layer table); only the input scale is a free choice."""
+    """The student: the slides' layer table (default) or SoundNet's; the input scale and SoundNet's window are free."""
 
-    conv_filters: int = 16
+    # audionet: the slides' table on each frame's own window | soundnet5 | soundnet8: SoundNet's
+    # tables (model/soundnet.py), on a long window centred on each frame (docs/training.md, "SoundNet").
+    architecture: str = "audionet"
+    # SoundNet's window in seconds, centred on each teacher frame; None: the shortest window that gives
+    # one output step of the last conv (13.09 s for soundnet8, 3.55 s for soundnet5 at 16 kHz). A longer
+    # one gives several steps, averaged. Unused by audionet, which hears the dataset's own window.
+    window_s: float | None = None
+    conv_filters: int = 16  # audionet only
     # Waveforms in [-1, 1] are multiplied by this inside the model. SoundNet feeds about +-256;
     # on the seed-shaped synthetic set with Adam 1e-4, after about 135 epochs the training KL
     # was 2.28 at scale 1, 0.36 at 16 and 0.41 at 256 (KL 1.0 by epoch 30): see docs/training.md, "Input scale".
     input_scale: float = 256.0
 
     def __post_init__(self) -> None:
+        _check(self.architecture in ARCHITECTURES, "model.architecture",
+               f"must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        _check(self.window_s is None or (self.window_s > 0 and math.isfinite(self.window_s)), "model.window_s",
+               f"must be a positive number of seconds, got {self.window_s}")
         _check(self.conv_filters > 0, "model.conv_filters", f"must be positive, got {self.conv_filters}")
         _check(self.input_scale > 0 and math.isfinite(self.input_scale), "model.input_scale",
                f"must be a positive number, got {self.input_scale}")

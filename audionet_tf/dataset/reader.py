@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from audionet_tf.core import storage
 from audionet_tf.core.errors import DatasetError
-from audionet_tf.dataset import catalog, records
+from audionet_tf.dataset import catalog, context, records
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class ReadOptions:
     shuffle_buffer: int = 10000
     cache_limit_mb: int = DEFAULT_CACHE_LIMIT_MB
     verify: bool = True  # check shard sizes (and checksums, up to CHECKSUM_LIMIT_BYTES) before reading
+    # Windows of this many samples centred on each frame, rebuilt from neighbouring frames (`context`);
+    # None: the dataset's own windows.
+    window_samples: int | None = None
 
 
 def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, options: ReadOptions | None = None, *,
@@ -110,6 +113,8 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, opt
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     spec = description.spec
+    if o.window_samples is not None and o.window_samples != spec.window_samples:
+        return _context_dataset(data_dir, description, split, batch_size, o, input_context, skip_steps)
     include = None if o.clip_ids is None else sorted(set(o.clip_ids))
     exclude = None if o.exclude_clip_ids is None else sorted(set(o.exclude_clip_ids))
 
@@ -230,6 +235,75 @@ def make_dataset(data_dir: str, split: str = "train", batch_size: int = 512, opt
     return ds.with_options(tf_options)
 
 
+def _context_dataset(data_dir: str, description: records.Description, split: str, batch_size: int, o: ReadOptions,
+                     input_context, skip_steps: int):
+    """`make_dataset` for long windows rebuilt from each split's frames (`context`): always from memory.
+
+    The order is the in-memory path's (a stateless shuffle of (seed, pass) over the split), so a resume
+    restarts where it stopped; each worker takes its slice of every global batch.
+    """
+    import tensorflow as tf
+
+    arrays = load_arrays(data_dir, split, clip_ids=o.clip_ids, window_samples=o.window_samples,
+                         description=description, verify=False)
+    if o.exclude_clip_ids:
+        keep = ~np.isin(arrays["clip_id"], np.array(sorted(set(o.exclude_clip_ids)), dtype=object))
+        arrays = {"audio": arrays["audio"].subset(keep), **{k: v[keep] for k, v in arrays.items() if k != "audio"}}
+    windows = arrays["audio"]
+    count = len(windows)
+    if not count:
+        raise DatasetError(f"dataset {data_dir} has no examples in its {split!r} split")
+    if windows.nbytes > o.cache_limit_mb * (1 << 20):
+        raise DatasetError(f"dataset {data_dir}: the rebuilt audio of its {split!r} split takes "
+                           f"{windows.nbytes / (1 << 20):.0f} MB, over train.cache_limit_mb = {o.cache_limit_mb}; "
+                           f"raise it, or train on a smaller set")
+    workers = input_context.num_input_pipelines if input_context is not None else 1
+    worker = input_context.input_pipeline_id if input_context is not None else 0
+    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context is not None else batch_size
+    if batch_size % workers:
+        raise ValueError(f"batch size {batch_size} does not split evenly across {workers} workers")
+    width = windows.window
+    buffer = tf.constant(windows.buffer)
+    starts, logits = windows.starts, np.asarray(arrays["logits"], np.float32)
+    if o.shuffle:
+        first_pass, offset = _position(skip_steps * batch_size, count, None)
+        whole = tf.data.Dataset.from_tensors((starts, logits))
+        ds = tf.data.Dataset.zip((tf.data.Dataset.counter(start=first_pass), whole.repeat() if o.repeat else whole))
+
+        def permute(index, pair):
+            where, teacher = pair
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(where)[0]), seed=tf.stack([tf.cast(o.seed, tf.int64), index]))
+            begin = tf.where(tf.equal(index, first_pass), tf.constant(offset, tf.int32), 0)
+            return tf.gather(where, order[begin:]), tf.gather(teacher, order[begin:])
+
+        ds = ds.map(permute).rebatch(batch_size, drop_remainder=o.drop_remainder)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((starts, logits))
+        if o.repeat:
+            ds = ds.repeat()
+        if skip_steps:
+            ds = ds.skip(skip_steps * batch_size)
+        ds = ds.batch(batch_size, drop_remainder=o.drop_remainder)
+    if workers > 1:
+        part = batch_size // workers
+        ds = ds.map(lambda a, l: (a[worker * part:(worker + 1) * part], l[worker * part:(worker + 1) * part]))
+    if per_replica != batch_size // workers:
+        ds = ds.rebatch(per_replica, drop_remainder=o.drop_remainder)
+
+    def cut(where, teacher):
+        audio = tf.map_fn(lambda s: tf.slice(buffer, tf.reshape(s, [1]), [width]), where,
+                          fn_output_signature=tf.TensorSpec([width], tf.float32))
+        return tf.reshape(audio, [-1, width, 1]), teacher
+
+    ds = ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    tf_options = tf.data.Options()
+    tf_options.deterministic = True
+    if input_context is None:
+        tf_options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(tf_options)
+
+
 def _position(examples: int, per_pass: int, filtered) -> tuple[int, int]:
     """(pass, offset in it) of a stream position counted in examples."""
     if not examples:
@@ -250,12 +324,43 @@ def _pipeline_examples(my_files: list[str], data_dir: str, description: records.
     return count
 
 
-def load_arrays(data_dir: str, split: str = "all", clip_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """A split's examples as NumPy arrays: audio `[N, L]`, logits `[N, C]`, clip_id `[N]`, time `[N]`."""
-    description = catalog.read_description(data_dir)
+def load_arrays(data_dir: str, split: str = "all", clip_ids: Iterable[str] | None = None, *,
+                window_samples: int | None = None, description: records.Description | None = None,
+                verify: bool = True) -> dict[str, Any]:
+    """A split's examples as NumPy arrays: audio `[N, L]`, logits `[N, C]`, clip_id `[N]`, time `[N]`.
+
+    With `window_samples` other than the dataset's, audio is a `context.ContextWindows` of that width
+    centred on each frame, rebuilt from each split's own frames (held-out audio never enters a
+    training frame's window; "all" rebuilds the two splits apart).
+    """
+    description = description or catalog.read_description(data_dir)
+    if window_samples is not None and window_samples != description.spec.window_samples:
+        splits = records.SPLITS if split == "all" else (split,)
+        parts = []
+        for one in splits:
+            if description.examples(one) == 0:
+                continue
+            arrays = load_arrays(data_dir, one, clip_ids, description=description, verify=verify)
+            if not len(arrays["time"]):
+                continue
+            parts.append((context.context_windows(arrays, description.spec, window_samples, data_dir), arrays))
+        if not parts:
+            raise DatasetError(f"dataset {data_dir} has no examples in its {split!r} split")
+        if len(parts) == 1:
+            windows, arrays = parts[0]
+            return {**arrays, "audio": windows}
+        # One buffer for both splits, windows in clip-then-time order as for the dataset's own windows.
+        offsets = np.cumsum([0] + [len(w.buffer) for w, _ in parts[:-1]])
+        windows = context.ContextWindows(np.concatenate([w.buffer for w, _ in parts]),
+                                         np.concatenate([w.starts + off for (w, _), off in zip(parts, offsets)]),
+                                         window_samples)
+        merged = {k: np.concatenate([a[k] for _, a in parts]) for k in ("logits", "clip_id", "time")}
+        order = np.lexsort((merged["time"], merged["clip_id"].astype(str)))
+        return {**{k: v[order] for k, v in merged.items()}, "audio": windows.subset(order)}
     files = split_files(data_dir, description, split)
-    catalog.verify_shards(data_dir, description, checksums=True,
-                          splits=records.SPLITS if split == "all" else (split,))
+    if verify:
+        catalog.verify_shards(data_dir, description, checksums=True,
+                              splits=records.SPLITS if split == "all" else (split,))
     if not files:
         raise DatasetError(f"dataset {data_dir} has no examples in its {split!r} split")
     parts = [records.read_examples(f, description.spec) for f in files]

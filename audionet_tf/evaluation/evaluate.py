@@ -57,7 +57,7 @@ def unseen_classes(train_logits: np.ndarray, val: dict[str, np.ndarray]) -> dict
 def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = None) -> dict[str, Any]:
     """Student vs teacher on the held-out data (whole clips, or each clip's held-out part), with an optional
     K-fold; writes report/distill.json."""
-    from audionet_tf.model.student import load_model
+    from audionet_tf.model.student import load_model, model_window
 
     description = catalog.read_description(data_dir)
     held_out = description.held_out_clip_ids()
@@ -70,7 +70,14 @@ def distill(run_dir: str, data_dir: str, folds: int = 0, epochs: int | None = No
     model = load_model(model_path)
     val = reader.load_arrays(data_dir, "validation")
     train_arrays = reader.load_arrays(data_dir, "train")
-    student = model.predict(val["audio"][..., None], verbose=0, batch_size=512)
+    window = model_window(model)
+    if window is not None and window != description.spec.window_samples:
+        # SoundNet: its long window on each held-out frame, rebuilt from held-out frames only.
+        heard = reader.load_arrays(data_dir, "validation", window_samples=window, description=description)["audio"]
+        student = np.concatenate([model.predict(heard[i:i + 32][..., None], verbose=0)
+                                  for i in range(0, len(heard), 32)])
+    else:
+        student = model.predict(val["audio"][..., None], verbose=0, batch_size=512)
     prior = prior_logits(train_arrays["logits"], len(val["audio"]))
     names = catalog.read_class_names(data_dir, description)
     unseen = unseen_classes(train_arrays["logits"], val)
@@ -140,6 +147,9 @@ def cross_validate(run_dir: str, data_dir: str, folds: int, epochs: int | None) 
     train_cfg = cfg.build_section(cfg.TrainConfig, {k: v for k, v in doc["train"].items() if v is not None},
                                   "run config")
     model_cfg = cfg.build_section(cfg.ModelConfig, doc.get("model", {}), "run config")
+    if model_cfg.architecture != "audionet":
+        raise AudioNetError(f"--folds trains fresh audionet students; run {run_dir} is a {model_cfg.architecture}: "
+                            f"evaluate it on its held-out clips without --folds")
     description = catalog.read_description(data_dir)
     arrays = reader.load_arrays(data_dir, "all")
     clips = sorted(set(arrays["clip_id"]))
@@ -173,20 +183,32 @@ def cross_validate(run_dir: str, data_dir: str, folds: int, epochs: int | None) 
 cross_validate_clips = cross_validate  # the earlier name
 
 
-def read_sound_dataset(root: str) -> tuple[list[str], list[str], list[int] | None]:
-    """Files, their class names, and their folds (ESC-50's) or None (one folder per class)."""
+def read_sound_dataset(root: str, audio_dir: str | None = None) -> tuple[list[str], list[str], list[int] | None]:
+    """Files, their class names, and their folds (ESC-50's) or None (one folder per class).
+
+    `root` is ESC-50's folder (`meta/esc50.csv`, `audio/`), a CSV in its layout (`filename,fold,target,category`;
+    the audio in `audio_dir`, else `audio/` beside the CSV's `meta/` folder or beside the CSV), or class folders.
+    """
     meta = os.path.join(root, "meta", "esc50.csv")
+    audio = os.path.join(root, "audio")
+    if os.path.isfile(root) and root.lower().endswith(".csv"):
+        meta, folder = root, os.path.dirname(os.path.abspath(root))
+        audio = os.path.join(os.path.dirname(folder), "audio") if os.path.basename(folder) == "meta" else \
+            os.path.join(folder, "audio")
+    audio = audio_dir or audio
     if os.path.isfile(meta):
         files, labels, folds = [], [], []
         with open(meta, newline="", encoding="utf-8") as handle:
             for number, row in enumerate(csv.DictReader(handle), start=2):
                 try:
-                    files.append(os.path.join(root, "audio", row["filename"]))
+                    files.append(os.path.join(audio, row["filename"]))
                     labels.append(row["category"])
                     folds.append(int(row["fold"]))
-                except (KeyError, ValueError):
+                except (KeyError, TypeError, ValueError):
                     raise AudioNetError(f"{meta} row {number}: needs filename, fold (a number) and category") \
                         from None
+        if not files:
+            raise AudioNetError(f"{meta}: no rows")
         return files, labels, folds
     if not os.path.isdir(root):
         raise AudioNetError(f"sound dataset {root} does not exist")
@@ -222,42 +244,97 @@ def _student_model(path: str):
     raise AudioNetError(f"{path}: expected a run directory, an export directory or a .keras file")
 
 
-def transfer(model_path: str, dataset: str, folds: int = 5, seed: int = 0, window: int = 640,
-             hop: int = 640) -> dict[str, Any]:
-    """Linear-classifier accuracy (mean ± std over folds) of student, random-network and log-mel features."""
+CLASSIFIERS = ("svm", "logistic")
+
+
+def _student_rate(path: str) -> int:
+    """The sample rate a student was trained at: its run's dataset, its export's metadata, else 16 kHz."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for name, key in (("config.json", "dataset"), ("metadata.json", None)):
+        doc_path = os.path.join(folder, name)
+        if os.path.isfile(doc_path):
+            with open(doc_path, encoding="utf-8") as handle:
+                doc = json.load(handle)
+            rate = (doc.get(key) or {}).get("sample_rate") if key else doc.get("sample_rate")
+            if rate:
+                return int(rate)
+    return 16000
+
+
+def repeat_to(wave: np.ndarray, samples: int) -> np.ndarray:
+    """`wave` repeated end to end and cut to exactly `samples` (SoundNet's fixed-length clips)."""
+    if not len(wave):
+        raise AudioNetError("no audio to repeat")
+    return np.tile(wave, -(-samples // len(wave)))[:samples]
+
+
+def transfer(model_path: str, dataset: str, folds: int = 5, seed: int = 0, window: int | None = None,
+             hop: int | None = None, *, layer: str | None = None, classifier: str = "svm", c: float = 0.01,
+             seconds: float | None = None, audio_dir: str | None = None) -> dict[str, Any]:
+    """SoundNet's transfer protocol: accuracy per fold (and mean ± std) of a linear classifier on the features
+    of a named layer, for the student, the same network with random weights, and log-mel/MFCC statistics.
+
+    Each clip is repeated to `seconds` (None: the longest clip, and at least one student window; 0: as it
+    is), cut into windows of the student's length every `hop` samples (default: the window), and the
+    layer's features (averaged over time within a window) are averaged over its windows. `classifier`:
+    `svm` (standardisation + linear SVM with `c`, SoundNet's C = 0.01) or `logistic` (standardisation +
+    logistic regression). `layer` None: audionet's 16 pooled features and 48 conv statistics, SoundNet's
+    pool5 (SoundNet-8) or conv4 (SoundNet-5).
+    """
     import keras
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
 
-    from audionet_tf.evaluation.features import log_mel_features, student_features
-    from audionet_tf.model.student import build_audionet
+    from audionet_tf.evaluation.features import layer_features, log_mel_features
+    from audionet_tf.model import soundnet
+    from audionet_tf.model.student import build_student, model_window
     from audionet_tf.preparation.media import read_audio
 
-    files, labels, given_folds = read_sound_dataset(dataset)
+    if classifier not in CLASSIFIERS:
+        raise AudioNetError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
+    if not c > 0:
+        raise AudioNetError(f"C must be positive, got {c}")
+    files, labels, given_folds = read_sound_dataset(dataset, audio_dir)
     student = _student_model(model_path)
+    architecture = soundnet.architecture_of(student)
+    rate = _student_rate(model_path)
+    window = window or model_window(student) or 640
+    hop = hop or window
     keras.utils.set_random_seed(seed)
-    random_net = build_audionet(None, int(student.output.shape[-1]),
-                                input_scale=float(getattr(student.get_layer("input_scale"), "scale", 1.0))
-                                if "input_scale" in [layer.name for layer in student.layers] else 1.0)
-    feats: dict[str, list[np.ndarray]] = {"student": [], "random network": [], "log-mel/MFCC": []}
-    kept, kept_labels, kept_folds, skipped = [], [], [], {}
+    scale = float(student.get_layer("input_scale").scale) if "input_scale" in [x.name for x in student.layers] else 1.0
+    random_net = build_student(architecture, model_window(student), int(student.output.shape[-1]), input_scale=scale)
+    try:
+        for network in (student, random_net):
+            layer_features(network, np.zeros(window, np.float32), window, hop, layer, "a check of --layer")
+    except ValueError as exc:
+        raise AudioNetError(str(exc)) from None
+    waves, kept, kept_labels, kept_folds, skipped = [], [], [], [], {}
     for index, path in enumerate(files):
         try:
-            wave = read_audio(path, 16000)
-            student_vec = student_features(student, wave, window, hop, path)
+            waves.append(read_audio(path, rate))
         except AudioNetError as exc:
             skipped[path] = str(exc)
             log.warning("skipped %s", exc)
             continue
-        feats["student"].append(student_vec)
-        feats["random network"].append(student_features(random_net, wave, window, hop, path))
-        feats["log-mel/MFCC"].append(log_mel_features(wave))
         kept.append(path)
         kept_labels.append(labels[index])
         if given_folds is not None:
             kept_folds.append(given_folds[index])
+    if seconds is None:
+        length = max([window] + [len(w) for w in waves])
+    else:
+        length = max(window, int(round(seconds * rate))) if seconds > 0 else 0
+    feats: dict[str, list[np.ndarray]] = {"student": [], "random network": [], "log-mel/MFCC": []}
+    for path, wave in zip(kept, waves):
+        clip = repeat_to(wave, length) if length else wave
+        feats["student"].append(layer_features(student, clip, window, hop, layer, path))
+        feats["random network"].append(layer_features(random_net, clip, window, hop, layer, path))
+        feats["log-mel/MFCC"].append(log_mel_features(clip if rate == 16000 else
+                                                      (repeat_to(read_audio(path, 16000), int(length * 16000 / rate))
+                                                       if length else read_audio(path, 16000))))
     classes = sorted(set(kept_labels))
     if len(classes) < 2:
         raise AudioNetError(f"{dataset}: {len(classes)} class(es) with readable files; a classifier needs two")
@@ -282,10 +359,16 @@ def transfer(model_path: str, dataset: str, folds: int = 5, seed: int = 0, windo
         x = np.stack(rows)
         accuracies = []
         for train_idx, test_idx in splits:
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, random_state=seed))
+            model = LinearSVC(C=c, max_iter=20000, random_state=seed) if classifier == "svm" else \
+                LogisticRegression(max_iter=3000, random_state=seed)
+            clf = make_pipeline(StandardScaler(), model)
             clf.fit(x[train_idx], y[train_idx])
             accuracies.append(float(clf.score(x[test_idx], y[test_idx])))
         table[name] = {"mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)),
                        "folds": accuracies, "dimensions": int(x.shape[1])}
     return {"model": model_path, "dataset": dataset, "files": len(kept), "classes": classes, "cv": source,
-            "skipped": skipped, "accuracy": table, "chance": 1.0 / len(classes), "seed": seed}
+            "skipped": skipped, "accuracy": table, "chance": 1.0 / len(classes), "seed": seed,
+            "protocol": {"architecture": architecture, "layer": layer or soundnet.DEFAULT_EMBEDDING.get(
+                architecture, "pooled+conv"), "classifier": classifier, "C": c if classifier == "svm" else None,
+                "clip_seconds": length / rate if length else None, "window_samples": window, "hop_samples": hop,
+                "sample_rate": rate}}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from audionet_tf.serving.inference import frame_audio, keras_runner
+from audionet_tf.serving.inference import conv_statistics, frame_audio, keras_runner
 
 
 def student_features(model, wave: np.ndarray, window: int, hop: int, where: str) -> np.ndarray:
@@ -14,6 +14,28 @@ def student_features(model, wave: np.ndarray, window: int, hop: int, where: str)
     pooled = maps.mean(axis=1)
     stats = np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
     return np.concatenate([pooled.mean(axis=0), stats.mean(axis=0)]).astype(np.float32)
+
+
+def layer_features(model, wave: np.ndarray, window: int, hop: int, layer: str | None, where: str) -> np.ndarray:
+    """Per-file features of a named layer averaged over the file's windows. audionet: None gives
+    `student_features`, `pooled` the 16 pooled, `conv` the 48 conv statistics; SoundNet: the layer
+    (None: its default) averaged over time within each window."""
+    from audionet_tf.model.soundnet import DEFAULT_EMBEDDING, architecture_of
+
+    architecture = architecture_of(model)
+    if architecture != "audionet":
+        layer = layer or DEFAULT_EMBEDDING[architecture]
+    else:
+        if layer is None:
+            return student_features(model, wave, window, hop, where)
+        if layer not in ("pooled", "conv"):
+            raise ValueError(f"layer must be pooled or conv for audionet, got {layer!r}")
+    windows, _ = frame_audio(wave, window, hop, where)
+    if layer == "conv":
+        values = conv_statistics(model, windows)
+    else:
+        values = np.concatenate([keras_runner(model, layer)(windows[i:i + 16]) for i in range(0, len(windows), 16)])
+    return values.mean(axis=0).astype(np.float32)
 
 
 def log_mel_features(wave: np.ndarray, sample_rate: int = 16000, n_mels: int = 40, n_mfcc: int = 13) -> np.ndarray:

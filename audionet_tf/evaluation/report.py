@@ -52,12 +52,18 @@ def plot_history(history_csv: str, out: str) -> str | None:
     return path
 
 
+def _student_window(model) -> int | None:
+    """The window a student was built for (SoundNet), None when it takes any length (audionet)."""
+    return model.input.shape[1]
+
+
 def plot_filters(model, sample_rate: int, out: str) -> str:
     """The conv filters and their frequency responses (Hz, dB, each filter's peak marked)."""
     from audionet_tf.training.callbacks import filter_figure
 
     plt = pyplot()
-    image = filter_figure(model.get_layer("conv").kernel.numpy(), sample_rate)
+    first = "conv" if _student_window(model) is None else "conv1_conv"  # audionet's conv, SoundNet's conv1
+    image = filter_figure(model.get_layer(first).kernel.numpy(), sample_rate)
     fig = plt.figure(figsize=(image.shape[1] / 90, image.shape[0] / 90))
     fig.figimage(image)
     path = storage.join(out, "filters.png")
@@ -71,7 +77,8 @@ def plot_timeline(model, arrays: dict[str, np.ndarray], clip_id: str, class_name
     """Teacher's top class vs the student's over a clip, over its spectrogram; written to timeline-<clip>.png."""
     mine = arrays["clip_id"] == clip_id
     windows, teacher, times = arrays["audio"][mine], arrays["logits"][mine], arrays["time"][mine]
-    student = model.predict(windows[..., None], verbose=0, batch_size=512)
+    heard = arrays.get("student_audio", arrays["audio"])[mine]  # SoundNet: its long windows on the same frames
+    student = model.predict(np.asarray(heard)[..., None], verbose=0, batch_size=32)
     hop = hop or windows.shape[1]
     fig = timeline_figure(teacher, student, times, clip_audio(windows, times, hop, sample_rate), class_names,
                           sample_rate, title or f"{clip_id}: top class over time", held_out)
@@ -173,6 +180,10 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) 
         arrays = None
         if chosen:
             arrays = reader.load_arrays(data_dir, "all", clip_ids=chosen)
+            window = _student_window(model)
+            if window is not None and window != description.spec.window_samples:
+                arrays["student_audio"] = reader.load_arrays(data_dir, "all", clip_ids=chosen, window_samples=window,
+                                                             description=description)["audio"]
             val = reader.load_arrays(data_dir, "validation", clip_ids=[c for c in chosen if c in held]) \
                 if held & set(chosen) else None
             held_keys = set() if val is None else set(zip(val["clip_id"].tolist(), np.round(val["time"], 4).tolist()))
@@ -183,7 +194,8 @@ def make_report(run_dir: str, data_dir: str | None = None, max_clips: int = 10) 
         for clip_id in chosen:
             clip = next(c for c in ok if c.id == clip_id)
             mine = arrays["clip_id"] == clip_id
-            student[clip_id] = model.predict(arrays["audio"][mine][..., None], verbose=0, batch_size=512)
+            heard = arrays.get("student_audio", arrays["audio"])[mine]
+            student[clip_id] = model.predict(np.asarray(heard)[..., None], verbose=0, batch_size=32)
             span = clip.held_out_span
             kind = {"validation": "held out", "time": "held-out part shaded"}.get(clip.split, "training")
             label = f" [{clip.label}]" if clip.label else ""

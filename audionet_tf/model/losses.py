@@ -7,6 +7,8 @@ from keras import ops
 
 def kl_divergence(teacher_logits, student_logits, temperature: float = 1.0):
     """Per-example KL(softmax(teacher / T) || softmax(student / T)), in nats."""
+    # The dataset's logits are float32 whatever the student computes in (float64 in the replica tests).
+    teacher_logits = ops.cast(teacher_logits, student_logits.dtype)
     teacher_log_p = ops.log_softmax(teacher_logits / temperature, axis=-1)
     student_log_p = ops.log_softmax(student_logits / temperature, axis=-1)
     return ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
@@ -37,7 +39,8 @@ def top_k_agreement(y_true, y_pred, k: int):
     teacher_top = ops.argmax(y_true, axis=-1)
     if k == 1:
         return ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), teacher_top), "float32")
-    return ops.cast(ops.in_top_k(teacher_top, y_pred, k), "float32")
+    # in_top_k takes float32 only (a float64 student's logits are cast; the ranking is the same but for ties).
+    return ops.cast(ops.in_top_k(teacher_top, ops.cast(y_pred, "float32"), k), "float32")
 
 
 def top1_agreement(y_true, y_pred):

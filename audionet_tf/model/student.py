@@ -147,18 +147,53 @@ def build_audionet(input_length: int | None = None, num_classes: int = 1000, *,
     return keras.Model(waveform, logits, name=name)
 
 
-def embedding_model(model: keras.Model, layer: str = "pooled") -> keras.Model:
-    """A model sharing `model`'s weights that outputs the pooled features or the conv maps.
+def embedding_model(model: keras.Model, layer: str | None = None) -> keras.Model:
+    """A model sharing `model`'s weights that outputs the features of one named layer (None: the default).
 
-    `pooled`: the 16 features per window (the representation for transfer);
-    `conv`: the max-pooled conv maps `(L_pool, 16)` per window.
+    audionet: `pooled`, the 16 features per window (the representation for transfer; the default),
+    or `conv`, the max-pooled conv maps `(L_pool, 16)` per window. SoundNet: any layer of its table
+    (`conv1` … `conv8`, `pool1` …), averaged over time into one vector per window (default: `pool5`
+    of SoundNet-8, `conv4` of SoundNet-5).
     """
+    from audionet_tf.model import soundnet
+
+    architecture = soundnet.architecture_of(model)
+    if architecture != "audionet":
+        return soundnet.embedding_model(model, architecture, layer)
+    layer = layer or "pooled"
     if layer not in EMBEDDING_LAYERS:
         raise ValueError(f"layer must be one of {sorted(EMBEDDING_LAYERS)}, got {layer!r}")
     return keras.Model(model.input, model.get_layer(EMBEDDING_LAYERS[layer]).output,
                        name=f"{model.name}_{layer}")
 
 
+def build_student(architecture: str = "audionet", input_length: int | None = None, num_classes: int = 1000, *,
+                  conv_filters: int | None = None, input_scale: float | None = None) -> keras.Model:
+    """The student of `architecture` (`audionet`: the slides' table; `soundnet5`, `soundnet8`: SoundNet's)."""
+    from audionet_tf.model import soundnet
+
+    if architecture == "audionet":
+        return build_audionet(input_length, num_classes, conv_filters=conv_filters, input_scale=input_scale)
+    if architecture not in soundnet.ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(soundnet.ARCHITECTURES)}, got {architecture!r}")
+    input_scale = ModelConfig().input_scale if input_scale is None else input_scale
+    return soundnet.build_soundnet(architecture, input_length, num_classes, input_scale=input_scale)
+
+
 def load_model(path: str) -> keras.Model:
     """Load a saved student (`.keras`), with Keras's safe mode on."""
     return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def student_window(architecture: str, window_s: float | None, sample_rate: int) -> int | None:
+    """The window (samples) the student of `architecture` hears; None for audionet (the dataset's own window)."""
+    if architecture == "audionet":
+        return None
+    from audionet_tf.model import soundnet
+
+    return soundnet.default_window(architecture, window_s, sample_rate)
+
+
+def model_window(model: keras.Model) -> int | None:
+    """The window a student was built for (its input length), None when it takes any length (audionet)."""
+    return model.input.shape[1]

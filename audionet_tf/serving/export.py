@@ -42,7 +42,8 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
 
     from audionet_tf.model.student import embedding_model
 
-    pooled = embedding_model(model, "pooled")
+    pooled = embedding_model(model)  # the architecture's default layer: audionet's `pooled`, SoundNet's pool5/conv4
+    left, right = context_padding(window_samples, hop_samples)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(pooled)
@@ -62,6 +63,8 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
 
     def timeline(waveform):
         waveform = tf.reshape(waveform, [-1])
+        if left or right:  # a long window centred on each frame, as in training: zeros past the ends
+            waveform = tf.pad(waveform, [[left, right]])
         short = tf.maximum(window_samples - tf.shape(waveform)[0], 0)
         waveform = tf.pad(waveform, [[0, short]])
         frames = tf.expand_dims(tf.signal.frame(waveform, window_samples, hop_samples, pad_end=False), -1)
@@ -80,6 +83,21 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
     # attribute into the call); ExportArchive also lists it among the signatures.
     archive.add_endpoint("__call__", logits, input_signature=windows_spec)
     return archive
+
+
+def context_padding(window_samples: int, hop_samples: int) -> tuple[int, int]:
+    """Zeros before and after a recording so that the window of frame k (at k hop) is centred on its period's
+    middle, as in training: (0, 0) when the window is the hop (audionet), else SoundNet's long window's."""
+    if window_samples <= hop_samples:
+        return 0, 0
+    left = (window_samples - hop_samples) // 2
+    return left, window_samples - hop_samples - left
+
+
+def sample_count(window_samples: int, wanted: int) -> int:
+    """How many windows to check or calibrate with: `wanted`, fewer for long windows (about 2^21 samples in all:
+    SoundNet-8's 13 s windows, 10 of them; audionet's 640-sample windows, all that are wanted)."""
+    return max(8, min(wanted, (1 << 21) // max(1, window_samples)))
 
 
 def convert_tflite(saved_model_dir: str, quantization: str = "float",
@@ -193,6 +211,11 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
     options = options or ExportConfig()
     if options.web and storage.is_remote(options.web):
         raise AudioNetError(f"--web {options.web}: the page is written to a local directory (serve it from there)")
+    architecture = onnx_model.student_facts(model)[0]
+    if options.web and architecture != "audionet":  # before any work, as the other refusals
+        raise AudioNetError(f"--web {options.web}: the browser page runs audionet students only; this {architecture} "
+                            f"student hears a {window_samples}-sample window centred on each hop, which the page "
+                            f"does not build (use predict, or student.onnx with that framing: docs/exports.md)")
     runtime = web.runtime_dir(options) if options.web else None  # before any work: npm may be missing
 
     num_classes = int(model.output.shape[-1])
@@ -212,16 +235,19 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         build_archive(model, sample_rate, window_samples, hop_samples).write_out(staging, verbose=False)
         rng = np.random.default_rng(0)
         if check is not None and len(check):
-            sample, split = np.asarray(check[:CHECK_WINDOWS], np.float32), "validation"
+            sample = np.asarray(check[:sample_count(window_samples, CHECK_WINDOWS)], np.float32)
+            split = "validation"
         elif calibration is not None and len(calibration):
-            sample, split = np.asarray(calibration[:CALIBRATION_WINDOWS], np.float32), "train"
+            sample = np.asarray(calibration[:sample_count(window_samples, CALIBRATION_WINDOWS)], np.float32)
+            split = "train"
         else:
-            sample, split = (0.3 * rng.standard_normal((64, window_samples))).astype(np.float32), None
+            noise = (sample_count(window_samples, 64), window_samples)
+            sample, split = (0.3 * rng.standard_normal(noise)).astype(np.float32), None
         float_bytes = convert_tflite(staging, "float")
         float_logits = check_model(tflite_runner(float_bytes), sample)
         tried: dict[str, float] = {}
         if calibration is not None and len(calibration):
-            calibrate = np.asarray(calibration[:CALIBRATION_WINDOWS], np.float32)
+            calibrate = np.asarray(calibration[:sample_count(window_samples, CALIBRATION_WINDOWS)], np.float32)
             int8_bytes, int8_kind, tried = quantize_int8(staging, calibrate, sample, float_logits)
         else:
             int8_bytes, int8_kind = convert_tflite(staging, "dynamic"), "dynamic-range (no dataset at hand)"
@@ -272,6 +298,7 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
             "sample_rate": sample_rate, "window_samples": window_samples, "hop_samples": hop_samples,
             "window_ms": 1000.0 * window_samples / sample_rate, "num_classes": num_classes,
             "input": "float32 waveform windows [N, L] at sample_rate, in [-1, 1]",
+            **_student_facts(model),
             "signatures": SIGNATURES,
             "int8_quantization": int8_kind, "parity": parity,
             "files": {name: os.path.getsize(os.path.join(staging, name)) for name in files},
@@ -299,6 +326,12 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
     return doc
 
 
+def _student_facts(model) -> dict[str, Any]:
+    """The architecture and the layer the `embed` signature gives (predict and embed read them back)."""
+    architecture, layer = onnx_model.student_facts(model)
+    return {"architecture": architecture, "embedding_layer": layer}
+
+
 def onnx_parity(model, path: str, windows: np.ndarray, keras_logits: np.ndarray) -> dict[str, float]:
     """The ONNX file's largest differences from Keras on `windows`: logits (checked like every artefact)
     and the embedding, each relative to its scale (at least 1)."""
@@ -307,7 +340,7 @@ def onnx_parity(model, path: str, windows: np.ndarray, keras_logits: np.ndarray)
     student = onnx_model.open_onnx(path, threads=1)
     logits = check_model(student.logits, windows)
     embedding = student.embed(windows)
-    keras_embedding = embedding_model(model, "pooled").predict(windows[..., None], verbose=0)
+    keras_embedding = embedding_model(model).predict(windows[..., None], verbose=0)  # the architecture's layer
     scale = max(1.0, float(np.max(np.abs(keras_logits))))
     embedding_scale = max(1.0, float(np.max(np.abs(keras_embedding))))
     return {"onnx_max_abs_diff": float(np.max(np.abs(logits - keras_logits))) / scale,
@@ -315,14 +348,17 @@ def onnx_parity(model, path: str, windows: np.ndarray, keras_logits: np.ndarray)
 
 
 def onnx_description(model, options: ExportConfig) -> dict[str, Any]:
-    """What metadata.json says of student.onnx: its opset, input and outputs with their axes."""
-    from audionet_tf.model.student import EMBEDDING_LAYERS
+    """What metadata.json says of student.onnx: its opset, input and outputs with their axes (the samples axis
+    fixed when the student was built for one window, as SoundNet's are), and the layer `embedding` gives."""
+    from audionet_tf.model.student import embedding_model
 
     length = model.input.shape[1]
     samples = onnx_model.SAMPLES_AXIS if length is None else int(length)
-    features = int(model.get_layer(EMBEDDING_LAYERS["pooled"]).output.shape[-1])
+    features = int(embedding_model(model).output.shape[-1])
     return {"file": onnx_model.ONNX_FILE, "opset": options.onnx_opset,
             "input": {onnx_model.INPUT: [onnx_model.BATCH_AXIS, samples]},
+            "input_text": onnx_model.input_text(model), "window_fixed": length is not None,
+            "embedding_layer": onnx_model.student_facts(model)[1],
             "outputs": {onnx_model.LOGITS: [onnx_model.BATCH_AXIS, int(model.output.shape[-1])],
                         onnx_model.EMBEDDING: [onnx_model.BATCH_AXIS, features]}}
 
@@ -368,35 +404,52 @@ def _replace_dir(staging: str, out_dir: str) -> None:
         os.replace(staging, out_dir)
 
 
-def calibration_windows(data_dir: str, count: int = CALIBRATION_WINDOWS, seed: int = 0) -> np.ndarray | None:
+def calibration_windows(data_dir: str, count: int = CALIBRATION_WINDOWS, seed: int = 0,
+                        window_samples: int | None = None) -> np.ndarray | None:
     """Up to `count` windows drawn at random from a dataset's training split (shards in a random order, read
-    until there are four times `count`), or None when the dataset is not at hand."""
-    return _sample_windows(data_dir, "train", count, seed)
+    until there are four times `count`), or None when the dataset is not at hand; `window_samples`: the
+    student's long windows (SoundNet), rebuilt from the frames read, fewer of them (`sample_count`)."""
+    return _sample_windows(data_dir, "train", count, seed, window_samples)
 
 
-def held_out_windows(data_dir: str, count: int = CHECK_WINDOWS, seed: int = 0) -> np.ndarray | None:
-    """Up to `count` windows of a dataset's held-out split (what the export's parity is measured on), or None."""
-    return _sample_windows(data_dir, "validation", count, seed)
+def held_out_windows(data_dir: str, count: int = CHECK_WINDOWS, seed: int = 0,
+                     window_samples: int | None = None) -> np.ndarray | None:
+    """Up to `count` windows of a dataset's held-out split (what the export's parity is measured on), or None;
+    `window_samples` as for `calibration_windows`."""
+    return _sample_windows(data_dir, "validation", count, seed, window_samples)
 
 
-def _sample_windows(data_dir: str, split: str, count: int, seed: int) -> np.ndarray | None:
+def _sample_windows(data_dir: str, split: str, count: int, seed: int,
+                    window_samples: int | None = None) -> np.ndarray | None:
     try:
         description = catalog.read_description(data_dir)
     except AudioNetError:
         return None
     shards = description.shards_for(split) or (description.shards if split == "train" else [])
     rng = np.random.default_rng(seed)
-    windows, held = [], 0
+    long = window_samples is not None and window_samples != description.spec.window_samples
+    if long:
+        count = sample_count(window_samples, count)
+    parts, held = [], 0
     # Shards hold clips in the order they were labelled: the first few alone would calibrate on a few clips.
     for index in rng.permutation(len(shards)):
         path = storage.join(data_dir, shards[index].file)
         if storage.exists(path):
-            windows.append(records.read_examples(path, description.spec)["audio"])
-            held += len(windows[-1])
+            parts.append(records.read_examples(path, description.spec))
+            held += len(parts[-1]["audio"])
             if held >= 4 * count:
                 break
-    if not windows:
+    if not parts:
         return None
+    if long:  # each frame's long window, rebuilt from the frames read (zeros where a clip's frames were not read)
+        from audionet_tf.dataset import context
+
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in ("audio", "logits", "clip_id", "time")}
+        order = np.lexsort((arrays["time"], arrays["clip_id"].astype(str)))
+        rebuilt = context.context_windows({k: v[order] for k, v in arrays.items()}, description.spec,
+                                          window_samples, data_dir)
+        return rebuilt[np.sort(rng.permutation(len(rebuilt))[:count])]
+    windows = [p["audio"] for p in parts]
     windows = np.concatenate(windows)
     return windows[rng.permutation(len(windows))[:count]]
 
@@ -415,11 +468,14 @@ def export_run(run_dir: str, out_dir: str, options: ExportConfig | None = None) 
     class_names = [line for line in storage.read_text(storage.join(run_dir, "labels.txt")).splitlines()
                    if line.strip()]
     model = load_model(model_path)
+    # What the student hears (SoundNet: its long window); runs from before the `student` entry: the dataset's.
+    heard = config.get("student") or {}
+    window = int(heard.get("window_samples") or dataset.get("window_samples", 640))
     return export_model(
         model, out_dir, class_names=class_names, sample_rate=int(dataset.get("sample_rate", 16000)),
-        window_samples=int(dataset.get("window_samples", 640)), hop_samples=int(dataset.get("hop_samples", 640)),
-        calibration=calibration_windows(dataset.get("data_dir", "")), options=options,
-        check=held_out_windows(dataset.get("data_dir", "")),
+        window_samples=window, hop_samples=int(dataset.get("hop_samples", 640)),
+        calibration=calibration_windows(dataset.get("data_dir", ""), window_samples=window), options=options,
+        check=held_out_windows(dataset.get("data_dir", ""), window_samples=window),
         metadata=without_machine_paths({"teacher": dataset.get("teacher"),
                                         "run": storage.basename(storage.abspath(run_dir)),
                                         "training_config": config, "final_metrics": metrics}))

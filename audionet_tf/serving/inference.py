@@ -17,6 +17,16 @@ BATCH = 256
 # A multiple of BATCH: a streamed recording's batches are then exactly those of the whole recording,
 # so its values are the whole-file computation's to the bit. 2048 windows of 1000 classes: 8 MB of logits.
 CHUNK_WINDOWS = 8 * BATCH
+# Samples in one batch at most (2^21): all of BATCH for 640-sample windows; for SoundNet's long windows
+# as many as fit, at least one (10 of SoundNet-8's 209,374 samples, whose batch of 256 would hold 1.7 GB
+# of conv1 outputs and whose chunk of 2048 windows 1.7 GB of audio: memory bounded by the window count,
+# not its size).
+BATCH_SAMPLES = 1 << 21
+
+
+def batch_windows(window: int) -> int:
+    """Windows per model call for windows of `window` samples: BATCH, fewer for long windows."""
+    return max(1, min(BATCH, BATCH_SAMPLES // max(int(window), 1)))
 RUNNER_CACHE = 8  # Keras models (or sub-models) whose traced function is kept for reuse
 
 
@@ -32,6 +42,14 @@ class Student:
     source: str
     keras_model: object | None = None
     embed: Callable[[np.ndarray], np.ndarray] | None = None
+    embedding_layer: str = "pooled"  # the layer `embed` gives (SoundNet: pool5 or conv4)
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        """Zeros before and after a recording: a window longer than the hop (SoundNet) is centred on each frame."""
+        from audionet_tf.serving.export import context_padding
+
+        return context_padding(self.window_samples, self.hop_samples)
 
 
 class KerasRunner:
@@ -53,10 +71,11 @@ class KerasRunner:
                                     input_signature=[tf.TensorSpec([None, None], tf.float32)])
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
-        """Outputs for `windows`, in batches of BATCH."""
+        """Outputs for `windows`, in batches of `batch_windows` (BATCH for 640-sample windows)."""
         windows = np.asarray(windows, np.float32)
-        return np.concatenate([self.function(windows[i:i + BATCH]).numpy()
-                               for i in range(0, max(len(windows), 1), BATCH)])
+        step = batch_windows(windows.shape[-1]) if windows.ndim == 2 else BATCH
+        return np.concatenate([self.function(windows[i:i + step]).numpy()
+                               for i in range(0, max(len(windows), 1), step)])
 
     @property
     def traces(self) -> int:
@@ -113,7 +132,8 @@ def load_student(path: str) -> Student:
         return Student(lambda w: serve(windows=tf.constant(w, tf.float32))["logits"].numpy(),
                        _labels(os.path.join(path, "labels.txt"), meta["num_classes"]), meta["sample_rate"],
                        meta["window_samples"], meta["hop_samples"], path,
-                       embed=lambda w: embed(windows=tf.constant(w, tf.float32))["embedding"].numpy())
+                       embed=lambda w: embed(windows=tf.constant(w, tf.float32))["embedding"].numpy(),
+                       embedding_layer=meta.get("embedding_layer", "pooled"))
     if not os.path.isfile(path):
         raise AudioNetError(f"{path}: no such model file or export directory")
     folder = os.path.dirname(os.path.abspath(path))
@@ -121,7 +141,15 @@ def load_student(path: str) -> Student:
     if os.path.isfile(os.path.join(folder, "metadata.json")):
         with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as handle:
             meta = json.load(handle)
+    elif os.path.isfile(os.path.join(folder, "config.json")):
+        # A run directory's model.keras: its config.json says what the student heard (the dataset's
+        # rate, the frame hop), which need not be the 16 kHz and 40 ms defaults.
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            run = json.load(handle)
+        heard = {**(run.get("dataset") or {}), **(run.get("student") or {})}
+        meta = {key: heard[key] for key in ("sample_rate", "window_samples", "hop_samples") if key in heard}
     rate, window, hop = meta.get("sample_rate", 16000), meta.get("window_samples", 640), meta.get("hop_samples", 640)
+    built_for = None
     if path.endswith(".tflite"):
         from audionet_tf.serving.export import tflite_runner
 
@@ -139,8 +167,15 @@ def load_student(path: str) -> Student:
         except Exception as exc:  # Keras raises several types for a file it cannot read
             raise AudioNetError(f"{path}: cannot load it as a .keras model ({exc})") from None
         count = int(model.output.shape[-1])
-        return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop,
-                       path, keras_model=model, embed=keras_runner(model, "pooled"))
+        from audionet_tf.model import soundnet
+        from audionet_tf.model.student import model_window
+
+        built_for = model_window(model)  # a SoundNet student knows its own window
+        architecture = soundnet.architecture_of(model)
+        layer = soundnet.DEFAULT_EMBEDDING.get(architecture, "pooled")
+        return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate,
+                       built_for or window, hop, path, keras_model=model, embed=keras_runner(model, layer),
+                       embedding_layer=layer)
     if path.endswith(".onnx"):
         from audionet_tf.serving.onnx_model import open_onnx
 
@@ -157,7 +192,8 @@ def load_student(path: str) -> Student:
         names = own.get("class_names")
         if not names or len(names) != count:
             names = _labels(os.path.join(folder, "labels.txt"), count)
-        return Student(onnx.logits, names, rate, window, hop, path, embed=onnx.embed)
+        return Student(onnx.logits, names, rate, window, hop, path, embed=onnx.embed,
+                       embedding_layer=own.get("embedding_layer", "pooled"))
     raise AudioNetError(f"{path}: expected an export directory, a .keras, a .tflite or an .onnx file")
 
 
@@ -171,8 +207,9 @@ def frame_audio(wave: np.ndarray, window: int, hop: int, where: str) -> tuple[np
 
 
 def batched(fn: Callable[[np.ndarray], np.ndarray], windows: np.ndarray) -> np.ndarray:
-    """`fn` over `windows` in batches."""
-    return np.concatenate([np.asarray(fn(windows[i:i + BATCH])) for i in range(0, len(windows), BATCH)])
+    """`fn` over `windows` in batches of `batch_windows`."""
+    step = batch_windows(windows.shape[-1]) if np.ndim(windows) == 2 else BATCH
+    return np.concatenate([np.asarray(fn(windows[i:i + step])) for i in range(0, len(windows), step)])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -184,8 +221,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def window_chunks(source: audio.ArrayAudio | audio.FileAudio, window: int, hop: int,
                   where: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The windows of `source` and their start samples, CHUNK_WINDOWS at a time (see `audio.window_chunks`)."""
-    return audio.window_chunks(source, window, hop, CHUNK_WINDOWS, where)
+    """The windows of `source` and their start samples, CHUNK_WINDOWS at a time for 640-sample windows,
+    8 batches of `batch_windows` for longer ones (see `audio.window_chunks`)."""
+    per_call = batch_windows(window)
+    chunk = CHUNK_WINDOWS if per_call == BATCH else CHUNK_WINDOWS // BATCH * per_call
+    return audio.window_chunks(source, window, hop, chunk, where)
 
 
 def open_audio(path: str, sample_rate: int) -> audio.FileAudio:
@@ -212,7 +252,7 @@ def hop_for(student: Student, hop_seconds: float | None) -> int:
 
 def _scores(student: Student, source, hop: int, where: str) -> dict[str, Any]:
     logits, starts = [], []
-    for windows, chunk_starts in window_chunks(source, student.window_samples, hop, where):
+    for windows, chunk_starts in window_chunks(heard_audio(student, source), student.window_samples, hop, where):
         logits.append(batched(student.logits, windows))
         starts.append(chunk_starts)
     logits = np.concatenate(logits)
@@ -239,8 +279,23 @@ def conv_statistics(model, windows: np.ndarray) -> np.ndarray:
     return np.concatenate([maps.mean(axis=1), maps.std(axis=1), maps.max(axis=1)], axis=1)
 
 
-def embedder(student: Student, layer: str = "pooled") -> Callable[[np.ndarray], np.ndarray]:
-    """Windows → embeddings: `pooled` (16 features, any student but a .tflite) or `conv` (48, a .keras)."""
+def embedder(student: Student, layer: str | None = "pooled") -> Callable[[np.ndarray], np.ndarray]:
+    """Windows → embeddings: `pooled` (16 features, any student but a .tflite) or `conv` (48, a .keras);
+    SoundNet: its default layer (any student but a .tflite) or any layer of its table, averaged over time (a .keras)."""
+    if student.embedding_layer != "pooled":  # SoundNet
+        if layer in (None, "pooled", student.embedding_layer):
+            if student.embed is None:
+                raise AudioNetError(f"{student.source} has no embedding signature")
+            return lambda windows: batched(student.embed, windows)
+        if student.keras_model is None:
+            raise AudioNetError(f"--layer {layer} needs a .keras model (the run's model.keras), not {student.source}; "
+                                f"an export gives its default layer {student.embedding_layer}")
+        try:
+            runner = keras_runner(student.keras_model, layer)
+        except ValueError as exc:
+            raise AudioNetError(str(exc)) from None
+        return lambda windows: runner(windows)
+    layer = layer or "pooled"
     if layer == "conv":
         if student.keras_model is None:
             raise AudioNetError(f"--layer conv needs a .keras model, not {student.source}")
@@ -252,12 +307,48 @@ def embedder(student: Student, layer: str = "pooled") -> Callable[[np.ndarray], 
     return lambda windows: batched(student.embed, windows)
 
 
+class PaddedAudio:
+    """A source with `left` zeros before its samples and `right` after (SoundNet's windows centred on frames)."""
+
+    def __init__(self, source, left: int, right: int):
+        self.source, self.left, self.right = source, left, right
+        self.samples = 0
+        self._ended = False  # the source gave fewer samples than asked: it has no more
+        self._tail = 0  # trailing zeros handed out
+
+    def read(self, count: int) -> np.ndarray:
+        """Up to `count` samples: the leading zeros, the source's, then the trailing zeros."""
+        parts, need = [], count
+        if self.samples < self.left:
+            take = min(need, self.left - self.samples)
+            parts.append(np.zeros(take, np.float32))
+            need -= take
+        if need and not self._ended:
+            got = np.asarray(self.source.read(need), np.float32)
+            parts.append(got)
+            need -= len(got)
+            self._ended = need > 0
+        if need and self._ended:
+            take = min(need, self.right - self._tail)
+            parts.append(np.zeros(take, np.float32))
+            self._tail += take
+        block = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        self.samples += len(block)
+        return block
+
+
+def heard_audio(student: Student, source):
+    """`source` as the student hears it: with SoundNet's zeros around it (`Student.padding`), else as it is."""
+    left, right = student.padding
+    return PaddedAudio(source, left, right) if left or right else source
+
+
 def embed_source(student: Student, source: audio.ArrayAudio | audio.FileAudio, hop: int, layer: str,
                  where: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings `[M, D]` float32 and window starts `[M]` (s, float32) of `source`, chunk by chunk."""
     embed_windows = embedder(student, layer)
     values, starts = [], []
-    for windows, chunk_starts in window_chunks(source, student.window_samples, hop, where):
+    for windows, chunk_starts in window_chunks(heard_audio(student, source), student.window_samples, hop, where):
         values.append(embed_windows(windows).astype(np.float32))
         starts.append(chunk_starts)
     return np.concatenate(values), (np.concatenate(starts) / student.sample_rate).astype(np.float32)

@@ -1,16 +1,19 @@
 """The student as ONNX: written through Keras's own export (tf2onnx), run with onnxruntime.
 
 `student.onnx` takes one input, `windows`: float32 `[batch, samples]` at the student's sample rate
-in [-1, 1] (both axes dynamic when the Keras model's input length is unknown, as the student's
-is: it is convolutional, then a mean over time), and gives two outputs: `logits` `[batch, C]` and
-`embedding` `[batch, D]` (the `pooled` layer's features, as the SavedModel's `embed` signature).
+in [-1, 1] (both axes dynamic when the Keras model's input length is unknown, as audionet's
+is: it is convolutional, then a mean over time; a SoundNet student is built for its window, so
+there the samples axis is fixed at `window_samples`), and gives two outputs: `logits` `[batch, C]`
+and `embedding` `[batch, D]` (the architecture's default embedding layer, as the SavedModel's
+`embed` signature: audionet's `pooled`, SoundNet-8's `pool5`, SoundNet-5's `conv4` averaged over time).
 Its `metadata_props` say how to feed it and read it, as text:
 
 | key | value |
 |---|---|
 | `class_names` | a JSON list of the C class names |
 | `sample_rate`, `window_samples`, `hop_samples` | whole numbers: the rate, the trained window, the hop |
-| `input`, `outputs` | a sentence each |
+| `input`, `outputs` | a sentence each (the input's says when the window is fixed) |
+| `architecture`, `embedding_layer` | the student's table (`audionet`, `soundnet5`, `soundnet8`) and the layer `embedding` gives |
 | `audionet_tf_version` | the version that wrote it |
 
 Nothing here imports TensorFlow but `write_onnx`: the runner needs onnxruntime and numpy only.
@@ -37,21 +40,22 @@ LOGITS, EMBEDDING = "logits", "embedding"
 # Names of the dynamic axes (tf2onnx leaves them as unk__N).
 BATCH_AXIS, SAMPLES_AXIS = "batch", "samples"
 INPUT_TEXT = "windows float32 [batch, samples] at sample_rate, in [-1, 1]"
-OUTPUTS_TEXT = "logits float32 [batch, classes]; embedding float32 [batch, features] (the pooled features)"
+OUTPUTS_TEXT = "logits float32 [batch, classes]; embedding float32 [batch, features] (the {layer} features)"
+FIXED_INPUT_TEXT = ("windows float32 [batch, {length}] at sample_rate, in [-1, 1]; the window is fixed at {length} "
+                    "samples (the {architecture} student's window; a recording's windows are centred on each hop)")
 
 
 def onnx_wrapper(model):
     """A Keras model sharing `model`'s weights: windows `[N, L]` → {`logits`, `embedding`}.
 
-    Windows are 2-D, as the SavedModel's signatures and the TFLite files take them; the pooled
-    features come from the same call (the layer every student names `pooled`).
+    Windows are 2-D, as the SavedModel's signatures and the TFLite files take them; the embedding
+    comes from the same call (the architecture's default layer: `embedding_model`'s, sharing the layers).
     """
     import keras
 
-    from audionet_tf.model.student import EMBEDDING_LAYERS
+    from audionet_tf.model.student import embedding_model
 
-    both = keras.Model(model.input, {LOGITS: model.output,
-                                     EMBEDDING: model.get_layer(EMBEDDING_LAYERS["pooled"]).output})
+    both = keras.Model(model.input, {LOGITS: model.output, EMBEDDING: embedding_model(model).output})
     windows = keras.Input(shape=(model.input.shape[1],), name=INPUT)
     return keras.Model(windows, both(keras.ops.expand_dims(windows, -1)), name=f"{model.name}_onnx")
 
@@ -77,16 +81,34 @@ def write_onnx(model, path: str, *, class_names: Sequence[str], sample_rate: int
             from None
     proto = onnx.load(path)
     _name_dynamic_axes(proto.graph, length is None)
+    architecture, layer = student_facts(model)
     props = {"class_names": json.dumps(list(class_names)), "sample_rate": str(int(sample_rate)),
              "window_samples": str(int(window_samples)), "hop_samples": str(int(hop_samples)),
-             "input": INPUT_TEXT, "outputs": OUTPUTS_TEXT, "audionet_tf_version": __version__}
+             "input": input_text(model), "outputs": OUTPUTS_TEXT.format(layer=layer),
+             "architecture": architecture, "embedding_layer": layer, "audionet_tf_version": __version__}
     del proto.metadata_props[:]
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = "AudioNet student: waveform windows in, logits and pooled features out"
+    proto.doc_string = f"AudioNet student ({architecture}): waveform windows in, logits and {layer} features out"
     proto.graph.name = model.name  # not the traced function's name, which counts the process's functions
     onnx.checker.check_model(proto)
     onnx.save(proto, path)
+
+
+def student_facts(model) -> tuple[str, str]:
+    """The architecture that built `model` and the layer its embedding is taken from."""
+    from audionet_tf.model import soundnet
+
+    architecture = soundnet.architecture_of(model)
+    return architecture, soundnet.DEFAULT_EMBEDDING.get(architecture, "pooled")
+
+
+def input_text(model) -> str:
+    """The sentence saying what the input takes: any window length, or the one the student was built for."""
+    length = model.input.shape[1]
+    if length is None:
+        return INPUT_TEXT
+    return FIXED_INPUT_TEXT.format(length=int(length), architecture=student_facts(model)[0])
 
 
 def _name_dynamic_axes(graph, dynamic_length: bool) -> None:
@@ -124,6 +146,9 @@ def read_metadata(props: dict[str, str], where: str) -> dict[str, Any]:
         for key in ("sample_rate", "window_samples", "hop_samples"):
             if key in props:
                 meta[key] = int(props[key])
+        for key in ("architecture", "embedding_layer"):
+            if key in props:
+                meta[key] = props[key]
     except (ValueError, TypeError) as exc:
         raise AudioNetError(f"{where}: unreadable metadata in the ONNX model ({exc})") from None
     return meta

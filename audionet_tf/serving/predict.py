@@ -1,8 +1,9 @@
 """Top classes over time for a recording: per window and per second (probabilities averaged).
 
-A recording is read and classified in chunks of windows (`inference.CHUNK_WINDOWS`), so memory
-stays flat in its length; each window keeps only its top-k classes, and JSON or CSV results are
-written window by window to a temporary file that is renamed into place.
+A recording is read and classified in chunks of windows (`inference.CHUNK_WINDOWS`; fewer of
+SoundNet's long windows, `inference.batch_windows`), so memory stays flat in its length; each window
+keeps only its top-k classes, and JSON or CSV results are written window by window to a temporary
+file that is renamed into place.
 """
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def _top(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order.astype(np.int32), np.take_along_axis(probabilities, order, axis=-1)
 
 
-def predict_file(student: inference.Student, path: str, top_k: int = 5) -> Prediction:
-    """Per-window and per-second top-k classes of one file, read and classified chunk by chunk."""
+def predict_file(student: inference.Student, path: str, top_k: int = 5, hop: int | None = None) -> Prediction:
+    """Per-window and per-second top-k classes of one file, read and classified chunk by chunk
+    (a window every `hop` samples; None: the training hop)."""
     k = min(top_k, len(student.class_names))
     tops, top_probabilities, starts = [], [], []
     seconds, second_tops, second_probabilities = [], [], []
@@ -73,8 +75,8 @@ def predict_file(student: inference.Student, path: str, top_k: int = 5) -> Predi
             second_probabilities.append(probability)
 
     with inference.open_audio(path, student.sample_rate) as source:
-        for windows, chunk_starts in inference.window_chunks(source, student.window_samples,
-                                                             student.hop_samples, path):
+        for windows, chunk_starts in inference.window_chunks(inference.heard_audio(student, source),
+                                                             student.window_samples, hop or student.hop_samples, path):
             probabilities = inference.softmax(inference.batched(student.logits, windows))
             top, probability = _top(probabilities, k)
             tops.append(top)

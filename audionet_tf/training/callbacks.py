@@ -293,8 +293,10 @@ class FilterImages(keras.callbacks.Callback):
     (`figures.BackgroundDrawing`), and training's end waits for it.
     """
 
-    def __init__(self, log_dir: str, sample_rate: int, every: int = 50, write: bool = True, thin_after: int = 0):
+    def __init__(self, log_dir: str, sample_rate: int, every: int = 50, write: bool = True, thin_after: int = 0,
+                 layer: str = "conv"):
         super().__init__()
+        self.layer = layer  # the first conv: `conv` of audionet, `conv1_conv` of SoundNet
         self.log_dir = log_dir
         self.sample_rate = sample_rate
         self.every = every
@@ -310,7 +312,7 @@ class FilterImages(keras.callbacks.Callback):
             return
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        self._drawing.submit(self._draw, np.array(self.model.get_layer("conv").kernel.numpy()), step, self._writer)
+        self._drawing.submit(self._draw, np.array(self.model.get_layer(self.layer).kernel.numpy()), step, self._writer)
 
     def _draw(self, kernel: np.ndarray, step: int, writer) -> None:
         import tensorflow as tf

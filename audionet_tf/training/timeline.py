@@ -75,7 +75,8 @@ class TimelineImages(keras.callbacks.Callback):
         self._last = step
         predictions = []
         for clip in self.clips:
-            windows = np.asarray(self.arrays["audio"][self.arrays["clip_id"] == clip.id], np.float32)
+            heard = self.arrays.get("student_audio", self.arrays["audio"])
+            windows = np.asarray(heard[self.arrays["clip_id"] == clip.id], np.float32)
             predictions.append(np.concatenate([self._predict(windows[i:i + 512, :, None]).numpy()
                                                for i in range(0, len(windows), 512)]))
         if self._drawing is None:
@@ -140,13 +141,19 @@ class TimelineImages(keras.callbacks.Callback):
 
 
 def timeline_callbacks(data_dir: str, description: records.Description, log_dir: str, every: int,
-                       hop: int, write: bool = True, thin_after: int = 0) -> list[keras.callbacks.Callback]:
-    """The timeline callback for the first held-out clips of a dataset (none without held-out data)."""
+                       hop: int, write: bool = True, thin_after: int = 0,
+                       window_samples: int | None = None) -> list[keras.callbacks.Callback]:
+    """The timeline callback for the first held-out clips of a dataset (none without held-out data);
+    `window_samples`: the student's window when it is not the dataset's (SoundNet)."""
     held = [c for c in description.clips if c.held_out]
     if not write or not held or not description.examples("validation"):
         return []
     chosen = held[:TIMELINE_CLIPS]
     arrays = reader.load_arrays(data_dir, "all", clip_ids=[c.id for c in chosen])
+    if window_samples is not None and window_samples != description.spec.window_samples:
+        # The student's long windows, centred on the same frames; the clip's audio is still drawn from the dataset's.
+        arrays["student_audio"] = reader.load_arrays(data_dir, "all", clip_ids=[c.id for c in chosen],
+                                                     window_samples=window_samples, description=description)["audio"]
     return [TimelineImages(storage.join(log_dir, "timelines"), arrays, chosen,
                            catalog.read_class_names(data_dir, description), description.spec.sample_rate, hop, every,
                            thin_after)]

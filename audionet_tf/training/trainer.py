@@ -292,7 +292,22 @@ def _run_document(config: PipelineConfig, description, run_dir: str, strategy) -
                       "hop_samples": config.audio.hop_samples, "train_examples": description.examples("train"),
                       "validation_examples": description.examples("validation")}
     doc["run"] = {"name": storage.basename(run_dir), "replicas": strategy.num_replicas_in_sync}
+    # What the student hears: export, predict and evaluation window audio the same way.
+    window = _student_window(config, description.spec)
+    doc["student"] = {"architecture": config.model.architecture,
+                      "window_samples": window or description.spec.window_samples,
+                      "hop_samples": config.audio.hop_samples}
     return doc
+
+
+def _student_window(config: PipelineConfig, spec) -> int | None:
+    """The student's window in samples at the dataset's rate (None: audionet, the dataset's own windows)."""
+    from audionet_tf.model.student import student_window
+
+    try:
+        return student_window(config.model.architecture, config.model.window_s, spec.sample_rate)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _steps_per_execution(tc: cfg.TrainConfig, steps_per_epoch: int) -> int:
@@ -325,11 +340,12 @@ def _inputs(config: PipelineConfig, description, strategy) -> _Inputs:
     distributed = replicas > 1 or tc.strategy == "multiworker"
     val_count = description.examples("validation")
     # Shards were verified once before; every pipeline built here reads the same description.
+    window = _student_window(config, description.spec)
     train_options = reader.ReadOptions(shuffle=True, seed=tc.seed, cache=tc.cache, deterministic=tc.deterministic,
                                        repeat=True, shuffle_buffer=tc.shuffle_buffer, cache_limit_mb=tc.cache_limit_mb,
-                                       verify=False)
+                                       verify=False, window_samples=window)
     val_options = reader.ReadOptions(shuffle=False, cache=tc.cache, deterministic=True,
-                                     cache_limit_mb=tc.cache_limit_mb, verify=False)
+                                     cache_limit_mb=tc.cache_limit_mb, verify=False, window_samples=window)
 
     def train_input(context=None, skip: int = 0):
         # `skip`: the global steps already trained. The example order is a function of the seed
@@ -408,9 +424,11 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
     inputs = _inputs(config, description, strategy)
     train_ds, val_ds = inputs.train_ds, inputs.val_ds
 
+    window = _student_window(config, spec)
+
     def make_student():
-        model = model_lib.build_audionet(None, spec.num_classes, input_scale=config.model.input_scale,
-                                         conv_filters=config.model.conv_filters)
+        model = model_lib.build_student(config.model.architecture, window, spec.num_classes,
+                                        input_scale=config.model.input_scale, conv_filters=config.model.conv_filters)
         compile_student(model, tc, spe)
         return model
 
@@ -445,9 +463,10 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         cb.TensorBoardLogs(storage.join(write_dir, "logs"), tc.histogram_every,
                            validation=val_ds is not None, thin_after=tc.figures_before_thinning),
         cb.FilterImages(storage.join(write_dir, "logs", "filters"), spec.sample_rate, every=tc.histogram_every,
-                        thin_after=tc.figures_before_thinning),
+                        thin_after=tc.figures_before_thinning, layer="conv" if window is None else "conv1_conv"),
         *timeline.timeline_callbacks(data_dir, description, storage.join(write_dir, "logs"), tc.histogram_every,
-                                        config.audio.hop_samples, write=chief, thin_after=tc.figures_before_thinning),
+                                        config.audio.hop_samples, write=chief, thin_after=tc.figures_before_thinning,
+                                        window_samples=window),
         backup,  # after the others: a stop request ends `fit` here, once they have seen the epoch
         *extra_callbacks,
     ]
@@ -455,7 +474,8 @@ def _train(config: PipelineConfig, strategy, chief: bool, description, run_dir: 
         _log_config_text(storage.join(run_dir, "logs", "config"), doc)
     log.info("training %s: %d train / %d held-out windows, %d replica(s), batch %d, %d steps per epoch",
              run_dir, train_count, val_count, strategy.num_replicas_in_sync, tc.batch_size, steps_per_epoch)
-    loop = FitLoop(student, strategy, spe, (tf.zeros([1, spec.window_samples, 1]), tf.zeros([1, spec.num_classes])))
+    loop = FitLoop(student, strategy, spe, (tf.zeros([1, window or spec.window_samples, 1]),
+                                            tf.zeros([1, spec.num_classes])))
     validation = (iter(val_ds), inputs.val_steps) if val_ds is not None else None
     verbose = console.keras_verbosity(tc.quiet)
     with _faults_as_messages(run_dir, backup, tc.strategy == "multiworker"):
