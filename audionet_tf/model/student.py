@@ -155,8 +155,11 @@ def embedding_model(model: keras.Model, layer: str | None = None) -> keras.Model
     (`conv1` … `conv8`, `pool1` …), averaged over time into one vector per window (default: `pool5`
     of SoundNet-8, `conv4` of SoundNet-5).
     """
-    from audionet_tf.model import soundnet
+    from audionet_tf.model import classifier, soundnet
 
+    features = classifier.features_model(model)
+    if features is not None:  # a fine-tuned classifier: the features its head reads
+        return features
     architecture = soundnet.architecture_of(model)
     if architecture != "audionet":
         return soundnet.embedding_model(model, architecture, layer)

@@ -96,6 +96,15 @@ def _labels(path: str, count: int) -> list[str]:
     return [f"class_{i}" for i in range(count)]
 
 
+def _saved_names(loaded, path: str, meta: dict[str, Any]) -> list[str]:
+    """The class names an export holds: its SavedModel's own (`class_names` signature), else labels.txt."""
+    if "class_names" in loaded.signatures:
+        names = [n.decode("utf-8") for n in loaded.signatures["class_names"]()["class_names"].numpy().tolist()]
+        if len(names) == meta["num_classes"]:
+            return names
+    return _labels(os.path.join(path, "labels.txt"), meta["num_classes"])
+
+
 def newest_export(root: str = "saved_models") -> str:
     """The most recently written export under `root`."""
     candidates = [os.path.join(root, d) for d in os.listdir(root)] if os.path.isdir(root) else []
@@ -119,7 +128,7 @@ def load_student(path: str) -> Student:
         loaded = tf.saved_model.load(path)
         serve, embed = loaded.signatures["serving_default"], loaded.signatures["embed"]
         return Student(lambda w: serve(windows=tf.constant(w, tf.float32))["logits"].numpy(),
-                       _labels(os.path.join(path, "labels.txt"), meta["num_classes"]), meta["sample_rate"],
+                       _saved_names(loaded, path, meta), meta["sample_rate"],
                        meta["window_samples"], meta["hop_samples"], path,
                        embed=lambda w: embed(windows=tf.constant(w, tf.float32))["embedding"].numpy(),
                        embedding_layer=meta.get("embedding_layer", "pooled"))
@@ -140,7 +149,10 @@ def load_student(path: str) -> Student:
             count = run(np.zeros((1, window), np.float32)).shape[-1]
         except (ValueError, RuntimeError) as exc:
             raise AudioNetError(f"{path}: cannot run this TFLite model ({exc})") from None
-        return Student(run, _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop, path)
+        names = meta.get("class_names")
+        if not names or len(names) != count:
+            names = _labels(os.path.join(folder, "labels.txt"), count)
+        return Student(run, names, rate, window, hop, path)
     if path.endswith(".keras"):
         from audionet_tf.model.student import load_model
 
