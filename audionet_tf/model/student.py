@@ -157,9 +157,9 @@ def embedding_model(model: keras.Model, layer: str | None = None) -> keras.Model
     """
     from audionet_tf.model import classifier, soundnet
 
-    features = classifier.features_model(model)
-    if features is not None:  # a fine-tuned classifier: the features its head reads
-        return features
+    facts = classifier.classifier_facts(model)
+    if facts is not None and layer in (None, facts[1]):  # a fine-tuned classifier: the features its head reads
+        return classifier.features_model(model)
     architecture = soundnet.architecture_of(model)
     if architecture != "audionet":
         return soundnet.embedding_model(model, architecture, layer)

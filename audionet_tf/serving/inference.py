@@ -161,12 +161,11 @@ def load_student(path: str) -> Student:
         except Exception as exc:  # Keras raises several types for a file it cannot read
             raise AudioNetError(f"{path}: cannot load it as a .keras model ({exc})") from None
         count = int(model.output.shape[-1])
-        from audionet_tf.model import soundnet
         from audionet_tf.model.student import model_window
+        from audionet_tf.serving.onnx_model import student_facts
 
         built_for = model_window(model)  # a SoundNet student knows its own window
-        architecture = soundnet.architecture_of(model)
-        layer = soundnet.DEFAULT_EMBEDDING.get(architecture, "pooled")
+        _, layer = student_facts(model)  # a fine-tuned classifier: the layer its head reads
         return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate,
                        built_for or window, hop, path, keras_model=model, embed=keras_runner(model, layer),
                        embedding_layer=layer)
