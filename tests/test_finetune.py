@@ -7,6 +7,7 @@ classifier is trained with fold 3 held out, exported, and used by plain TensorFl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -197,7 +198,7 @@ def test_predict_prints_the_users_class_names_read_from_the_export(tuned):
 
 # Each bad set: its rows (filename, fold, target, category), extra flags, and what the message must name.
 BAD = {
-    "missing file": ([("a.wav", 1, 0, "dog"), ("gone.wav", 2, 1, "cat")], [], ["line 3", "gone.wav"]),
+    "missing file": ([("a.wav", 1, 0, "dog"), ("gone.wav", 2, 1, "cat")], [], ["line 3", "gone.wav", "does not exist"]),
     "target with two categories": ([("a.wav", 1, 0, "dog"), ("b.wav", 2, 1, "cat"), ("c.wav", 2, 0, "cow")], [],
                                    ["line 4", "target 0", "'cow'", "'dog'"]),
     "category with two targets": ([("a.wav", 1, 0, "dog"), ("b.wav", 2, 1, "cat"), ("c.wav", 1, 2, "dog")], [],
@@ -264,3 +265,25 @@ def test_a_bad_set_exits_non_zero_from_the_installed_command(plain_student, tmp_
     assert done.returncode == 2
     assert "line 2" in done.stderr and "a.wav" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_interrupted_fine_tuning_leaves_no_run_behind(plain_student, tmp_path):
+    rows = [(f"{kind}{i}.wav", i % 2 + 1, target, kind) for target, kind in enumerate(["low", "high"]) for i in range(2)]
+    (tmp_path / "set" / "audio").mkdir(parents=True)
+    for filename, *_ in rows:
+        _tone(tmp_path / "set" / "audio" / filename)
+    labels = write_set(tmp_path / "set", rows)
+    process = subprocess.Popen([sys.executable, "-m", "audionet_tf", "finetune", "--from", str(plain_student),
+                                "--data", str(labels), "--epochs", "100000", "--runs-dir", str(tmp_path / "runs")],
+                               env=ENV, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    seen = []
+    for line in process.stderr:  # the first epoch's line: training is under way, inside the staging directory
+        seen.append(line)
+        if "epoch 1:" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, "".join(seen) + rest
+    assert "nothing was written" in rest
+    assert list((tmp_path / "runs").iterdir()) == []  # neither the run nor its hidden staging directory
+    assert not (tmp_path / "saved_models").exists()
