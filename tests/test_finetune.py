@@ -196,6 +196,34 @@ def test_predict_prints_the_users_class_names_read_from_the_export(tuned):
         assert sorted(named) == CLASSES, line
 
 
+@pytest.mark.slow
+def test_predict_on_the_int8_tflite_names_the_classes_from_the_exports_metadata(tuned, capsys):
+    from audionet_tf.commands import predict as predict_cmd
+
+    export = tuned["work"] / "tflite-alone"
+    shutil.copytree(tuned["export"], export, dirs_exist_ok=True)
+    (export / "labels.txt").unlink(missing_ok=True)
+    code = predict_cmd.main([str(tuned["source"] / "violin.ogg"), "--model", str(export / "model_int8.tflite"),
+                             "--top-k", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    tops = [line.split("s  ", 1)[1].rsplit(" ", 1)[0] for line in out.splitlines() if line.startswith("  ")]
+    assert tops and set(tops) <= set(CLASSES), out
+
+
+def test_settings_come_from_the_pipelines_finetune_table_then_flags(tmp_path):
+    pipeline = tmp_path / "mine.toml"
+    pipeline.write_text('[finetune]\nrun = "runs/x"\ndata = "a.csv"\nepochs = 7\nunfreeze_epochs = 2\n'
+                        'holdout_fold = 5\n')
+    parse = finetune_cmd.build_parser().parse_args
+    config = finetune_cmd.resolve_config(parse(["--pipeline", str(pipeline), "--epochs", "9"]))
+    fc = config.finetune
+    assert (fc.run, fc.data, fc.epochs, fc.unfreeze_epochs, fc.holdout_fold) == ("runs/x", "a.csv", 9, 2, 5)
+    pipeline.write_text("[finetune]\nepochs = 0\n")
+    with pytest.raises(cfg.ConfigError, match="finetune.epochs"):
+        finetune_cmd.resolve_config(parse(["--pipeline", str(pipeline)]))
+
+
 # Each bad set: its rows (filename, fold, target, category), extra flags, and what the message must name.
 BAD = {
     "missing file": ([("a.wav", 1, 0, "dog"), ("gone.wav", 2, 1, "cat")], [], ["line 3", "gone.wav", "does not exist"]),
@@ -257,6 +285,7 @@ def test_bad_labelled_data_gets_one_message_naming_the_row(case, plain_student, 
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing half-written
 
 
+@pytest.mark.slow
 def test_a_bad_set_exits_non_zero_from_the_installed_command(plain_student, tmp_path):
     (tmp_path / "audio").mkdir()
     labels = write_set(tmp_path, [("a.wav", 1, 0, "dog"), ("b.wav", 1, 1, "cat")])
@@ -267,6 +296,7 @@ def test_a_bad_set_exits_non_zero_from_the_installed_command(plain_student, tmp_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_fine_tuning_leaves_no_run_behind(plain_student, tmp_path):
     rows = [(f"{kind}{i}.wav", i % 2 + 1, target, kind) for target, kind in enumerate(["low", "high"]) for i in range(2)]
     (tmp_path / "set" / "audio").mkdir(parents=True)
