@@ -180,11 +180,14 @@ def test_litert_float_and_int8_agree_with_keras(tuned):
 
 
 @pytest.mark.slow
-def test_predict_prints_the_users_class_names_read_from_the_export(tuned):
-    # labels.txt removed: the names must come from the SavedModel itself.
-    export = tuned["work"] / "alone"
-    shutil.copytree(tuned["export"], export)
-    (export / "labels.txt").unlink()
+@pytest.mark.parametrize("model", ["export", "model.keras"])
+def test_predict_prints_the_users_class_names(tuned, model):
+    if model == "export":  # labels.txt removed: the names must come from the SavedModel itself
+        export = tuned["work"] / "alone"
+        shutil.copytree(tuned["export"], export, dirs_exist_ok=True)
+        (export / "labels.txt").unlink(missing_ok=True)
+    else:  # the run's classifier, loaded by a process that has imported nothing else of the package
+        export = tuned["run"] / "model.keras"
     recording = tuned["source"] / "bongo.ogg"  # a held-out clip (fold 3)
     done = subprocess.run([sys.executable, "-m", "audionet_tf.predict", str(recording), "--model", str(export),
                            "--top-k", "3"], env=ENV, capture_output=True, text=True, timeout=300, cwd=tuned["work"])

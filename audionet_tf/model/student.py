@@ -184,7 +184,9 @@ def build_student(architecture: str = "audionet", input_length: int | None = Non
 
 
 def load_model(path: str) -> keras.Model:
-    """Load a saved student (`.keras`), with Keras's safe mode on."""
+    """Load a saved student or fine-tuned classifier (`.keras`), with Keras's safe mode on."""
+    from audionet_tf.model import classifier  # noqa: F401  (registers its Features layer with Keras)
+
     return keras.saving.load_model(path, safe_mode=True, compile=False)
 
 
