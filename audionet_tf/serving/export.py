@@ -226,6 +226,8 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
     (held-out windows, which the calibration never saw), else on the calibration windows, else on noise."""
     import tensorflow as tf
 
+    from audionet_tf.model.classifier import classifier_facts
+
     options = options or ExportConfig()
     if options.web and storage.is_remote(options.web):
         raise AudioNetError(f"--web {options.web}: the page is written to a local directory (serve it from there)")
@@ -250,6 +252,8 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
     page = None
     try:
+        # A fine-tuned classifier's serve gives its names, however it is exported (its run, or its .keras alone).
+        classifier = classifier or classifier_facts(model) is not None
         build_archive(model, sample_rate, window_samples, hop_samples, class_names,
                       classifier).write_out(staging, verbose=False)
         rng = np.random.default_rng(0)
