@@ -13,6 +13,7 @@ The Python API (importing the package loads no TensorFlow; each entry point load
     an.prepare(config)                                       # clips → a dataset in config.data_dir
     run_dir = an.train(config)                               # train (then export and report, as the pipeline says)
     an.export(run_dir, "saved_models/mine")
+    an.finetune(an.override(config, "finetune", {"run": run_dir, "data": "labelled.csv"}))  # your own classes
     print(an.evaluate(run_dir, config.data_dir)["student"])
     an.report(run_dir)
     model = an.build_student()                               # the slides' network as a Keras model
@@ -43,6 +44,7 @@ _ENTRY_POINTS = {
     "prepare": "audionet_tf.preparation.runner:prepare",
     "train": "audionet_tf.commands.train:train",
     "export": "audionet_tf.serving.export:export_run",
+    "finetune": "audionet_tf.commands.finetune:finetune",
     "evaluate": "audionet_tf.evaluation.evaluate:distill",
     "transfer": "audionet_tf.evaluation.evaluate:transfer",
     "report": "audionet_tf.evaluation.report:make_report",

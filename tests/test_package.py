@@ -37,7 +37,7 @@ def test_every_entry_point_is_there_and_callable():
 
 def test_entry_points_stay_callable_after_their_command_modules_are_imported():
     # `import audionet_tf.train` makes the module the package's attribute; the call must still reach train().
-    names = ["train", "prepare", "export", "predict", "embed", "evaluate", "report"]
+    names = ["train", "prepare", "export", "predict", "embed", "evaluate", "report", "finetune"]
     code = ("import importlib, inspect, json; import audionet_tf as an\n"
             f"names = {names!r}\n"
             "before = {n: getattr(an, n) for n in names}\n"

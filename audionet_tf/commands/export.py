@@ -15,7 +15,7 @@ ONNX, and on request a page that runs the student in a browser.
   `[N, 16]`, the pooled features) and `timeline` (one waveform `[T]` → `logits` and `scores`
   `[M, C]`, `embeddings` `[M, 16]` and `times` `[M]`: window k covers samples
   [k·hop, k·hop + L), its time is its start in seconds; a waveform shorter than one window is
-  zero-padded to one window);
+  zero-padded to one window) and `class_names` (no input → the names, a string tensor `[C]`);
 - `model.tflite` (float32) and `model_int8.tflite` (int8 weights; int8 activations calibrated on
   windows of the training dataset when it is at hand and they agree with the float model on
   ≥ 95 % of its held-out windows, else int16 activations (16x8); dynamic-range with no dataset), both taking

@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": "the offline demo: makes clips, labels them, trains, exports, reports (train --pipeline demo)",
     "prepare": "clip list → download → decode → teacher → sharded TFRecords",
     "train": "train the student on a dataset (prepares a pipeline's missing dataset first)",
+    "finetune": "a classifier of your own labelled sounds on a trained student, exported like one",
     "export": "SavedModel and TFLite from a run or a .keras file",
     "predict": "what the student hears in recordings: top classes per window and per second",
     "embed": "sound embeddings per window, one .npz per input",

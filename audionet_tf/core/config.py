@@ -1,7 +1,7 @@
 """Settings: frozen dataclasses with the slides' defaults, filled from a pipeline TOML file, then flags.
 
 Every setting the project has lives here. A pipeline file has one table per section
-(`[audio]`, `[model]`, `[train]`, `[prepare]`, `[export]`); a command-line flag overrides the file's value.
+(`[audio]`, `[model]`, `[train]`, `[prepare]`, `[export]`, `[finetune]`); a command-line flag overrides the file's value.
 Values are validated once, when a section is built, so a bad value is refused before
 anything is written.
 """
@@ -296,6 +296,47 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning a trained student to a user's own classes (`audionet finetune`, docs/finetune.md)."""
+
+    run: str | None = None  # the trained student's run directory (runs/NAME), or its model.keras
+    data: str | None = None  # the labelled CSV (filename,fold,target,category: ESC-50's layout)
+    audio_dir: str | None = None  # the CSV's audio; None: audio/ beside the CSV (or beside its meta/ folder)
+    layer: str | None = None  # the student layer the new head reads; None: its embedding (pooled, pool5, conv4)
+    epochs: int = 40  # the head alone, the student frozen
+    learning_rate: float = 1e-2
+    # Then the whole network, at a lower rate (0: the student stays as it was distilled).
+    unfreeze_epochs: int = 0
+    unfreeze_learning_rate: float = 1e-4
+    batch_size: int = 64
+    class_weights: bool = True  # weigh each class's windows by (windows / classes) / its windows
+    holdout_fold: int | None = None  # a fold of the CSV kept out of training and scored every epoch
+    hop_s: float | None = None  # seconds between a clip's windows; None: the student's own hop
+    name: str | None = None  # run name; None: <student run>-<CSV name>
+    runs_dir: str = "runs"
+    export_dir: str = "saved_models"
+    export: bool = True
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "finetune.epochs", f"must be at least 1, got {self.epochs}")
+        _check(self.unfreeze_epochs >= 0, "finetune.unfreeze_epochs", f"must be 0 or more, got {self.unfreeze_epochs}")
+        for key in ("learning_rate", "unfreeze_learning_rate"):
+            value = getattr(self, key)
+            _check(value > 0 and math.isfinite(value), f"finetune.{key}", f"must be a positive number, got {value}")
+        _check(self.batch_size >= 1, "finetune.batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.holdout_fold is None or self.holdout_fold >= 0, "finetune.holdout_fold",
+               f"must be 0 or more, got {self.holdout_fold}")
+        _check(self.hop_s is None or (self.hop_s > 0 and math.isfinite(self.hop_s)), "finetune.hop_s",
+               f"must be a positive number of seconds, got {self.hop_s}")
+        if self.name is not None:
+            _check(bool(self.name) and os.sep not in self.name and self.name not in (".", "..")
+                   and not self.name.startswith("-"), "finetune.name",
+                   f"must be a plain directory name, got {self.name!r}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """A whole experiment: one pipeline file's sections."""
 
@@ -304,6 +345,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     source: str | None = None  # the pipeline file it came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -317,7 +359,7 @@ class PipelineConfig:
 
 
 SECTIONS = {"audio": AudioConfig, "model": ModelConfig, "train": TrainConfig, "prepare": PrepareConfig,
-            "export": ExportConfig}
+            "export": ExportConfig, "finetune": FinetuneConfig}
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

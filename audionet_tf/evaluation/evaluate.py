@@ -1,7 +1,6 @@
 """Does the student hear what the teacher sees (`distill`, with K folds), and do its features transfer (`transfer`)?"""
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -12,11 +11,10 @@ import numpy as np
 from audionet_tf.core import storage
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.dataset import catalog, reader, records
+from audionet_tf.dataset.labelled import AUDIO_SUFFIXES, read_sound_dataset  # noqa: F401  (the transfer reader)
 from audionet_tf.serving.inference import softmax
 
 log = logging.getLogger("audionet_tf.evaluate")
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".mp4", ".webm")
 
 
 def agreement(teacher_logits: np.ndarray, student_logits: np.ndarray) -> dict[str, float]:
@@ -181,46 +179,6 @@ def cross_validate(run_dir: str, data_dir: str, folds: int, epochs: int | None) 
 
 
 cross_validate_clips = cross_validate  # the earlier name
-
-
-def read_sound_dataset(root: str, audio_dir: str | None = None) -> tuple[list[str], list[str], list[int] | None]:
-    """Files, their class names, and their folds (ESC-50's) or None (one folder per class).
-
-    `root` is ESC-50's folder (`meta/esc50.csv`, `audio/`), a CSV in its layout (`filename,fold,target,category`;
-    the audio in `audio_dir`, else `audio/` beside the CSV's `meta/` folder or beside the CSV), or class folders.
-    """
-    meta = os.path.join(root, "meta", "esc50.csv")
-    audio = os.path.join(root, "audio")
-    if os.path.isfile(root) and root.lower().endswith(".csv"):
-        meta, folder = root, os.path.dirname(os.path.abspath(root))
-        audio = os.path.join(os.path.dirname(folder), "audio") if os.path.basename(folder) == "meta" else \
-            os.path.join(folder, "audio")
-    audio = audio_dir or audio
-    if os.path.isfile(meta):
-        files, labels, folds = [], [], []
-        with open(meta, newline="", encoding="utf-8") as handle:
-            for number, row in enumerate(csv.DictReader(handle), start=2):
-                try:
-                    files.append(os.path.join(audio, row["filename"]))
-                    labels.append(row["category"])
-                    folds.append(int(row["fold"]))
-                except (KeyError, TypeError, ValueError):
-                    raise AudioNetError(f"{meta} row {number}: needs filename, fold (a number) and category") \
-                        from None
-        if not files:
-            raise AudioNetError(f"{meta}: no rows")
-        return files, labels, folds
-    if not os.path.isdir(root):
-        raise AudioNetError(f"sound dataset {root} does not exist")
-    files, labels = [], []
-    for label in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
-        for name in sorted(os.listdir(os.path.join(root, label))):
-            if name.lower().endswith(AUDIO_SUFFIXES):
-                files.append(os.path.join(root, label, name))
-                labels.append(label)
-    if not files:
-        raise AudioNetError(f"{root}: no meta/esc50.csv and no class folders with audio files")
-    return files, labels, None
 
 
 def _student_model(path: str):

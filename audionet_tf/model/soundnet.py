@@ -146,6 +146,9 @@ def build_soundnet(architecture: str = "soundnet8", input_length: int | None = N
 
 def architecture_of(model: keras.Model) -> str:
     """Which table built `model` (from its layers' names): audionet, soundnet5 or soundnet8."""
+    for layer in model.layers:  # a fine-tuned classifier (model/classifier.py) may hold only part of its table
+        if getattr(layer, "student_facts", None):
+            return layer.student_facts[0]
     names = {layer.name for layer in model.layers}
     if "conv8" in names:
         return "soundnet8"

@@ -155,8 +155,11 @@ def embedding_model(model: keras.Model, layer: str | None = None) -> keras.Model
     (`conv1` … `conv8`, `pool1` …), averaged over time into one vector per window (default: `pool5`
     of SoundNet-8, `conv4` of SoundNet-5).
     """
-    from audionet_tf.model import soundnet
+    from audionet_tf.model import classifier, soundnet
 
+    facts = classifier.classifier_facts(model)
+    if facts is not None and layer in (None, facts[1]):  # a fine-tuned classifier: the features its head reads
+        return classifier.features_model(model)
     architecture = soundnet.architecture_of(model)
     if architecture != "audionet":
         return soundnet.embedding_model(model, architecture, layer)
@@ -181,7 +184,9 @@ def build_student(architecture: str = "audionet", input_length: int | None = Non
 
 
 def load_model(path: str) -> keras.Model:
-    """Load a saved student (`.keras`), with Keras's safe mode on."""
+    """Load a saved student or fine-tuned classifier (`.keras`), with Keras's safe mode on."""
+    from audionet_tf.model import classifier  # noqa: F401  (registers its Features layer with Keras)
+
     return keras.saving.load_model(path, safe_mode=True, compile=False)
 
 

@@ -18,6 +18,7 @@ from audionet_tf.core.errors import AudioNetError
 from audionet_tf.core.version import __version__
 from audionet_tf.dataset import catalog, records
 from audionet_tf.serving import onnx_model, web
+from audionet_tf.training import finetune
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +26,20 @@ PARITY_TOLERANCE = 1e-5
 INT8_AGREEMENT_GOAL = 0.95
 CALIBRATION_WINDOWS = 1024  # training windows the int8 file is calibrated on
 CHECK_WINDOWS = 2048  # held-out windows the parity figures are measured on, at most
-SIGNATURES = ["serving_default", "probabilities", "embed", "timeline", "serve", "__call__"]
+SIGNATURES = ["serving_default", "probabilities", "embed", "timeline", "serve", "class_names", "__call__"]
 
 
-def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int):
+def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int,
+                  class_names: Sequence[str] | None = None, classifier: bool = False):
     """A Keras ExportArchive that loads by convention, its pre- and post-processing inside.
 
     Windows `[N, L]` → logits `[N, C]` as the `serve` endpoint (what `keras.Model.export` writes:
     `keras.layers.TFSMLayer(path)` loads it with its defaults) and as `__call__` (so
     `tf.saved_model.load(path)(windows)` and `tensorflow_hub.KerasLayer(path)` work); the named
     signatures `serving_default`, `probabilities`, `embed`, and `timeline` (a waveform → per-window
-    `logits`, `scores`, `embeddings` and `times` together, YAMNet's shape of answer).
+    `logits`, `scores`, `embeddings` and `times` together, YAMNet's shape of answer), and `class_names`
+    (no input → the names, a string tensor `[C]`). A fine-tuned `classifier`'s `serve` gives
+    `scores` (probabilities), `logits` and `class_names` together, so an app needs nothing beside the model.
     """
     import keras
     import tensorflow as tf
@@ -78,7 +82,14 @@ def build_archive(model, sample_rate: int, window_samples: int, hop_samples: int
     archive.add_endpoint("embed", embed, input_signature=windows_spec)
     archive.add_endpoint("timeline", timeline,
                          input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
-    archive.add_endpoint("serve", logits, input_signature=windows_spec)
+    names = tf.constant(list(class_names or [f"class_{i}" for i in range(int(model.output.shape[-1]))]))
+
+    def named_scores(windows):
+        scores = logits(windows)
+        return {"scores": tf.nn.softmax(scores, axis=-1), "logits": scores, "class_names": tf.identity(names)}
+
+    archive.add_endpoint("class_names", lambda: {"class_names": tf.identity(names)}, input_signature=[])
+    archive.add_endpoint("serve", named_scores if classifier else logits, input_signature=windows_spec)
     # An endpoint named __call__ makes the loaded object callable (TensorFlow's loader turns that
     # attribute into the call); ExportArchive also lists it among the signatures.
     archive.add_endpoint("__call__", logits, input_signature=windows_spec)
@@ -150,7 +161,14 @@ def quantize_int8(saved_model_dir: str, calibration: np.ndarray, windows: np.nda
     with the same int8 weights, still integer-only, but LiteRT runs them on slower reference kernels."""
     tried, kinds = {}, {}
     for kind in ("int8", "16x8"):
-        blob = convert_tflite(saved_model_dir, kind, calibration)
+        try:
+            blob = convert_tflite(saved_model_dir, kind, calibration)
+        except RuntimeError as exc:
+            if kind == "int8":
+                raise
+            # The converter has no 16x8 kernel for some ops (SQRT, in a classifier on audionet's conv statistics).
+            log.warning("int8 TFLite: no 16x8 file (%s); keeping int8 activations", exc)
+            break
         logits = check_model(tflite_runner(blob), windows)
         tried[kind] = float(np.mean(logits.argmax(1) == float_logits.argmax(1)))
         kinds[kind] = blob
@@ -200,13 +218,15 @@ def check_model(run: Callable[[np.ndarray], np.ndarray], windows: np.ndarray) ->
 def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate: int = 16000,
                  window_samples: int = 640, hop_samples: int = 640, metadata: dict[str, Any] | None = None,
                  calibration: np.ndarray | None = None, check: np.ndarray | None = None,
-                 options: ExportConfig | None = None) -> dict[str, Any]:
+                 options: ExportConfig | None = None, classifier: bool = False) -> dict[str, Any]:
     """Write the SavedModel, both TFLite files, ONNX, labels and metadata to `out_dir` (and the page
     `options.web` asks for); returns the metadata.
 
     int8 is calibrated on `calibration` (training windows); the parity figures are measured on `check`
     (held-out windows, which the calibration never saw), else on the calibration windows, else on noise."""
     import tensorflow as tf
+
+    from audionet_tf.model.classifier import classifier_facts
 
     options = options or ExportConfig()
     if options.web and storage.is_remote(options.web):
@@ -232,7 +252,10 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
     page = None
     try:
-        build_archive(model, sample_rate, window_samples, hop_samples).write_out(staging, verbose=False)
+        # A fine-tuned classifier's serve gives its names, however it is exported (its run, or its .keras alone).
+        classifier = classifier or classifier_facts(model) is not None
+        build_archive(model, sample_rate, window_samples, hop_samples, class_names,
+                      classifier).write_out(staging, verbose=False)
         rng = np.random.default_rng(0)
         if check is not None and len(check):
             sample = np.asarray(check[:sample_count(window_samples, CHECK_WINDOWS)], np.float32)
@@ -468,6 +491,16 @@ def export_run(run_dir: str, out_dir: str, options: ExportConfig | None = None) 
     class_names = [line for line in storage.read_text(storage.join(run_dir, "labels.txt")).splitlines()
                    if line.strip()]
     model = load_model(model_path)
+    if finetune.is_finetune_run(config):  # a classifier of a user's classes: calibrated on its own windows
+        calibration, check = finetune.calibration(run_dir)
+        heard = config["student"]
+        return export_model(
+            model, out_dir, class_names=class_names, sample_rate=int(dataset["sample_rate"]),
+            window_samples=int(heard["window_samples"]), hop_samples=int(heard["hop_samples"]),
+            calibration=calibration, check=check, options=options, classifier=True,
+            metadata=without_machine_paths({"class_names": class_names, "classifier": config["classifier"],
+                                            "run": storage.basename(storage.abspath(run_dir)),
+                                            "training_config": config, "final_metrics": metrics}))
     # What the student hears (SoundNet: its long window); runs from before the `student` entry: the dataset's.
     heard = config.get("student") or {}
     window = int(heard.get("window_samples") or dataset.get("window_samples", 640))

@@ -107,6 +107,15 @@ def _labels(path: str, count: int) -> list[str]:
     return [f"class_{i}" for i in range(count)]
 
 
+def _saved_names(loaded, path: str, meta: dict[str, Any]) -> list[str]:
+    """The class names an export holds: its SavedModel's own (`class_names` signature), else labels.txt."""
+    if "class_names" in loaded.signatures:
+        names = [n.decode("utf-8") for n in loaded.signatures["class_names"]()["class_names"].numpy().tolist()]
+        if len(names) == meta["num_classes"]:
+            return names
+    return _labels(os.path.join(path, "labels.txt"), meta["num_classes"])
+
+
 def newest_export(root: str = "saved_models") -> str:
     """The most recently written export under `root`."""
     candidates = [os.path.join(root, d) for d in os.listdir(root)] if os.path.isdir(root) else []
@@ -130,7 +139,7 @@ def load_student(path: str) -> Student:
         loaded = tf.saved_model.load(path)
         serve, embed = loaded.signatures["serving_default"], loaded.signatures["embed"]
         return Student(lambda w: serve(windows=tf.constant(w, tf.float32))["logits"].numpy(),
-                       _labels(os.path.join(path, "labels.txt"), meta["num_classes"]), meta["sample_rate"],
+                       _saved_names(loaded, path, meta), meta["sample_rate"],
                        meta["window_samples"], meta["hop_samples"], path,
                        embed=lambda w: embed(windows=tf.constant(w, tf.float32))["embedding"].numpy(),
                        embedding_layer=meta.get("embedding_layer", "pooled"))
@@ -158,7 +167,10 @@ def load_student(path: str) -> Student:
             count = run(np.zeros((1, window), np.float32)).shape[-1]
         except (ValueError, RuntimeError) as exc:
             raise AudioNetError(f"{path}: cannot run this TFLite model ({exc})") from None
-        return Student(run, _labels(os.path.join(folder, "labels.txt"), count), rate, window, hop, path)
+        names = meta.get("class_names")
+        if not names or len(names) != count:
+            names = _labels(os.path.join(folder, "labels.txt"), count)
+        return Student(run, names, rate, window, hop, path)
     if path.endswith(".keras"):
         from audionet_tf.model.student import load_model
 
@@ -167,12 +179,11 @@ def load_student(path: str) -> Student:
         except Exception as exc:  # Keras raises several types for a file it cannot read
             raise AudioNetError(f"{path}: cannot load it as a .keras model ({exc})") from None
         count = int(model.output.shape[-1])
-        from audionet_tf.model import soundnet
         from audionet_tf.model.student import model_window
+        from audionet_tf.serving.onnx_model import student_facts
 
         built_for = model_window(model)  # a SoundNet student knows its own window
-        architecture = soundnet.architecture_of(model)
-        layer = soundnet.DEFAULT_EMBEDDING.get(architecture, "pooled")
+        _, layer = student_facts(model)  # a fine-tuned classifier: the layer its head reads
         return Student(keras_runner(model), _labels(os.path.join(folder, "labels.txt"), count), rate,
                        built_for or window, hop, path, keras_model=model, embed=keras_runner(model, layer),
                        embedding_layer=layer)

@@ -98,7 +98,11 @@ def write_onnx(model, path: str, *, class_names: Sequence[str], sample_rate: int
 def student_facts(model) -> tuple[str, str]:
     """The architecture that built `model` and the layer its embedding is taken from."""
     from audionet_tf.model import soundnet
+    from audionet_tf.model.classifier import classifier_facts
 
+    facts = classifier_facts(model)  # a fine-tuned classifier: the layer its head reads
+    if facts is not None:
+        return facts
     architecture = soundnet.architecture_of(model)
     return architecture, soundnet.DEFAULT_EMBEDDING.get(architecture, "pooled")
 
