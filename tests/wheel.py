@@ -3,6 +3,7 @@ virtual environment that reuses the third-party packages of the environment runn
 the base interpreter: whichever), used from a directory of its own."""
 import json
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -59,7 +60,7 @@ def checkout_hooks(dirs: list[str]) -> tuple[list[str], list[str]]:
             if not name.endswith(".pth"):
                 continue
             path = os.path.join(folder, name)
-            if "audionet_tf" in name:
+            if re.search(r"audionet[-_]tf", name, re.I):
                 skip_files.append(path)
                 continue
             with open(path, encoding="utf-8", errors="replace") as handle:
