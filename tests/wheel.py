@@ -1,6 +1,7 @@
 """The package as a user installs it: a wheel built from this checkout, installed (not editable) into a fresh
 virtual environment that reuses the third-party packages of the environment running the tests (a venv, conda,
 the base interpreter: whichever), used from a directory of its own."""
+import importlib.util
 import json
 import os
 import re
@@ -75,14 +76,14 @@ def checkout_hooks(dirs: list[str]) -> tuple[list[str], list[str]]:
 
 WHERE = ("import importlib.util, json, os, sys; spec = importlib.util.find_spec('audionet_tf'); "
          "others = [p for p in sys.path if os.path.isfile(os.path.join(p, 'audionet_tf', '__init__.py'))]; "
-         "keras = importlib.util.find_spec('keras') is not None; "
+         "keras = getattr(importlib.util.find_spec('keras'), 'origin', None); "
          "print(json.dumps({'package': spec.origin, 'others': others, 'keras': keras, "
          "'hooks': sorted(m for m in sys.modules if 'editable' in m and 'audionet_tf' in m)}))")
 
 
 def where_audionet_tf(bin_dir: Path) -> dict:
-    """What the environment's python imports as audionet_tf: its file, the other copies on sys.path, whether Keras
-    is importable and which editable-install hooks ran, as the installed command sees them (no PYTHONPATH)."""
+    """What the environment's python imports as audionet_tf: its file, the other copies on sys.path, which Keras
+    it would import and which editable-install hooks ran, as the installed command sees them (no PYTHONPATH)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([str(bin_dir / "python"), "-c", WHERE], cwd=bin_dir, env=env, capture_output=True,
                           text=True, check=True, timeout=120)
@@ -118,5 +119,7 @@ def install_wheel(work: Path) -> Path:
     venv = str(work / "venv")
     others = [p for p in where["others"] if not p.startswith(venv)]
     assert where["package"].startswith(venv) and not others and not where["hooks"], where
-    assert where["keras"], f"the running environment's packages ({dirs}) are not visible in {work / 'venv'}"
+    # The same Keras as the tests' own: the running environment's packages, not the base interpreter's.
+    ours = importlib.util.find_spec("keras").origin
+    assert where["keras"] == ours, f"{work / 'venv'} imports Keras from {where['keras']}, the tests from {ours}"
     return bin_dir
