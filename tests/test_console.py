@@ -3,8 +3,11 @@ import io
 import logging
 import os
 import re
+import site
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +130,16 @@ def test_every_command_starts_and_works_as_quietly_as_the_demo(tmp_path, ffmpeg_
         assert (tmp_path / made).is_file(), made
 
 
+def installed_script(name: str) -> Path | None:
+    """The console script `name` that pip installed for the running interpreter: in its environment's scripts
+    directory (a venv's bin, which for a system Python can be /usr/local/bin rather than the interpreter's own
+    folder), or the user's (pip install --user), not whichever one PATH finds first."""
+    folders = [sysconfig.get_path("scripts"), os.path.dirname(sys.executable)]
+    if site.ENABLE_USER_SITE:
+        folders.append(sysconfig.get_path("scripts", sysconfig.get_preferred_scheme("user")))
+    return next((Path(f, name) for f in folders if Path(f, name).is_file()), None)
+
+
 HELP_FORMS = [("prepare", "prepare"), ("train", "train"), ("demo", None), ("export", "export"),
               ("predict", "predict"), ("embed", "embed"), ("evaluate", "evaluate"), ("evaluate distill", "evaluate"),
               ("evaluate transfer", "evaluate"), ("report", "report")]
@@ -136,11 +149,9 @@ HELP_FORMS = [("prepare", "prepare"), ("train", "train"), ("demo", None), ("expo
 def test_help_names_the_command_as_it_was_typed(command, module):
     """`audionet prepare --help` says `audionet prepare`, `python -m audionet_tf.prepare --help` says that (and
     `python -m audionet_tf prepare` for `prepare`); a usage error names it too."""
-    from pathlib import Path
-
-    script = Path(sys.executable).parent / "audionet"
-    if not script.is_file():
-        pytest.skip(f"no installed `audionet` script beside {sys.executable} (pip install -e . makes it)")
+    script = installed_script("audionet")
+    if script is None:
+        pytest.skip(f"no `audionet` script installed for {sys.executable} (pip install -e . makes it)")
     words = command.split()
     forms = [([str(script), *words], f"audionet {command}")]
     if module:

@@ -18,11 +18,19 @@ def readme_commands() -> list[str]:
     return re.findall(r"```bash\n(.+?)\n```", text, flags=re.S)[:2]
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_in_a_venv_of_its_own():
     demo, tests = readme_commands()
     assert "pytest" in tests and demo == "pip install . && audionet demo"
+    # One interpreter installs and tests, in a venv or outside one (outside, a bare `pip` can be another Python's).
+    assert tests.startswith("python -m pip install ") and "&& python -m pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert tests in ci
+    # Inside a virtual environment it makes first, put first on PATH, without the base interpreter's packages
+    # (so that a dependency only the machine's interpreter has fails in CI as it would in a user's venv).
+    made = [i for i, line in enumerate(ci) if re.match(r"python3? -m venv ", line)]
+    assert made and made[0] < ci.index(tests) and "--system-site-packages" not in ci[made[0]], ci
+    folder = ci[made[0]].split()[-1]
+    assert any(f'PATH="$PWD/{folder}/bin:$PATH"' in line for line in ci[made[0]:ci.index(tests)]), ci
 
 
 def test_demo_command_runs_the_demo_recipe_of_the_repository():
