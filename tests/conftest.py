@@ -11,6 +11,13 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest  # noqa: E402
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Two workers at most (one where one core is all there is): most tests wait on the subprocesses they start,
+    so two files at a time keep two cores busy, and the timing and memory bounds the tests hold stay those
+    measured with two. A whole file goes to one worker (`--dist loadfile`), so its module fixtures are made once."""
+    return max(1, min(2, len(os.sched_getaffinity(0))))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still part of the CI run)")
 
