@@ -25,33 +25,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from typing import Sequence
 
+from audionet_tf.commands.argtypes import nonnegative_int, positive_float, positive_int
 from audionet_tf.core import config as cfg, console, storage
 from audionet_tf.core.errors import AudioNetError
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -63,15 +42,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled CSV in ESC-50's layout: filename,fold,target,category")
     p.add_argument("--audio-dir", help="the CSV's audio folder (default: audio/ beside the CSV or its meta/ folder)")
     p.add_argument("--layer", help="the student layer the head reads (default: its embedding)")
-    p.add_argument("--epochs", type=_positive_int, help="epochs of the head alone, the student frozen")
-    p.add_argument("--learning-rate", type=_positive_float, help="the head's learning rate (Adam)")
-    p.add_argument("--unfreeze-epochs", type=_nonnegative_int, help="then epochs of the whole network (0: none)")
-    p.add_argument("--unfreeze-learning-rate", type=_positive_float, help="the whole network's learning rate")
-    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--epochs", type=positive_int, help="epochs of the head alone, the student frozen")
+    p.add_argument("--learning-rate", type=positive_float, help="the head's learning rate (Adam)")
+    p.add_argument("--unfreeze-epochs", type=nonnegative_int, help="then epochs of the whole network (0: none)")
+    p.add_argument("--unfreeze-learning-rate", type=positive_float, help="the whole network's learning rate")
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false", default=None,
                    help="do not weigh classes by the rarity of their windows")
-    p.add_argument("--holdout-fold", type=_nonnegative_int, help="a fold kept out of training and scored")
-    p.add_argument("--hop-s", type=_positive_float, help="seconds between a clip's windows (default: the student's hop)")
+    p.add_argument("--holdout-fold", type=nonnegative_int, help="a fold kept out of training and scored")
+    p.add_argument("--hop-s", type=positive_float, help="seconds between a clip's windows (default: the student's hop)")
     p.add_argument("--name", help="run name (default: <student run>-<CSV name>)")
     p.add_argument("--runs-dir")
     p.add_argument("--export-dir")

@@ -16,29 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from typing import Any, Sequence
 
 from audionet_tf.core import config as cfg, console, storage
 from audionet_tf.core.config import PipelineConfig
-from audionet_tf.commands.argtypes import positive_float, positive_int
+from audionet_tf.commands.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.training.trainer import PeerLost
 
-
-def _nonnegative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -63,12 +49,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++ log lines")
     p.add_argument("--deterministic", action="store_true", default=None, help="reproducible data order and ops")
     p.add_argument("--cache", choices=["auto", "memory", "none"])
-    p.add_argument("--steps-per-execution", type=_nonnegative_int, help=f"0: a whole epoch per call, at most {cfg.AUTO_STEPS_PER_EXECUTION} steps")
+    p.add_argument("--steps-per-execution", type=nonnegative_int, help=f"0: a whole epoch per call, at most {cfg.AUTO_STEPS_PER_EXECUTION} steps")
     p.add_argument("--checkpoint-every", type=positive_int, help="epochs between checkpoints and backups")
-    p.add_argument("--backup-every-steps", type=_nonnegative_int, help="also back up every N steps (0: off)")
-    p.add_argument("--backup-every-minutes", type=_nonnegative_float, help="also back up every N minutes (0: off)")
+    p.add_argument("--backup-every-steps", type=nonnegative_int, help="also back up every N steps (0: off)")
+    p.add_argument("--backup-every-minutes", type=nonnegative_float, help="also back up every N minutes (0: off)")
     p.add_argument("--histogram-every", type=positive_int)
-    p.add_argument("--figures-before-thinning", type=_nonnegative_int,
+    p.add_argument("--figures-before-thinning", type=nonnegative_int,
                    help="figures at every --histogram-every epochs for the first N, then half as often "
                         "over each doubling of the run (0: never thinned)")
     p.add_argument("--validate-every", type=positive_int,
