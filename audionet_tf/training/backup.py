@@ -29,7 +29,7 @@ import numpy as np
 from audionet_tf.core.errors import AudioNetError
 from audionet_tf.core import storage
 from audionet_tf.core.storage import atomic_write_text
-from audionet_tf.training.callbacks import BackgroundWriter, WritesInBackground
+from audionet_tf.training.callbacks import BackgroundWriter, WritesInBackground, cache_saving_skipsets
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +389,7 @@ class Backup(WritesInBackground, keras.callbacks.Callback):
         tmp = storage.join(self.backup_dir, f".{entry['weights']}.{os.getpid()}.tmp.weights.h5")
         state = read_state(self.backup_dir) or {"backups": []}
         kept = [b for b in state["backups"] if b["weights"] != entry["weights"]][: self.keep - 1]
+        cache_saving_skipsets()
         try:
             storage.makedirs(self.backup_dir)
             if remote:
