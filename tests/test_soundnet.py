@@ -476,6 +476,49 @@ def test_soundnet8_predict_and_embed_commands_read_its_export(real8, capsys):
     assert "needs a .keras model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_soundnet5_trains_resumes_and_exports_from_the_same_dataset(real8):
+    """SoundNet-5 through the same commands on the same prepared real recordings: one epoch, a second run that
+    resumes it, the export's SavedModel, TFLite and ONNX files checked against Keras, and the exported student
+    giving model.keras's logits on windows of a real recording (its int8 file running in LiteRT alone)."""
+    import audionet_tf as an
+    from audionet_tf.model.student import student_window
+    from audionet_tf.preparation.media import read_audio
+    from litert_run import run_tflite
+
+    root = real8["root"]
+    args = ["--pipeline", str(root / "audio.toml"), "--data", str(root / "data"), "--architecture", "soundnet5",
+            "--batch-size", "8", "--learning-rate", "1e-3", "--name", "real5", "--quiet", "--histogram-every", "2",
+            "--checkpoint-every", "1", "--no-report"]
+    first = run_cli("train", *args, "--epochs", "1", "--no-export", cwd=root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = root / "runs" / "real5"
+    os.remove(run / "metrics.json")
+    second = run_cli("train", *args, "--epochs", "2", cwd=root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr and "at epoch 1 step 0" in second.stderr, second.stderr[-2000:]
+    assert [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
+    window = student_window("soundnet5", None, 16000)
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["student"] == {"architecture": "soundnet5", "window_samples": window, "hop_samples": HOP}
+    export = root / "saved_models" / "real5"
+    meta = json.loads((export / "metadata.json").read_text())
+    assert meta["architecture"] == "soundnet5" and meta["window_samples"] == window
+    parity = meta["parity"]
+    assert parity["savedmodel_max_abs_diff"] < 1e-5 and parity["tflite_float_max_abs_diff"] < 1e-5, parity
+    assert parity["onnx_max_abs_diff"] < 1e-5, parity
+    wave = read_audio(str(real8["sounds"][1]), 16000)[:32000]
+    heard = an.predict(an.load_student(str(export)), wave, sample_rate=16000)
+    assert heard["scores"].shape == (10, 6)
+    left = (window - HOP) // 2
+    padded = np.concatenate([np.zeros(left, np.float32), wave, np.zeros(window, np.float32)])
+    windows = np.stack([padded[k * HOP: k * HOP + window] for k in (0, 5, 9)])
+    keras_student = an.load_student(str(run / "model.keras"))
+    np.testing.assert_allclose(heard["logits"][[0, 5, 9]], keras_student.logits(windows), rtol=1e-4, atol=1e-4)
+    int8 = run_tflite(export / "model_int8.tflite", windows)
+    assert int8.shape == (3, 6) and np.all(np.isfinite(int8))
+
+
 def write_wav(path, samples, rate, channels):
     import wave as wavmod
 
