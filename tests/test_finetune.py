@@ -308,7 +308,10 @@ def test_an_interrupted_fine_tuning_leaves_no_run_behind(plain_student, tmp_path
     labels = write_set(tmp_path / "set", rows)
     process = subprocess.Popen([sys.executable, "-m", "audionet_tf", "finetune", "--from", str(plain_student),
                                 "--data", str(labels), "--epochs", "100000", "--runs-dir", str(tmp_path / "runs")],
-                               env=ENV, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                               env=ENV, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               # Ctrl-C as in a terminal: a test runner's worker may ignore SIGINT, and the child
+                               # would inherit that (Python then raises no KeyboardInterrupt).
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in process.stderr:  # the first epoch's line: training is under way, inside the staging directory
         seen.append(line)

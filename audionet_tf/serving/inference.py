@@ -6,7 +6,7 @@ import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -98,22 +98,25 @@ def keras_runner(model, layer: str | None = None) -> KerasRunner:
     return _runners[key]
 
 
-def _labels(path: str, count: int) -> list[str]:
+def _labels(path: str, count: int, own: Sequence[str] | None = None) -> list[str]:
+    """The class names for a model of `count` classes: its folder's labels.txt (the file a user may edit),
+    else the names the model file carries itself (`own`), else class_0, class_1, ..."""
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             names = [line.rstrip("\n") for line in handle if line.strip()]
         if len(names) == count:
             return names
+    if own and len(own) == count:
+        return list(own)
     return [f"class_{i}" for i in range(count)]
 
 
 def _saved_names(loaded, path: str, meta: dict[str, Any]) -> list[str]:
-    """The class names an export holds: its SavedModel's own (`class_names` signature), else labels.txt."""
+    """The class names of an export directory: labels.txt, else its SavedModel's own (`class_names` signature)."""
+    own = None
     if "class_names" in loaded.signatures:
-        names = [n.decode("utf-8") for n in loaded.signatures["class_names"]()["class_names"].numpy().tolist()]
-        if len(names) == meta["num_classes"]:
-            return names
-    return _labels(os.path.join(path, "labels.txt"), meta["num_classes"])
+        own = [n.decode("utf-8") for n in loaded.signatures["class_names"]()["class_names"].numpy().tolist()]
+    return _labels(os.path.join(path, "labels.txt"), meta["num_classes"], own)
 
 
 def newest_export(root: str = "saved_models") -> str:
@@ -167,10 +170,8 @@ def load_student(path: str) -> Student:
             count = run(np.zeros((1, window), np.float32)).shape[-1]
         except (ValueError, RuntimeError) as exc:
             raise AudioNetError(f"{path}: cannot run this TFLite model ({exc})") from None
-        names = meta.get("class_names")
-        if not names or len(names) != count:
-            names = _labels(os.path.join(folder, "labels.txt"), count)
-        return Student(run, names, rate, window, hop, path)
+        return Student(run, _labels(os.path.join(folder, "labels.txt"), count, meta.get("class_names")), rate,
+                       window, hop, path)
     if path.endswith(".keras"):
         from audionet_tf.model.student import load_model
 
@@ -200,9 +201,7 @@ def load_student(path: str) -> Student:
         except Exception as exc:  # onnxruntime raises its own types for inputs the graph refuses
             raise AudioNetError(f"{path}: cannot run this ONNX model on a window of {window} samples ({exc})") \
                 from None
-        names = own.get("class_names")
-        if not names or len(names) != count:
-            names = _labels(os.path.join(folder, "labels.txt"), count)
+        names = _labels(os.path.join(folder, "labels.txt"), count, own.get("class_names"))
         return Student(onnx.logits, names, rate, window, hop, path, embed=onnx.embed,
                        embedding_layer=own.get("embedding_layer", "pooled"))
     raise AudioNetError(f"{path}: expected an export directory, a .keras, a .tflite or an .onnx file")
