@@ -452,6 +452,47 @@ def test_soundnet8_export_predicts_and_embeds_like_its_keras_model(real8):
     assert conv2.shape == (10, 32)
 
 
+PLAIN_APPS = """
+import json, sys
+import numpy as np
+windows = np.load(sys.argv[2])
+if sys.argv[1] == "tensorflow":
+    import tensorflow as tf
+    model = tf.saved_model.load(sys.argv[3])
+    out = model.signatures["serving_default"](windows=tf.constant(windows))["logits"].numpy()
+else:
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=sys.argv[3])
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], windows.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], windows)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+print(json.dumps({"logits": out.tolist(), "audionet_tf": "audionet_tf" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_soundnet8_export_runs_in_apps_with_only_tensorflow_or_only_litert(real8, tmp_path):
+    """An app that imports only TensorFlow (the SavedModel's serving_default) and one that imports only LiteRT
+    (model.tflite) give model.keras's logits for SoundNet-8's long windows of a real recording."""
+    import audionet_tf as an
+    from audionet_tf.preparation.media import read_audio
+
+    wave = read_audio(str(real8["sounds"][2]), 16000)
+    wave = np.pad(wave, (0, max(0, SN8_WINDOW + 16000 - len(wave))))  # zeros past a recording's end, as predict
+    windows = np.stack([wave[:SN8_WINDOW], wave[16000:16000 + SN8_WINDOW]]).astype(np.float32)
+    np.save(tmp_path / "windows.npy", windows)
+    expected = an.load_student(str(real8["run"] / "model.keras")).logits(windows)
+    for app, path in (("tensorflow", real8["export"]), ("litert", real8["export"] / "model.tflite")):
+        done = subprocess.run([sys.executable, "-c", PLAIN_APPS, app, str(tmp_path / "windows.npy"), str(path)],
+                              env=QUIET_ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert not result["audionet_tf"], app
+        np.testing.assert_allclose(np.array(result["logits"]), expected, rtol=1e-4, atol=1e-4, err_msg=app)
+
+
 @pytest.mark.slow
 def test_soundnet8_predict_and_embed_commands_read_its_export(real8, capsys):
     """predict on a whole real recording (a window a second), embed with a named layer of the run's .keras;
