@@ -18,37 +18,29 @@ import time
 import numpy as np
 import torch
 
-# (kind, name, filters, kernel, stride, padding) / (pool, name, kernel, stride): model/soundnet.py's table.
-SOUNDNET8 = (
-    ("conv", "conv1", 16, 64, 2, 32), ("pool", "pool1", 8, 8),
-    ("conv", "conv2", 32, 32, 2, 16), ("pool", "pool2", 8, 8),
-    ("conv", "conv3", 64, 16, 2, 8),
-    ("conv", "conv4", 128, 8, 2, 4),
-    ("conv", "conv5", 256, 4, 2, 2), ("pool", "pool5", 4, 4),
-    ("conv", "conv6", 512, 4, 2, 2),
-    ("conv", "conv7", 1024, 4, 2, 2),
-    ("conv", "conv8", None, 8, 2, 0),
-)
+from torch_baseline import kl_loss  # the same loss as audionet's PyTorch baseline (this folder)
 
 
 class SoundNet8(torch.nn.Module):
-    """SoundNet-8 on [N, 1, L]: Conv1d + BatchNorm1d + ReLU per conv but the last, MaxPool1d, mean over time."""
+    """SoundNet-8 on [N, 1, L] from model/soundnet.py's table rows (sent in the arrays file): Conv1d + BatchNorm1d
+    + ReLU per conv but the last, MaxPool1d, mean over time."""
 
-    def __init__(self, classes: int, input_scale: float):
+    def __init__(self, table: list, classes: int, input_scale: float):
         super().__init__()
         self.input_scale = input_scale
         layers, channels = [], 1
         self.convs, self.norms = [], []
-        for row in SOUNDNET8:
+        convs = [row for row in table if row[0] == "conv"]
+        for row in table:
             if row[0] == "pool":
                 layers.append(torch.nn.MaxPool1d(row[2], stride=row[3]))
                 continue
-            _, name, filters, kernel, stride, pad = row
+            _, _, filters, kernel, stride, pad = row
             filters = classes if filters is None else filters
             conv = torch.nn.Conv1d(channels, filters, kernel, stride=stride, padding=pad)
             layers.append(conv)
             self.convs.append(conv)
-            if name != "conv8":
+            if row is not convs[-1]:  # every conv but the last: BatchNorm + ReLU
                 norm = torch.nn.BatchNorm1d(filters, eps=1e-5, momentum=0.1)  # Keras's momentum 0.9
                 layers += [norm, torch.nn.ReLU()]
                 self.norms.append(norm)
@@ -70,12 +62,6 @@ class SoundNet8(torch.nn.Module):
             norm.bias.copy_(torch.from_numpy(arrays[f"beta{i}"]))
 
 
-def kl_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Batch mean of KL(softmax(teacher) || softmax(student)), as the Keras loss at T = 1."""
-    return torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1),
-                                      log_target=True, reduction="batchmean")
-
-
 def main() -> None:
     """Check the network against Keras's logits, train, print {"epoch_s": ...} as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,7 +76,7 @@ def main() -> None:
     arrays = np.load(args.arrays)
     x = torch.from_numpy(arrays["audio"][:, None, :])
     y = torch.from_numpy(arrays["logits"])
-    model = SoundNet8(y.shape[1], float(arrays["input_scale"]))
+    model = SoundNet8(json.loads(str(arrays["table"])), y.shape[1], float(arrays["input_scale"]))
     model.load_keras(arrays)
     model.train()
     probe = arrays["keras_logits"]

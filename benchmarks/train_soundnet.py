@@ -74,7 +74,9 @@ def make_arrays(windows: int, classes: int, path: str) -> tuple[np.ndarray, np.n
     model = build_student("soundnet8", length, classes)
     start = model.get_weights()
     probe = model(tf.constant(x[:4, :, None]), training=True).numpy()
-    saved = {"audio": x, "logits": y, "keras_logits": probe, "input_scale": np.float32(cfg.ModelConfig().input_scale)}
+    # The layer table travels with the weights: torch_soundnet.py builds its network from model/soundnet.py's rows.
+    saved = {"audio": x, "logits": y, "keras_logits": probe, "input_scale": np.float32(cfg.ModelConfig().input_scale),
+             "table": np.array(json.dumps(soundnet.table("soundnet8")))}
     convs = [r for r in soundnet.table("soundnet8") if r[0] == "conv"]
     for i, row in enumerate(convs):
         last = i == len(convs) - 1
