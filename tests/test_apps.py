@@ -551,7 +551,7 @@ def test_inference_benchmark_prints_the_speed_page_rows_and_their_sizes(tmp_path
                              "--repeats", "1"], env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     printed = dict(re.findall(r"^\| (.+?) \| ([\d,]+) bytes \|", result.stdout, flags=re.M))
-    assert list(printed) == list(rows) and len(rows) == 5
+    assert list(printed) == list(rows) and len(rows) == 6
     for name, size in printed.items():
         ours, theirs = int(size.replace(",", "")), int(rows[name].replace(",", ""))
         # The SavedModel's protobuf and the ONNX file vary by a few bytes between runs (names that count the
