@@ -116,7 +116,10 @@ def test_training_gradients_match_a_numpy_backward_pass(length, scale, temperatu
                                scale, temperature)
     loss_fn = losses.DistillationLoss(temperature)
     with tf.GradientTape() as tape:
-        loss = loss_fn(tf.constant(teacher), model(x[..., None], training=True))
+        logits = model(x[..., None], training=True)  # the training pass: its own conv and pool formulations
+        loss = loss_fn(tf.constant(teacher), logits)
+    np.testing.assert_allclose(np.asarray(logits), numpy_audionet(x.astype(np.float64), kernel, bias, dense_w, dense_b,
+                                                                  scale), rtol=1e-4, atol=1e-4)
     conv, dense = model.get_layer("conv"), model.get_layer("logits")
     got = tape.gradient(loss, [conv.kernel, conv.bias, dense.kernel, dense.bias])
     for name, value in zip(("kernel", "bias", "dense_w", "dense_b"), got):

@@ -34,6 +34,36 @@ def pool_length(length: int) -> int:
 
 
 @keras.saving.register_keras_serializable(package="audionet_tf")
+class PairedConv1D(keras.layers.Conv1D):
+    """Conv1D whose training pass computes a stride-2 convolution as a stride-1 one over sample pairs.
+
+    Input [N, L, C] read as [N, L/2, 2C] against the kernel read as [K/2, 2C, F] gives the same
+    products, in the same order of summation per output (the gradients are bit-identical in
+    benchmarks/train_step_variants.py), and oneDNN's stride-1 kernels with the conv's weight
+    gradient cost less than its stride-2 ones for the slides' conv: 67 against 81 ms of steps an
+    epoch on a quiet AVX-512 machine (docs/speed.md). Inference (SavedModel, TFLite, ONNX) keeps
+    Keras's own convolution, so the exports do not change.
+    """
+
+    def _pairs(self) -> bool:
+        return (tuple(self.strides) == (2,) and self.kernel_size[0] % 2 == 0 and self.padding == "valid"
+                and tuple(self.dilation_rate) == (1,) and self.groups == 1 and self.data_format == "channels_last")
+
+    def call(self, inputs, training=None):
+        if not training or not self._pairs():
+            return super().call(inputs)
+        channels, taps = self.kernel.shape[1], self.kernel_size[0]
+        # A stride-2 valid conv with an even kernel never reads an odd length's last sample.
+        even = inputs[:, : tf.shape(inputs)[1] // 2 * 2, :]
+        pairs = tf.reshape(even, tf.stack([tf.shape(inputs)[0], -1, 2 * channels]))
+        kernel = tf.reshape(self.kernel, [taps // 2, 2 * channels, self.filters])
+        outputs = tf.nn.conv1d(pairs, kernel, 1, "VALID")
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package="audionet_tf")
 class EdgeMaxPooling1D(keras.layers.Layer):
     """Stride-1 max pooling with `padding` positions each side that never win the max.
 
@@ -139,7 +169,7 @@ def build_audionet(input_length: int | None = None, num_classes: int = 1000, *,
         x = keras.layers.Rescaling(input_scale, name="input_scale")(x)
     conv_name, kernel, pad, stride = CONV
     x = keras.layers.ZeroPadding1D(pad, name="conv_padding")(x)
-    x = keras.layers.Conv1D(conv_filters, kernel, strides=stride, padding="valid", name=conv_name)(x)
+    x = PairedConv1D(conv_filters, kernel, strides=stride, padding="valid", name=conv_name)(x)
     pool_name, pool_kernel, pool_pad, _ = POOL
     x = EdgeMaxPooling1D(pool_kernel, pool_pad, name=pool_name)(x)
     x = keras.layers.GlobalAveragePooling1D(name="pooled")(x)
