@@ -38,10 +38,9 @@ class PairedConv1D(keras.layers.Conv1D):
     """Conv1D whose training pass computes a stride-2 convolution as a stride-1 one over sample pairs.
 
     Input [N, L, C] read as [N, L/2, 2C] against the kernel read as [K/2, 2C, F] gives the same
-    products, in the same order of summation per output (the gradients are bit-identical in
-    benchmarks/train_step_variants.py), and oneDNN's stride-1 kernels with the conv's weight
-    gradient cost less than its stride-2 ones for the slides' conv: 67 against 81 ms of steps an
-    epoch on a quiet AVX-512 machine (docs/speed.md). Inference (SavedModel, TFLite, ONNX) keeps
+    products (for the slides' conv, outputs and kernel gradients came out bit-identical to
+    Conv1D's), and oneDNN's stride-1 kernels with the conv's weight gradient cost less than its
+    stride-2 ones: 67 against 81 ms of steps an epoch on a quiet AVX-512 machine (docs/speed.md). Inference (SavedModel, TFLite, ONNX) keeps
     Keras's own convolution, so the exports do not change.
     """
 
