@@ -38,7 +38,7 @@ def check_description(data_dir: str, description: records.Description, *, expect
                                 ("class count", spec.num_classes, expect_classes)):
         if wanted is not None and found != wanted:
             raise DatasetError(f"dataset {data_dir} has {what} {found}, but the model expects {wanted}; "
-                               f"prepare it again with matching settings or change the model's")
+                               f"prepare it again with matching settings or change the model's settings to match")
 
 
 def split_files(data_dir: str, description: records.Description, split: str) -> list[str]:
