@@ -24,8 +24,8 @@ import tensorflow as tf  # noqa: E402
 
 from audionet_tf.dataset.synthetic import write_synthetic_dataset  # noqa: E402
 from audionet_tf.model.student import build_audionet  # noqa: E402
-from audionet_tf.serving.export import (CALIBRATION_WINDOWS, calibration_windows, convert_tflite,  # noqa: E402
-                                        export_model, sample_count, tflite_runner)
+from audionet_tf.serving.export import (calibration_sample, calibration_windows, convert_tflite,  # noqa: E402
+                                        export_model, tflite_runner)
 from audionet_tf.serving.onnx_model import ONNX_FILE, open_onnx  # noqa: E402
 
 RATE, WINDOW = 16000, 640
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         facts = export_model(model, export, class_names=[str(i) for i in range(1000)], calibration=calibration)
         # Both integer files are timed, whichever of them the export kept as model_int8.tflite: their
         # speeds differ by an order of magnitude (16x8 runs on LiteRT's reference kernels).
-        integer = {kind: convert_tflite(export, kind, calibration[:sample_count(WINDOW, CALIBRATION_WINDOWS)])
+        integer = {kind: convert_tflite(export, kind, calibration_sample(calibration, WINDOW))
                    for kind in ("int8", "16x8")}
         saved = tf.saved_model.load(export).signatures["serving_default"]
         runners = {

@@ -40,8 +40,8 @@ class PairedConv1D(keras.layers.Conv1D):
     Input [N, L, C] read as [N, L/2, 2C] against the kernel read as [K/2, 2C, F] gives the same
     products (for the slides' conv, outputs and kernel gradients came out bit-identical to
     Conv1D's), and oneDNN's stride-1 kernels with the conv's weight gradient cost less than its
-    stride-2 ones: 67 against 81 ms of steps an epoch on a quiet AVX-512 machine (docs/speed.md). Inference (SavedModel, TFLite, ONNX) keeps
-    Keras's own convolution, so the exports do not change.
+    stride-2 ones: 67 against 81 ms of steps an epoch on a quiet AVX-512 machine (docs/speed.md).
+    Inference (SavedModel, TFLite, ONNX) keeps Keras's own convolution, so the exports do not change.
     """
 
     def _pairs(self) -> bool:

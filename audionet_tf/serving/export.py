@@ -105,6 +105,11 @@ def context_padding(window_samples: int, hop_samples: int) -> tuple[int, int]:
     return left, window_samples - hop_samples - left
 
 
+def calibration_sample(calibration: np.ndarray, window_samples: int) -> np.ndarray:
+    """The windows the integer TFLite files are calibrated on (float32): the first of `calibration`."""
+    return np.asarray(calibration[:sample_count(window_samples, CALIBRATION_WINDOWS)], np.float32)
+
+
 def sample_count(window_samples: int, wanted: int) -> int:
     """How many windows to check or calibrate with: `wanted`, fewer for long windows (about 2^21 samples in all:
     SoundNet-8's 13 s windows, 10 of them; audionet's 640-sample windows, all that are wanted)."""
@@ -261,7 +266,7 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
             sample = np.asarray(check[:sample_count(window_samples, CHECK_WINDOWS)], np.float32)
             split = "validation"
         elif calibration is not None and len(calibration):
-            sample = np.asarray(calibration[:sample_count(window_samples, CALIBRATION_WINDOWS)], np.float32)
+            sample = calibration_sample(calibration, window_samples)
             split = "train"
         else:
             noise = (sample_count(window_samples, 64), window_samples)
@@ -270,8 +275,8 @@ def export_model(model, out_dir: str, *, class_names: Sequence[str], sample_rate
         float_logits = check_model(tflite_runner(float_bytes), sample)
         tried: dict[str, float] = {}
         if calibration is not None and len(calibration):
-            calibrate = np.asarray(calibration[:sample_count(window_samples, CALIBRATION_WINDOWS)], np.float32)
-            int8_bytes, int8_kind, tried = quantize_int8(staging, calibrate, sample, float_logits)
+            int8_bytes, int8_kind, tried = quantize_int8(staging, calibration_sample(calibration, window_samples),
+                                                         sample, float_logits)
         else:
             int8_bytes, int8_kind = convert_tflite(staging, "dynamic"), "dynamic-range (no dataset at hand)"
         for name, blob in (("model.tflite", float_bytes), ("model_int8.tflite", int8_bytes)):
