@@ -7,13 +7,17 @@ One step = the distillation loss and its gradients with respect to every weight,
 of 640-sample windows, 1000 classes, input scale 256. Two tables, each timing compiled
 functions in interleaved repeats (the machine's load hits all of them alike):
 
-- the profile: each part of the project's step on its own (its share is of the project's step) (convolution forward, forward and
-  weight gradient, the max pool and its gradient, the mean over time, the dense layer, the
-  KL and its gradient, Adam's update), given the upstream gradient a step would give it;
+- the profile: each part of a step on its own (convolution forward, forward and weight
+  gradient, the max pool and its gradient, the mean over time, the dense layer, the KL and its
+  gradient, Adam's update), given the upstream gradient a step would give it; a share is of the
+  project's step, printed for the parts it runs (the pairs conv with its compiled bias sum, the
+  pool and the mean whose gradient reaches the pool as one row);
 - the variants: the whole step with one part formulated differently, against TensorFlow's
   own convolution and max pool (what the project ran before the pool's training pass): the
-  project's pool (`EdgeMaxPooling1D` in training: one XLA-compiled pass keeping each window's
-  winning offset, and a gradient routed by them), the convolution as
+  project's step (the student's own training pass, `build_audionet(...)(x, training=True)`), the
+  stride-2 conv with the pool's offsets (`EdgeMaxPooling1D` in training: one XLA-compiled pass
+  keeping each window's winning offset, and a gradient routed by them) and the mean's tiled
+  gradient, the convolution as
   blocks of the framed input times a banded matrix (`blocks of S`: S outputs per row, one
   matrix product forward and one for the weight gradient), the pool's gradient as one
   XLA-compiled function (each window's gradient to its first maximum, by shifted slices),
@@ -43,7 +47,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from audionet_tf.model import losses  # noqa: E402
-from audionet_tf.model.student import CONV, POOL, EdgeMaxPooling1D  # noqa: E402
+from audionet_tf.model.student import CONV, POOL, EdgeMaxPooling1D, TimeMean, build_audionet  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # noqa: E402
@@ -219,10 +223,23 @@ def main(argv=None) -> int:
     def training_pool(inputs):
         return layer(inputs, training=True)
 
+    # The project's step: the student's own training pass (pairs conv with its bias fused, the pool's
+    # offsets, the mean's gradient read as one row), the same weights.
+    student = build_audionet(LENGTH, CLASSES, input_scale=SCALE)
+    student.get_layer("conv").set_weights([kernel.numpy(), bias.numpy()])
+    student.get_layer("logits").set_weights([dense.numpy(), dense_bias.numpy()])
+
+    def student_step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(losses.kl_divergence(teacher, student(x, training=True)))
+        return loss, tape.gradient(loss, student.trainable_weights)
+
     reference = "TF conv and pool (oneDNN), no XLA"
+    project = "the project's step (the student's training pass)"
     variants = {
         reference: (step_of(), False),
-        "the project's step: pool with winning offsets": (step_of(pool=training_pool), False),
+        project: (student_step, False),
+        "stride-2 conv, pool offsets, tiled mean gradient": (step_of(pool=training_pool), False),
         "pool with offsets and fused KL": (step_of(pool=training_pool, kl=kl_fused), False),
         "whole step under XLA": (step_of(), True),
         "conv as blocks of 8 (matmul)": (step_of(conv=conv_blocks(8)), False),
@@ -272,6 +289,7 @@ def main(argv=None) -> int:
                 return tape.gradient(loss, logits)
             return run
 
+        student_conv, time_mean = student.get_layer("conv"), TimeMean()
         optimizer = keras.optimizers.Adam(1e-4)
         optimizer.build(weights)
         gradients = [tf.constant(np.full(w.shape, 1e-3, np.float32)) for w in weights]
@@ -279,10 +297,15 @@ def main(argv=None) -> int:
             "conv forward": lambda: conv_tf(padded, kernel, bias),
             "conv forward + weight gradient": grad_of(lambda: conv_tf(padded, kernel, bias), [kernel, bias],
                                                       tuple(conv_out.shape)),
+            "pairs conv + weight gradient (project's)": grad_of(
+                lambda: student_conv(padded, training=True), [student_conv.kernel.value, student_conv.bias.value],
+                tuple(conv_out.shape)),
             "max pool forward": lambda: layer(conv_out),
             "max pool forward + gradient (oneDNN)": grad_of(lambda: layer(conv_out), conv_out, tuple(pooled.shape)),
             "max pool forward + gradient (offsets)": grad_of(lambda: layer(conv_out, training=True), conv_out,
                                                              tuple(pooled.shape)),
+            "pool and mean forward + gradient (row)": grad_of(
+                lambda: time_mean(layer(conv_out, training=True), training=True), conv_out, tuple(features.shape)),
             "mean over time forward + gradient": grad_of(lambda: tf.reduce_mean(pooled, axis=1), pooled,
                                                          tuple(features.shape)),
             "dense forward + gradients": grad_of(lambda: features @ dense + dense_bias, [features, dense, dense_bias],
@@ -296,14 +319,17 @@ def main(argv=None) -> int:
     print(f"batch {BATCH} x {LENGTH} samples, {CLASSES} classes; medians of {args.repeats} interleaved repeats of "
           f"{args.calls} calls; at end: {machine.load()}")
     if parts:
-        step_wall, step_cpu = times["the project's step: pool with winning offsets"]
+        step_wall, step_cpu = times[project]
         print(f"\n{'part of the project step':40s} {'wall ms':>8s} {'CPU ms':>8s} {'CPU share':>10s}")
         for name in parts:
             wall, cpu = times[name]
             share = "" if name in ("conv forward", "max pool forward", "fused KL forward + gradient",
-                                   "max pool forward + gradient (oneDNN)") else f"{cpu / step_cpu:9.0%}"
+                                   "max pool forward + gradient (oneDNN)", "conv forward + weight gradient",
+                                   "max pool forward + gradient (offsets)", "mean over time forward + gradient",
+                                   ) else f"{cpu / step_cpu:9.0%}"
             print(f"{name:40s} {wall:8.2f} {cpu:8.2f} {share:>10s}")
-        print(f"{'whole step':40s} {step_wall:8.2f} {step_cpu:8.2f}")
+        label = "whole step (the project's)"
+        print(f"{label:40s} {step_wall:8.2f} {step_cpu:8.2f}")
     base_wall, base_cpu = times[reference]
     print(f"\n{'variant (whole step)':48s} {'wall ms':>8s} {'vs project':>10s} {'CPU ms':>8s} {'vs project':>10s}")
     for name in steps:

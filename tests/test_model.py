@@ -91,8 +91,10 @@ def test_numerics_match_an_independent_numpy_implementation(length):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("length,scale,temperature", [(640, 256.0, 1.0), (333, 1.0, 2.0)])
-def test_training_gradients_match_a_numpy_backward_pass(length, scale, temperature):
+def test_training_gradients_match_a_numpy_backward_pass(length, scale, temperature, compiled):
+    """Eagerly and traced (as the train command runs the step: there the pool reads the mean's gradient as one row)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(length)
@@ -116,12 +118,16 @@ def test_training_gradients_match_a_numpy_backward_pass(length, scale, temperatu
                                bias.astype(np.float64), dense_w.astype(np.float64), dense_b.astype(np.float64),
                                scale, temperature)
     loss_fn = losses.DistillationLoss(temperature)
-    with tf.GradientTape() as tape:
-        logits = model(x[..., None], training=True)  # the training pass: its own conv and pool formulations
-        loss = loss_fn(tf.constant(teacher), logits)
-    np.testing.assert_allclose(np.asarray(logits), reference["logits"], rtol=1e-4, atol=1e-4)
     conv, dense = model.get_layer("conv"), model.get_layer("logits")
-    got = tape.gradient(loss, [conv.kernel, conv.bias, dense.kernel, dense.bias])
+
+    def step(inputs, teacher_logits):
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)  # the training pass: its own conv, pool and mean formulations
+            loss = loss_fn(teacher_logits, logits)
+        return logits, tape.gradient(loss, [conv.kernel, conv.bias, dense.kernel, dense.bias])
+
+    logits, got = (tf.function(step) if compiled else step)(tf.constant(x[..., None]), tf.constant(teacher))
+    np.testing.assert_allclose(np.asarray(logits), reference["logits"], rtol=1e-4, atol=1e-4)
     for name, value in zip(("kernel", "bias", "dense_w", "dense_b"), got):
         want = expected[name]
         np.testing.assert_allclose(np.asarray(value), want, rtol=2e-3, atol=2e-3 * np.abs(want).max(), err_msg=name)
@@ -149,3 +155,37 @@ def test_keras_round_trip_gives_the_same_outputs(tmp_path):
     conv = embedding_model(loaded, "conv").predict(x, verbose=0)
     assert pooled.shape == (2, 16) and conv.shape == (2, 322, 16)
     np.testing.assert_allclose(conv.mean(axis=1), pooled, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool_size,padding", [(8, 4), (5, 2)])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_training_pool_gives_each_window_to_its_first_maximum_on_ties(pool_size, padding, compiled):
+    """Conv outputs with many exact ties (a few integer values): the training pass of the max pool and the
+    mean gives the maxima and, per window, the gradient to its earliest maximum, as the NumPy reference does."""
+    import tensorflow as tf
+
+    from audionet_tf.model.student import EdgeMaxPooling1D, TimeMean
+
+    rng = np.random.default_rng(pool_size)
+    x = rng.integers(-2, 2, size=(3, 41, 5)).astype(np.float32)
+    weights = rng.normal(size=(3, 5)).astype(np.float32)
+    pool, mean = EdgeMaxPooling1D(pool_size, padding), TimeMean()
+
+    def run(values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            maxima = pool(values, training=True)
+            loss = tf.reduce_sum(mean(maxima, training=True) * weights)
+        return maxima, tape.gradient(loss, values)
+
+    maxima, gradient = (tf.function(run) if compiled else run)(tf.constant(x))
+    edge = np.full((3, padding, 5), -np.inf)
+    padded = np.concatenate([edge, x, edge], axis=1)
+    outputs = x.shape[1] + 2 * padding - pool_size + 1
+    windows = np.stack([padded[:, t: t + pool_size] for t in range(outputs)], axis=1)  # [N, T, K, C]
+    np.testing.assert_array_equal(np.asarray(maxima), windows.max(axis=2))
+    first = windows.argmax(axis=2) + np.arange(outputs)[None, :, None] - padding  # np.argmax: the first maximum
+    expected = np.zeros_like(x)
+    n, _, c = np.meshgrid(np.arange(3), np.arange(outputs), np.arange(5), indexing="ij")
+    np.add.at(expected, (n, first, c), np.broadcast_to(weights[:, None, :] / outputs, first.shape))
+    np.testing.assert_allclose(np.asarray(gradient), expected, rtol=1e-6, atol=1e-7)

@@ -41,6 +41,8 @@ class PairedConv1D(keras.layers.Conv1D):
     products (for the slides' conv, outputs and kernel gradients came out bit-identical to
     Conv1D's), and oneDNN's stride-1 kernels with the conv's weight gradient cost less than its
     stride-2 ones: 67 against 81 ms of steps an epoch on a quiet AVX-512 machine (docs/speed.md).
+    The bias is added by `tf.nn.bias_add`, which oneDNN fuses into the convolution (Conv1D's
+    broadcast add is a pass of its own over the output, and its gradient a slower reduction).
     Inference (SavedModel, TFLite, ONNX) keeps Keras's own convolution, so the exports do not change.
     """
 
@@ -58,8 +60,22 @@ class PairedConv1D(keras.layers.Conv1D):
         kernel = tf.reshape(self.kernel, [taps // 2, 2 * channels, self.filters])
         outputs = tf.nn.conv1d(pairs, kernel, 1, "VALID")
         if self.use_bias:
-            outputs = outputs + self.bias
+            outputs = _bias_add(outputs, self.bias)
         return outputs if self.activation is None else self.activation(outputs)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _channel_sums(values):
+    """The sum over every axis but the last (one compiled pass)."""
+    return tf.reduce_sum(values, axis=tf.range(tf.rank(values) - 1))
+
+
+def _bias_add(outputs, bias):
+    """`tf.nn.bias_add`, whose gradient for the bias is one compiled sum (BiasAddGrad is about twice its CPU time)."""
+    @tf.custom_gradient
+    def add(x, b):
+        return tf.nn.bias_add(x, b), lambda upstream: (upstream, _channel_sums(upstream))
+    return add(outputs, tf.convert_to_tensor(bias))  # the variable read outside: its gradient reaches it by the read
 
 
 @keras.saving.register_keras_serializable(package="audionet_tf")
@@ -75,7 +91,9 @@ class EdgeMaxPooling1D(keras.layers.Layer):
     each output's gradient there (the first maximum, as the table's reference does). It costs
     what TensorFlow's own max pool and gradient (oneDNN's) cost on AVX-512 CPUs and about two
     thirds of it on AVX2 ones, where oneDNN's pooling gradient is the step's largest part
-    (docs/speed.md).
+    (docs/speed.md). When the gradient it receives is one row broadcast over time (`TimeMean`'s,
+    the next layer of the student), it is read as that row: each input position gets the row times
+    the number of windows it won, in one compiled pass, with no [N, L, C] upstream written or read.
     """
 
     def __init__(self, pool_size: int = 8, padding: int = 4, **kwargs):
@@ -116,13 +134,25 @@ class EdgeMaxPooling1D(keras.layers.Layer):
 @tf.function(jit_compile=True, autograph=False)
 def _pool_offsets(inputs, pool_size, padding):
     """Maxima of the -inf-padded stride-1 windows and, per output, the offset in its window of the first one."""
-    # Compiled by XLA into one pass over the input (an unrolled loop of pool_size compares).
+    # Compiled by XLA into one pass over the input. The edges are a tf.pad, not a concatenation
+    # with -inf blocks: XLA fuses the pad into the compares (the concatenation was written out
+    # first and cost 1.6x as much).
+    padded = tf.pad(inputs, [[0, 0], [padding, padding], [0, 0]], constant_values=float("-inf"))
+    offset = tf.zeros(tf.shape(padded), tf.int32)
+    if pool_size & (pool_size - 1) == 0:
+        # Windows of 2, 4, ... pool_size, each the larger of its two halves: log2(pool_size) compares
+        # per output instead of pool_size - 1.
+        best, width = padded, 1
+        while width < pool_size:
+            count = tf.shape(best)[1] - width
+            right = best[:, width: width + count]
+            wins = right > best[:, :count]  # strictly greater: a tie keeps the left half, the earlier position
+            best = tf.where(wins, right, best[:, :count])
+            offset = tf.where(wins, offset[:, width: width + count] + width, offset[:, :count])
+            width *= 2
+        return best, offset
     n = tf.shape(inputs)[1] + 2 * padding - pool_size + 1
-    edge = tf.fill(tf.stack([tf.shape(inputs)[0], padding, tf.shape(inputs)[2]]),
-                   tf.constant(float("-inf"), inputs.dtype))
-    padded = tf.concat([edge, inputs, edge], axis=1)
-    best = padded[:, :n]
-    offset = tf.zeros(tf.shape(best), tf.int32)
+    best, offset = padded[:, :n], offset[:, :n]
     for d in range(1, pool_size):
         window = padded[:, d: d + n]
         wins = window > best  # strictly greater: a tie keeps the earlier position
@@ -143,13 +173,68 @@ def _pool_offsets_gradient(offset, upstream, pool_size, padding):
     return total[:, padding: padding + length]
 
 
+@tf.function(jit_compile=True, autograph=False)
+def _pool_offsets_row_gradient(offset, row, pool_size, padding):
+    """The gradient for an upstream gradient equal to `row` ([N, 1, C]) at every output: the row times
+    the number of windows each input position won."""
+    wins = None
+    for d in range(pool_size):
+        part = tf.cast(tf.equal(offset, tf.constant(d, tf.int32)), row.dtype)
+        part = tf.pad(part, [[0, 0], [d, pool_size - 1 - d], [0, 0]])
+        wins = part if wins is None else wins + part
+    length = tf.shape(wins)[1] - 2 * padding
+    return wins[:, padding: padding + length] * row
+
+
+def _time_row(upstream):
+    """The [N, 1, C] row a traced gradient was broadcast from over time (`tf.broadcast_to`), else None."""
+    # Only a graph (tf.function, as the train command runs) says how a tensor was made.
+    if tf.executing_eagerly() or upstream.op.type != "BroadcastTo":
+        return None
+    row = upstream.op.inputs[0]
+    return row if row.shape.rank == 3 and row.shape[1] == 1 else None
+
+
 def _pool_with_offsets(inputs, pool_size: int, padding: int):
     """EdgeMaxPooling1D's output, with a gradient routed by the winning offsets (training only)."""
     @tf.custom_gradient
     def pool(x):
         best, offset = _pool_offsets(x, pool_size, padding)
-        return best, lambda upstream: _pool_offsets_gradient(offset, upstream, pool_size, padding)
+
+        def gradient(upstream):
+            row = _time_row(upstream)
+            if row is not None:
+                return _pool_offsets_row_gradient(offset, row, pool_size, padding)
+            return _pool_offsets_gradient(offset, upstream, pool_size, padding)
+        return best, gradient
     return pool(inputs)
+
+
+@keras.saving.register_keras_serializable(package="audionet_tf")
+class TimeMean(keras.layers.GlobalAveragePooling1D):
+    """GlobalAveragePooling1D whose training gradient is its one row broadcast over time (`tf.broadcast_to`).
+
+    The mean's own gradient is that row tiled into an [N, L, C] tensor; the max pool before it reads
+    a broadcast as its row instead (`EdgeMaxPooling1D`), so the tiled gradient is never made. With
+    the conv's fused bias, 16.2 against 13.2 ms a step with AVX2 kernels and 15.2 against 13.6 with
+    AVX-512, interleaved, on a quiet machine (docs/speed.md). Inference is Keras's layer unchanged.
+    """
+
+    def call(self, inputs, mask=None, training=None):
+        if not training or mask is not None or self.data_format != "channels_last" or self.keepdims:
+            return super().call(inputs, mask=mask)
+        return _mean_over_time(inputs)
+
+
+def _mean_over_time(inputs):
+    """The mean over axis 1, its gradient a broadcast of one row."""
+    @tf.custom_gradient
+    def mean(x):
+        def gradient(upstream):
+            row = upstream[:, None, :] / tf.cast(tf.shape(x)[1], upstream.dtype)
+            return tf.broadcast_to(row, tf.shape(x))
+        return tf.reduce_mean(x, axis=1), gradient
+    return mean(inputs)
 
 
 def build_audionet(input_length: int | None = None, num_classes: int = 1000, *,
@@ -171,7 +256,7 @@ def build_audionet(input_length: int | None = None, num_classes: int = 1000, *,
     x = PairedConv1D(conv_filters, kernel, strides=stride, padding="valid", name=conv_name)(x)
     pool_name, pool_kernel, pool_pad, _ = POOL
     x = EdgeMaxPooling1D(pool_kernel, pool_pad, name=pool_name)(x)
-    x = keras.layers.GlobalAveragePooling1D(name="pooled")(x)
+    x = TimeMean(name="pooled")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(waveform, logits, name=name)
 
