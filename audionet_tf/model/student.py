@@ -41,8 +41,8 @@ class PairedConv1D(keras.layers.Conv1D):
     products (for the slides' conv, outputs and kernel gradients came out bit-identical to
     Conv1D's), and oneDNN's stride-1 kernels with the conv's weight gradient cost less than its
     stride-2 ones: 67 against 81 ms of steps an epoch on a quiet AVX-512 machine (docs/speed.md).
-    The bias is added by `tf.nn.bias_add`, which oneDNN fuses into the convolution (Conv1D's
-    broadcast add is a pass of its own over the output, and its gradient a slower reduction).
+    The bias's gradient is one compiled sum over the output's gradient (`_bias_add`), where Conv1D's
+    broadcast add has TensorFlow reduce over two axes (about twice the CPU time alone).
     Inference (SavedModel, TFLite, ONNX) keeps Keras's own convolution, so the exports do not change.
     """
 
@@ -71,7 +71,7 @@ def _channel_sums(values):
 
 
 def _bias_add(outputs, bias):
-    """`tf.nn.bias_add`, whose gradient for the bias is one compiled sum (BiasAddGrad is about twice its CPU time)."""
+    """`tf.nn.bias_add`, whose gradient for the bias is one compiled sum (BiasAddGrad costs about twice its CPU time)."""
     @tf.custom_gradient
     def add(x, b):
         return tf.nn.bias_add(x, b), lambda upstream: (upstream, _channel_sums(upstream))
