@@ -300,7 +300,7 @@ def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
         ax_f.set_xlim(0, sample_rate / 2)
         if np.isfinite(top):
             ax_f.set_ylim(top - 40, top + 3)  # a common 40 dB range: tuned filters stand out
-            ax_f.set_yticks([round(top) - 40, round(top) - 20, round(top)])  # three ticks: each costs to draw
+            ax_f.set_yticks([math.ceil(top) - 40, math.ceil(top) - 20, math.ceil(top)])  # three: each costs to draw
         ax_f.tick_params(labelsize=5, length=2)
         ax_f.set_xticks([0, sample_rate / 4, sample_rate / 2])
         ax_f.set_xticklabels([f"{f / 1000:g}k" for f in (0, sample_rate / 4, sample_rate / 2)])
