@@ -331,7 +331,7 @@ def main(argv=None) -> int:
         label = "whole step (the project's)"
         print(f"{label:40s} {step_wall:8.2f} {step_cpu:8.2f}")
     base_wall, base_cpu = times[reference]
-    print(f"\n{'variant (whole step)':48s} {'wall ms':>8s} {'vs project':>10s} {'CPU ms':>8s} {'vs project':>10s}")
+    print(f"\n{'variant (whole step)':48s} {'wall ms':>8s} {'vs row 1':>10s} {'CPU ms':>8s} {'vs row 1':>10s}")
     for name in steps:
         wall, cpu = times[name]
         print(f"{name:48s} {wall:8.1f} {wall / base_wall:9.2f}x {cpu:8.1f} {cpu / base_cpu:9.2f}x")

@@ -1,6 +1,6 @@
 """Training time per epoch on the seed-shaped set: the train command, plain Keras `fit`, PyTorch eager.
 
-    python benchmarks/train_throughput.py [--epochs 30] [--repeats 3] [--process-epochs 20,120]
+    python benchmarks/train_throughput.py [--epochs 30] [--repeats 3] [--process-epochs 20,220]
         [--torch-requirement torch]
 
 The set has the seed experiment's shape: 10 synthetic clips of 10 s, 2,500 windows of 640
@@ -14,7 +14,9 @@ in one run, each repeat running all of them in turn so the machine's load hits t
 - train command as a process: `python -m audionet_tf.train` run twice per repeat, for the two
   `--process-epochs` counts (export and report off); its time per epoch is the difference of
   the two wall times over the difference of the epochs, so start-up, the first tracing and the
-  end of training cancel out and validation, checkpoints and TensorBoard are counted at their share;
+  end of training cancel out and validation, checkpoints and TensorBoard are counted at their share
+  (200 epochs apart by default: a second of start-up noise is 5 ms an epoch, where 100 apart it was
+  10 and the per-repeat figures ranged 61-113 ms);
 - Keras fit: `model.fit(x, y, batch_size=512)` on NumPy arrays, Keras defaults, no validation;
 - PyTorch eager: the same layers, loss (KL), optimizer (Adam 1e-4) and data in memory, no
   validation, with torch's default threads and with one thread; the ratio column is relative
@@ -339,14 +341,14 @@ def main(argv=None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="print where each of the train command's epochs goes (steps, evaluation, each callback)")
     parser.add_argument("--torch-requirement", default="torch", help="what pip installs into the torch venv")
-    parser.add_argument("--process-epochs", default="20,120",
+    parser.add_argument("--process-epochs", default="20,220",
                         help="the two epoch counts of the train command run as a process (empty: not run)")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)
     torch_version = ensure_torch(args.torch_requirement)
     process_epochs = [int(n) for n in args.process_epochs.split(",") if n.strip()]
     if process_epochs and (len(process_epochs) != 2 or process_epochs[0] >= process_epochs[1]):
-        parser.error("--process-epochs takes two increasing counts, such as 20,120")
+        parser.error("--process-epochs takes two increasing counts, such as 20,220")
     print(f"CPU: {machine.cpu_description()}; ISA caps: {machine.isa_caps()}; at start: {machine.load()}", flush=True)
     gflops = {"NumPy": machine.matmul_gflops(), "TensorFlow": tf_matmul_gflops()}
     torch_ways = {"PyTorch eager": (0, "ncl"), "PyTorch eager, 1 thread": (1, "ncl"),
