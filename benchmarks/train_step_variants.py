@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     def training_pool(inputs):
         return layer(inputs, training=True)
 
-    # The project's step: the student's own training pass (pairs conv with its bias fused, the pool's
+    # The project's step: the student's own training pass (pairs conv with its compiled bias sum, the pool's
     # offsets, the mean's gradient read as one row), the same weights.
     student = build_audionet(LENGTH, CLASSES, input_scale=SCALE)
     student.get_layer("conv").set_weights([kernel.numpy(), bias.numpy()])
