@@ -84,7 +84,7 @@ def check_consistent(directory):
     assert read == sum(counts.values())
 
 
-# Runs prepare with every rename held back 0.3 s by an audit hook (`os.rename` is raised before
+# Runs prepare with every rename held back 1 s by an audit hook (`os.rename` is raised before
 # `os.rename`/`os.replace` run): the moment between a shard's rename and its commit record's then
 # lasts long enough to be seen and killed from outside, and prepare's own code path is unchanged.
 SLOW_RENAMES = """
@@ -92,7 +92,7 @@ import runpy, sys, time
 
 def hold_renames(event, args):
     if event == "os.rename":
-        time.sleep(0.3)
+        time.sleep(1.0)
 
 sys.addaudithook(hold_renames)
 sys.argv[0] = "audionet_tf.prepare"
@@ -103,7 +103,7 @@ runpy.run_module("audionet_tf.prepare", run_name="__main__", alter_sys=True)
 def start(manifest, out, cache, log, slow_renames=False):
     """A prepare process whose output goes to a file (a pipe nobody reads could stall it).
 
-    With `slow_renames` every rename it makes is held back 0.3 s (see SLOW_RENAMES).
+    With `slow_renames` every rename it makes is held back 1 s (see SLOW_RENAMES).
     """
     launcher = ["-c", SLOW_RENAMES] if slow_renames else ["-m", "audionet_tf.prepare"]
     command = [sys.executable, *launcher, *flags(manifest, out, cache)]
@@ -141,11 +141,19 @@ def uncommitted_shard(out, old=frozenset()):
     shards = shard_names(out) - old
     named = set()
     for name in os.listdir(os.path.join(out, "commits")) if os.path.isdir(os.path.join(out, "commits")) else ():
+        if not (name.startswith(commits.COMMIT_PREFIX) and name.endswith(".json")):
+            continue  # a record still under its temporary name (whole, its rename held back) commits nothing
         try:
             named |= {s["file"] for s in json.loads(open(os.path.join(out, "commits", name)).read())["shards"]}
         except (OSError, ValueError, KeyError):
             pass
     return bool(shards - named)
+
+
+def record_in_writing(out):
+    """A commit record whole under its temporary name, its rename still to come."""
+    folder = os.path.join(out, "commits")
+    return os.path.isdir(folder) and any(n.endswith(".tmp") for n in os.listdir(folder))
 
 
 def commit_count(out):
@@ -165,7 +173,8 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
     # Labelling batches frames across clips, so several groups can be committed within a few milliseconds:
     # the kills that must find work left run with renames held back (see SLOW_RENAMES), the middle of a
     # commit first, while all six groups are still to come.
-    kills = [("mid-commit", True, lambda p, old, n: wait_for(p, lambda: uncommitted_shard(out, old))),
+    kills = [("mid-commit", True, lambda p, old, n: wait_for(p, lambda: uncommitted_shard(out, old) and
+                                                             record_in_writing(out))),
              ("first commit", True, lambda p, old, n: wait_for(p, lambda: commit_count(out) >= n + 1)),
              ("fourth commit", False, lambda p, old, n: wait_for(p, lambda: commit_count(out) >= 4)),
              ("random", False, lambda p, old, n: time.sleep(rng.uniform(0.0, 3.0)))]
@@ -181,6 +190,7 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
         if process.poll() is None and kill(process.pid):
             killed_with_work_left += 1
             if moment == "mid-commit":  # killed in the middle of a commit: a shard in place that no record names
+                                        # (its record whole, but under its temporary name)
                 assert uncommitted_shard(out, old)
         process.wait(timeout=60)
         output = log.read_text()
@@ -200,6 +210,7 @@ def test_killed_prepares_lose_only_open_groups_and_resume_labels_only_the_rest(c
     assert catalog.read_description(out).finished["ok"] == 12
     leftovers = [n for n in os.listdir(out) if n.endswith(".tmp") or
                  (n.endswith(records.SHARD_SUFFIX) and n not in {s.file for s in catalog.read_description(out).shards})]
+    leftovers += [n for n in os.listdir(os.path.join(out, "commits")) if n.endswith(".tmp")]
     assert not leftovers
 
 
