@@ -124,20 +124,9 @@ def convert_tflite(saved_model_dir: str, quantization: str = "float",
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quantization == "int8":
+    if quantization in ("int8", "16x8"):
         if calibration is None or not len(calibration):
-            raise ValueError("int8 quantization needs calibration windows")
-
-        def representative():
-            for window in calibration:
-                yield [np.asarray(window, np.float32)[None, :]]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    elif quantization == "16x8":
-        if calibration is None or not len(calibration):
-            raise ValueError("16x8 quantization needs calibration windows")
+            raise ValueError(f"{quantization} quantization needs calibration windows")
 
         def representative():
             for window in calibration:
@@ -146,7 +135,8 @@ def convert_tflite(saved_model_dir: str, quantization: str = "float",
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantization == "int8"
+            else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     elif quantization == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization != "float":
