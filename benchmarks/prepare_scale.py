@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 
-from audionet_tf.dataset import catalog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -18,8 +18,7 @@ from audionet_tf.core import config as cfg
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.model.student import load_model
 from audionet_tf.preparation.media import read_audio
-from audionet_tf.serving import embed, predict
-from audionet_tf.training import trainer
+from audionet_tf.serving import embed
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}

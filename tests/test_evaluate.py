@@ -1,7 +1,6 @@
 """Evaluation and report on data the tests make: a distillation dataset, tiny ESC-50-shaped sound sets."""
 import csv
 import html
-import json
 import os
 import re
 import shutil
@@ -18,7 +17,6 @@ from audionet_tf.dataset import reader
 from audionet_tf.dataset.synthetic import write_synthetic_dataset
 from audionet_tf.evaluation import evaluate, report
 from audionet_tf.model.student import load_model
-from audionet_tf.training import trainer
 
 
 def write_wav(path, samples, rate=16000, channels=1):

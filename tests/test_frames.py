@@ -1,7 +1,6 @@
 """Frames reach the teacher as ImageNet classifiers are evaluated: aspect kept, centre cut out."""
 import subprocess
 
-import numpy as np
 import pytest
 
 from audionet_tf.core.config import AudioConfig

@@ -58,13 +58,13 @@ def test_keras_student_traces_once_for_files_of_many_lengths(saved, retracing):
     student = inference.load_student(path)
     pooled_model = embedding_model(model, "pooled")
     for hop in (640, 320):
-        for wave in waves():
-            windows, starts = inference.frame_audio(wave, 640, hop, "wave")
+        for samples in waves():
+            windows, starts = inference.frame_audio(samples, 640, hop, "wave")
             logits = inference.batched(student.logits, windows)
             pooled = inference.batched(student.embed, windows)
             # Independent: a slice of the waveform per start, through the Keras model called eagerly
             # (eager calls trace nothing, so any retracing warning comes from the code under test).
-            expected_windows = np.stack([wave[s:s + 640] for s in range(0, len(wave) - 639, hop)])
+            expected_windows = np.stack([samples[s:s + 640] for s in range(0, len(samples) - 639, hop)])
             np.testing.assert_array_equal(windows, expected_windows)
             expected = model(expected_windows[..., None], training=False).numpy()
             scale = max(1.0, float(np.abs(expected).max()))
@@ -79,14 +79,14 @@ def test_embed_and_transfer_features_trace_once(saved, retracing):
     model, path = saved
     student = inference.load_student(path)
     conv = embedding_model(model, "conv")
-    for wave in waves():
-        values, times = embed.embed_wave(student, wave, 320, "conv", "wave")
-        windows = np.stack([wave[s:s + 640] for s in range(0, len(wave) - 639, 320)])
+    for samples in waves():
+        values, times = embed.embed_wave(student, samples, 320, "conv", "wave")
+        windows = np.stack([samples[s:s + 640] for s in range(0, len(samples) - 639, 320)])
         maps = conv(windows[..., None]).numpy()
         expected = np.concatenate([maps.mean(1), maps.std(1), maps.max(1)], axis=1)
         np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(times, np.arange(len(windows)) * 320 / 16000, atol=1e-6)
-        features = student_features(model, wave, 640, 640, "wave")
+        features = student_features(model, samples, 640, 640, "wave")
         assert features.shape == (64,) and np.all(np.isfinite(features))
     assert inference.keras_runner(model, "conv").traces == 1
     assert retracing.count == 0

@@ -1,6 +1,5 @@
 """The labelling core under load: downloads that start together, a clip that breaks in an unexpected way,
 batches that run across clips, long clips in chunks, and the compiled teacher against its eager call."""
-import json
 import os
 import subprocess
 import sys

@@ -135,8 +135,6 @@ def test_training_gradients_match_a_numpy_backward_pass(length, scale, temperatu
 
 def test_python_api_and_train_command_build_the_same_student():
     """One default for the input scale: the config's, whether built from Python or by the train command."""
-    from audionet_tf.training import trainer
-
     model = build_audionet(640)
     assert model.get_layer("input_scale").scale == cfg.ModelConfig().input_scale
     assert model.get_layer("conv").filters == cfg.ModelConfig().conv_filters

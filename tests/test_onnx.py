@@ -1,7 +1,6 @@
 """student.onnx: what the export writes (named outputs, dynamic axes, metadata, parity), and apps that run it
 with onnxruntime and numpy alone, on real recordings, against the SavedModel and `audionet predict`."""
 import json
-import os
 import re
 import subprocess
 import sys

@@ -151,7 +151,7 @@ def clip_list(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx-clips")
     rows = ["url,start,duration,label"]
     for i in range(2):
-        make_clip(str(root / f"clip{i}.mp4"), 2.0, video=f"testsrc=size=64x48:rate=25",
+        make_clip(str(root / f"clip{i}.mp4"), 2.0, video="testsrc=size=64x48:rate=25",
                   audio=f"sine=frequency={300 + 200 * i}:sample_rate=16000")
         rows.append(f"{root / f'clip{i}.mp4'},0,2,x")
     (root / "clips.csv").write_text("\n".join(rows) + "\n")
@@ -206,7 +206,7 @@ def test_a_killed_prepare_with_an_onnx_teacher_goes_on_to_the_uninterrupted_resu
     _, files, _ = made
     rows = ["url,start,duration,label"]
     for i in range(4):
-        path = make_clip(str(tmp_path / f"c{i}.mp4"), 1.0, video=f"testsrc=size=48x48:rate=25",
+        path = make_clip(str(tmp_path / f"c{i}.mp4"), 1.0, video="testsrc=size=48x48:rate=25",
                          audio=f"sine=frequency={250 + 100 * i}:sample_rate=16000")
         rows.append(f"{path},0,1,x")
     (tmp_path / "four.csv").write_text("\n".join(rows) + "\n")

@@ -404,7 +404,6 @@ def test_a_dataset_on_an_in_memory_file_system_prepares_and_trains(tmp_path):
 
 def test_user_teachers_keras_and_savedmodel(tmp_path):
     import keras
-    import tensorflow as tf
 
     from audionet_tf.preparation.teacher import load_teacher
 

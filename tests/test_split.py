@@ -12,13 +12,12 @@ from audionet_tf.commands import train
 from audionet_tf.core import config as cfg
 from audionet_tf.core.config import AudioConfig
 from audionet_tf.core.errors import AudioNetError
-from audionet_tf.dataset import catalog, reader, records, split
+from audionet_tf.dataset import catalog, reader, split
 from audionet_tf.evaluation import evaluate, report
 from audionet_tf.preparation import runner
 from audionet_tf.preparation.manifest import make_clip
 from audionet_tf.preparation.media import ffmpeg_exe, read_audio
 from audionet_tf.preparation.teacher import DEMO_COLOURS
-from audionet_tf.training import trainer
 
 TONES = (220.0, 440.0, 880.0, 1760.0, 330.0, 3000.0)
 
