@@ -89,6 +89,17 @@ def test_tensorboard_reads_back_scalars_and_the_filter_image(finished_run):
     assert [e.step for e in events] == [2, 4]
     png = events[-1].tensor_proto.string_val[2]
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # The last image shows the trained filters: the figure the callback redraws, pixel for pixel a new one of
+    # the final kernel (and not the first image's).
+    import tensorflow as tf
+
+    from audionet_tf.training.callbacks import filter_figure
+
+    first, last = (tf.io.decode_png(e.tensor_proto.string_val[2]).numpy() for e in events)
+    kernel = load_model(str(work / "runs" / "tones" / "model.keras")).get_layer("conv").kernel.numpy()
+    expected = filter_figure(kernel, 16000)
+    assert last.shape == expected.shape and (last == expected).all()
+    assert (first != last).any()
     val = EventAccumulator(str(logs / "validation"), size_guidance={"tensors": 0}).Reload()
     assert "epoch_top1_agreement" in val.Tags()["tensors"]
 
@@ -294,6 +305,29 @@ def test_four_replicas_reach_the_weights_of_one(dataset, tmp_path):
     assert report["same_start"] == 0.0
     assert report["moved"] > 100 * report["max_diff"] and report["moved"] > 1e-3, report
     assert report["max_diff"] < 1e-4, report
+
+
+def test_the_filter_figure_redrawn_for_a_new_kernel_is_a_new_figure_of_it():
+    """The filter images are one figure redrawn each time: nothing of the kernel before may stay in it (the
+    taps' range, the dB range and its ticks, the peaks and their labels), whatever the kernels are."""
+    from audionet_tf.training.callbacks import FilterFigure
+
+    rng = np.random.default_rng(3)
+    kernels = [rng.standard_normal((64, 1, 16)).astype(np.float32) * scale for scale in (1.0, 0.01, 40.0)]
+    kernels.append(np.zeros((64, 1, 16), np.float32))
+    kernels.append(kernels[0].copy())
+    kernels[-1][5, 0, 3] = np.nan  # a diverging run still gets its image
+    kernels.append(np.full((64, 1, 16), 3e38, np.float32))  # its spectrum overflows: no dB range to set
+    kernels.append(kernels[1])
+    figure, images = FilterFigure(64, 16, 16000), []
+    for kernel in kernels:
+        with np.errstate(over="ignore"):  # the overflowing spectrum
+            image = figure.draw(kernel)
+            assert (image == FilterFigure(64, 16, 16000).draw(kernel)).all()
+        images.append(image)
+    assert all((a != b).any() for a, b in zip(images, images[1:]))
+    with pytest.raises(ValueError, match="8 filters for a figure of 64 x 16"):
+        figure.draw(kernels[0][..., :8])
 
 
 def test_a_figure_that_fails_in_the_background_is_raised_not_lost(caplog):

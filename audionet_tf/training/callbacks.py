@@ -261,57 +261,94 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class FilterFigure:
+    """The conv filters' figure, built once and redrawn for each kernel: each filter's taps and its frequency
+    response (magnitude in dB against frequency in Hz, the peak marked and labelled).
+
+    Building the 32 panels (their axes, ticks and static labels) was most of a draw's cost. The first draw
+    plots the kernel; the next ones set the lines, peaks, titles and limits that depend on it, and give the
+    image a new figure would. A plain `Figure` on an Agg canvas: pyplot's global registry never holds it.
+    """
+
+    COLUMNS = 4
+
+    def __init__(self, taps: int, filters: int, sample_rate: int):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        cols = self.COLUMNS
+        rows = int(math.ceil(filters / cols))
+        self.taps, self.filters, self.sample_rate = taps, filters, sample_rate
+        self.freqs = np.fft.rfftfreq(1024, d=1.0 / sample_rate)
+        self.fig = Figure(figsize=(cols * 4.4, rows * 1.9))
+        FigureCanvasAgg(self.fig)
+        # A fixed layout, not tight_layout: measuring every label's extent was most of the figure's cost.
+        axes = self.fig.subplots(rows, cols * 2, squeeze=False,
+                                 gridspec_kw={"width_ratios": [1, 1.6] * cols, "left": 0.03, "right": 0.99,
+                                              "top": 1 - 0.3 / (rows * 1.9), "bottom": 0.45 / (rows * 1.9),
+                                              "wspace": 0.35, "hspace": 0.55})
+        self._panels = []
+        for i in range(rows * cols):
+            ax_t, ax_f = axes[i // cols][2 * (i % cols)], axes[i // cols][2 * (i % cols) + 1]
+            if i >= filters:
+                ax_t.axis("off")
+                ax_f.axis("off")
+                continue
+            ax_t.set_xticks([])
+            ax_t.set_yticks([])
+            ax_t.set_title(f"filter {i}", fontsize=7)
+            peak_title = ax_f.set_title("", fontsize=7)
+            ax_f.set_xlim(0, sample_rate / 2)
+            ax_f.tick_params(labelsize=5, length=2)
+            ax_f.set_xticks([0, sample_rate / 4, sample_rate / 2])
+            ax_f.set_xticklabels([f"{f / 1000:g}k" for f in (0, sample_rate / 4, sample_rate / 2)])
+            if i % cols == 0:
+                ax_f.set_ylabel("dB", fontsize=6)
+            if i // cols == rows - 1:
+                ax_f.set_xlabel("Hz", fontsize=6)
+            self._panels.append((ax_t, ax_f, peak_title))
+        self._lines: list[tuple] = []  # each filter's taps line, response line and peak mark, from the first draw
+
+    def draw(self, kernel: np.ndarray) -> np.ndarray:
+        """An RGB image (uint8 [H, W, 3]) of this kernel ([taps, 1, filters], the shape the figure was built for)."""
+        taps = np.asarray(kernel)[:, 0, :]  # [taps, filters]
+        if taps.shape != (self.taps, self.filters):
+            raise ValueError(f"a kernel of {taps.shape[0]} taps x {taps.shape[1]} filters for a figure of "
+                             f"{self.taps} x {self.filters}")
+        responses = 20 * np.log10(np.abs(np.fft.rfft(np.nan_to_num(taps, nan=0.0, posinf=0.0, neginf=0.0), 1024,
+                                                     axis=0)) + 1e-9)  # [freqs, filters]
+        top = float(np.nanmax(responses)) if np.isfinite(responses).any() else 0.0  # a diverged run still plots
+        if not np.isfinite(top) and self._lines:
+            # The dB limits and ticks an earlier kernel set would stay: autoscale on a new figure, as a first draw.
+            return FilterFigure(self.taps, self.filters, self.sample_rate).draw(kernel)
+        first = not self._lines
+        for i, (ax_t, ax_f, peak_title) in enumerate(self._panels):
+            response = responses[:, i]
+            peak = int(response.argmax())
+            if first:  # plotted with the data, so matplotlib's autoscaling sets the limits
+                self._lines.append((ax_t.plot(taps[:, i], linewidth=0.8)[0],
+                                    ax_f.plot(self.freqs, response, linewidth=0.8, color="tab:orange")[0],
+                                    ax_f.plot(self.freqs[peak], response[peak], "v", color="tab:red",
+                                              markersize=4)[0]))
+            else:
+                taps_line, response_line, peak_mark = self._lines[i]
+                taps_line.set_ydata(taps[:, i])
+                ax_t.relim()  # the new taps' range, as a first draw's autoscaling gives
+                ax_t.autoscale_view()
+                response_line.set_ydata(response)
+                peak_mark.set_data([self.freqs[peak]], [response[peak]])
+            peak_title.set_text(f"peak {self.freqs[peak]:.0f} Hz")
+            if np.isfinite(top):
+                ax_f.set_ylim(top - 40, top + 3)  # a common 40 dB range: tuned filters stand out
+                ax_f.set_yticks([math.ceil(top) - 40, math.ceil(top) - 20, math.ceil(top)])  # three: each costs to draw
+        self.fig.canvas.draw()
+        return np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
+
+
 def filter_figure(kernel: np.ndarray, sample_rate: int) -> np.ndarray:
-    """An RGB image (uint8 [H, W, 3]) of the conv filters: each one's taps and its frequency response
-    (magnitude in dB against frequency in Hz, the peak marked and labelled)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kernel = np.asarray(kernel)[:, 0, :]  # [taps, filters]
-    taps, filters = kernel.shape
-    cols = 4
-    rows = int(math.ceil(filters / cols))
-    # A fixed layout, not tight_layout: measuring every label's extent was most of the figure's cost.
-    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4.4, rows * 1.9), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6] * cols, "left": 0.03, "right": 0.99,
-                                          "top": 1 - 0.3 / (rows * 1.9), "bottom": 0.45 / (rows * 1.9),
-                                          "wspace": 0.35, "hspace": 0.55})
-    freqs = np.fft.rfftfreq(1024, d=1.0 / sample_rate)
-    responses = 20 * np.log10(np.abs(np.fft.rfft(np.nan_to_num(kernel, nan=0.0, posinf=0.0, neginf=0.0), 1024,
-                                                 axis=0)) + 1e-9)  # [freqs, filters]
-    top = float(np.nanmax(responses)) if np.isfinite(responses).any() else 0.0  # a diverged run still plots
-    for i in range(rows * cols):
-        ax_t, ax_f = axes[i // cols][2 * (i % cols)], axes[i // cols][2 * (i % cols) + 1]
-        if i >= filters:
-            ax_t.axis("off")
-            ax_f.axis("off")
-            continue
-        ax_t.plot(kernel[:, i], linewidth=0.8)
-        ax_t.set_xticks([])
-        ax_t.set_yticks([])
-        ax_t.set_title(f"filter {i}", fontsize=7)
-        response = responses[:, i]
-        peak = int(response.argmax())
-        ax_f.plot(freqs, response, linewidth=0.8, color="tab:orange")
-        ax_f.plot(freqs[peak], response[peak], "v", color="tab:red", markersize=4)
-        ax_f.set_title(f"peak {freqs[peak]:.0f} Hz", fontsize=7)
-        ax_f.set_xlim(0, sample_rate / 2)
-        if np.isfinite(top):
-            ax_f.set_ylim(top - 40, top + 3)  # a common 40 dB range: tuned filters stand out
-            ax_f.set_yticks([math.ceil(top) - 40, math.ceil(top) - 20, math.ceil(top)])  # three: each costs to draw
-        ax_f.tick_params(labelsize=5, length=2)
-        ax_f.set_xticks([0, sample_rate / 4, sample_rate / 2])
-        ax_f.set_xticklabels([f"{f / 1000:g}k" for f in (0, sample_rate / 4, sample_rate / 2)])
-        if i % cols == 0:
-            ax_f.set_ylabel("dB", fontsize=6)
-        if i // cols == rows - 1:
-            ax_f.set_xlabel("Hz", fontsize=6)
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+    """An RGB image (uint8 [H, W, 3]) of the conv filters (`FilterFigure`, drawn once)."""
+    taps, _, filters = np.asarray(kernel).shape
+    return FilterFigure(taps, filters, sample_rate).draw(kernel)
 
 
 class FilterImages(keras.callbacks.Callback):
@@ -332,6 +369,7 @@ class FilterImages(keras.callbacks.Callback):
         self.write = write
         self._writer = None
         self._drawing = figures.BackgroundDrawing("filter-images")
+        self._figure: FilterFigure | None = None  # built at the first image, redrawn for the next
 
     def _log(self, step: int) -> None:
         import tensorflow as tf
@@ -345,8 +383,11 @@ class FilterImages(keras.callbacks.Callback):
     def _draw(self, kernel: np.ndarray, step: int, writer) -> None:
         import tensorflow as tf
 
-        with figures.PYPLOT:
-            image = filter_figure(kernel, self.sample_rate)
+        taps, _, filters = kernel.shape
+        with figures.PYPLOT:  # one figure drawn at a time (the timelines draw on another thread)
+            if self._figure is None or (self._figure.taps, self._figure.filters) != (taps, filters):
+                self._figure = FilterFigure(taps, filters, self.sample_rate)
+            image = self._figure.draw(kernel)
         with writer.as_default():
             tf.summary.image("conv_filters", image[None], step=step)
         writer.flush()
@@ -357,6 +398,7 @@ class FilterImages(keras.callbacks.Callback):
             self._log(epoch + 1)
 
     def _close(self) -> None:
+        self._figure = None  # after the last drawing: its canvas is a few megabytes
         if self._writer is not None:
             self._writer.close()
             self._writer = None
