@@ -140,9 +140,8 @@ def uncommitted_shard(out, old=frozenset()):
         return False
     shards = shard_names(out) - old
     named = set()
-    for name in os.listdir(os.path.join(out, "commits")) if os.path.isdir(os.path.join(out, "commits")) else ():
-        if not (name.startswith(commits.COMMIT_PREFIX) and name.endswith(".json")):
-            continue  # a record still under its temporary name (whole, its rename held back) commits nothing
+    # A record still under its temporary name (whole, its rename held back) commits nothing.
+    for name in commits.record_names(out):
         try:
             named |= {s["file"] for s in json.loads(open(os.path.join(out, "commits", name)).read())["shards"]}
         except (OSError, ValueError, KeyError):
@@ -157,8 +156,7 @@ def record_in_writing(out):
 
 
 def commit_count(out):
-    folder = os.path.join(out, "commits")
-    return len([n for n in os.listdir(folder) if n.startswith("c-")]) if os.path.isdir(folder) else 0
+    return len(commits.record_names(out))
 
 
 @pytest.mark.slow
@@ -511,3 +509,4 @@ def test_a_killed_200000_clip_run_is_first_read_through_its_index(tmp_path):
     # Without the rewrites it would open every record of the run (more than 2 * every).
     assert int(opened) <= every, (opened, committed)
     print(f"killed after {committed} new commits: first read opened {opened} records in {float(seconds):.2f} s")
+

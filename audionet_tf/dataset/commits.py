@@ -61,6 +61,13 @@ def commit_name(token: str, number: int) -> str:
     return f"{COMMIT_PREFIX}{stamp}-{token}-{number:05d}.json"
 
 
+def record_names(directory: str) -> list[str]:
+    """The commit records' file names in a dataset directory, sorted (a record still under its temporary
+    name, `.c-….tmp`, is not one)."""
+    return sorted(n for n in storage.list_sizes(storage.join(directory, COMMITS_DIR))
+                  if n.startswith(COMMIT_PREFIX) and n.endswith(".json"))
+
+
 @dataclass
 class State:
     """What a dataset directory holds: header, the accepted commits, and what is wrong with the rest.
@@ -150,7 +157,7 @@ def read_state(directory: str) -> State:
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{path}: unreadable dataset header ({exc}); rerun the same prepare command") from None
     commit_dir = storage.join(directory, COMMITS_DIR)
-    names = sorted(n for n in storage.list_sizes(commit_dir) if n.startswith(COMMIT_PREFIX) and n.endswith(".json"))
+    names = record_names(directory)
     index, lines = _read_index(directory, listing)
     cached = (index or {}).get("commits", {})
     present = set(names)
@@ -571,8 +578,7 @@ class IndexKeeper:
         """Look for records other processes committed (the Beam launcher's workers): one listing."""
         if not self.every:
             return
-        listed = {n for n in storage.list_sizes(storage.join(self.directory, COMMITS_DIR))
-                  if n.startswith(COMMIT_PREFIX) and n.endswith(".json")}
+        listed = set(record_names(self.directory))
         self.pending |= listed - self.indexed
         self._maybe_refresh()
 
