@@ -510,3 +510,37 @@ def test_a_killed_200000_clip_run_is_first_read_through_its_index(tmp_path):
     assert int(opened) <= every, (opened, committed)
     print(f"killed after {committed} new commits: first read opened {opened} records in {float(seconds):.2f} s")
 
+
+def test_a_listing_while_another_writer_commits_keeps_every_record_already_there(tmp_path):
+    """Readers list `commits/` while other writers commit into it (temporary name, then rename): a file renamed
+    away between the listing and its size is left out, and every record already there is still listed."""
+    import threading
+
+    folder = tmp_path / "commits"
+    folder.mkdir()
+    kept = {f"c-{i:03d}-kept.json" for i in range(20)}
+    for name in kept:
+        (folder / name).write_text("{}")
+    stop, rounds = threading.Event(), []
+
+    def commit_more():
+        k = 0
+        while not stop.is_set():
+            tmp = folder / f".c-new{k}.json.tmp"
+            tmp.write_text("{}")
+            os.replace(tmp, folder / f"c-new{k % 50}.json")
+            k += 1
+        rounds.append(k)
+
+    writer = threading.Thread(target=commit_more)
+    writer.start()
+    missing, listings, deadline = 0, 0, time.time() + 2.0
+    try:
+        while time.time() < deadline:
+            listings += 1
+            missing += not kept <= set(commits.record_names(str(tmp_path)))
+    finally:
+        stop.set()
+        writer.join()
+    assert rounds[0] > 100 and listings > 100  # both sides ran, many times over
+    assert missing == 0, f"{missing} of {listings} listings lost records already committed"

@@ -157,10 +157,18 @@ def list_sizes(directory: str) -> dict[str, int]:
     """Names and sizes of the files directly inside `directory` (one listing; {} when it is absent)."""
     if not is_remote(directory):
         try:
-            with os.scandir(directory) as entries:
-                return {e.name: e.stat().st_size for e in entries if e.is_file()}
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except FileNotFoundError:
             return {}
+        sizes = {}
+        for entry in entries:
+            try:
+                if entry.is_file():
+                    sizes[entry.name] = entry.stat().st_size
+            except FileNotFoundError:
+                continue  # renamed or removed since the listing (another writer's temporary file): not there
+        return sizes
     prefix = directory.rstrip("/") + "/"
     fs = _beam_fs()
     if fs:
