@@ -383,9 +383,9 @@ class FilterImages(keras.callbacks.Callback):
     def _draw(self, kernel: np.ndarray, step: int, writer) -> None:
         import tensorflow as tf
 
-        taps, _, filters = kernel.shape
         with figures.PYPLOT:  # one figure drawn at a time (the timelines draw on another thread)
-            if self._figure is None or (self._figure.taps, self._figure.filters) != (taps, filters):
+            if self._figure is None:  # the layer's kernel keeps its shape for the whole run
+                taps, _, filters = kernel.shape
                 self._figure = FilterFigure(taps, filters, self.sample_rate)
             image = self._figure.draw(kernel)
         with writer.as_default():
